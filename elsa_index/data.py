@@ -1,0 +1,520 @@
+"""Interaction logs: reading, filtering, id maps, user-item matrices, splits.
+
+The flow is ``read_log`` (a file) or ``Log.from_arrays`` (memory) ->
+``filter_log`` (positives, duplicates, min support) -> ``Interactions`` (a
+binary CSR user x item matrix with its id maps) -> a ``Split`` for evaluation.
+External ids are always strings; internal indices are contiguous int64 and
+sorted by external id, so the same set of ids always maps the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Log",
+    "IdMap",
+    "Interactions",
+    "Split",
+    "read_log",
+    "filter_log",
+    "strong_generalization_split",
+    "column_split",
+]
+
+
+# --------------------------------------------------------------------------- log
+
+
+@dataclass(frozen=True)
+class Log:
+    """A raw interaction log, one row per event.
+
+    Attributes
+    ----------
+    user, item : ndarray of str, shape (n,)
+    rating : ndarray of float32, shape (n,), or None
+    timestamp : ndarray of int64, shape (n,), or None
+    split : ndarray of str, shape (n,), or None
+        A given train/test assignment, for datasets that ship one.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray | None = None
+    timestamp: np.ndarray | None = None
+    split: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        user: Iterable,
+        item: Iterable,
+        rating: Iterable | None = None,
+        timestamp: Iterable | None = None,
+        split: Iterable | None = None,
+    ) -> "Log":
+        """Build a log from array-likes, validating lengths and types."""
+        user = _as_str_array(user, "user")
+        item = _as_str_array(item, "item")
+        n = len(user)
+        if len(item) != n:
+            raise DataError(f"user and item columns differ in length: {n} vs {len(item)}")
+        if rating is not None:
+            rating = _as_float_array(rating, "rating")
+        if timestamp is not None:
+            timestamp = _as_int_array(timestamp, "timestamp")
+        if split is not None:
+            split = _as_str_array(split, "split")
+        for name, col in (("rating", rating), ("timestamp", timestamp), ("split", split)):
+            if col is not None and len(col) != n:
+                raise DataError(f"{name} column has {len(col)} rows, expected {n} (as user/item)")
+        return cls(user, item, rating, timestamp, split)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, rows: np.ndarray) -> "Log":
+        """Rows selected by a boolean mask or an index array."""
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return Log(self.user[rows], self.item[rows], pick(self.rating), pick(self.timestamp), pick(self.split))
+
+
+def _as_str_array(values, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise DataError(f"{name} column must be 1-D, got shape {arr.shape}")
+    if arr.dtype == object:
+        if any(v is None for v in arr):
+            raise DataError(f"{name} column contains missing (null) values; every row needs an id")
+    return arr.astype(str)
+
+
+def _as_float_array(values, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            bad = next((v for v in arr if not _is_number(v)), None)
+            raise DataError(
+                f"{name} column must be numeric, found non-numeric value {bad!r}"
+            ) from None
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{name} column contains NaN or infinite values; expected finite numbers")
+    return arr
+
+
+def _as_int_array(values, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "M":
+        return arr.astype("datetime64[s]").astype(np.int64)
+    if arr.dtype.kind not in "biuf":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{name} column must be numeric (seconds), got {arr.dtype}") from None
+    return arr.astype(np.int64)
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def read_log(
+    path: str | Path,
+    *,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    split_col: str | None = None,
+    file_format: str | None = None,
+    delimiter: str = ",",
+) -> Log:
+    """Read an interaction log from a Parquet or CSV file.
+
+    Parameters
+    ----------
+    path : path to a ``.parquet`` or ``.csv``/``.tsv`` file (``file_format``
+        overrides the suffix: ``"parquet"`` or ``"csv"``).
+    user_col, item_col : names of the id columns (read as strings).
+    rating_col, timestamp_col, split_col : optional column names.
+    delimiter : CSV field delimiter (``.tsv`` files default to tab).
+
+    Raises
+    ------
+    DataError
+        The file is missing or unreadable, a named column is absent, or a
+        rating is non-numeric.
+    """
+    import pyarrow as pa
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"interaction file not found: {path}")
+    fmt = (file_format or path.suffix.lstrip(".")).lower()
+    if fmt in ("pq",):
+        fmt = "parquet"
+    if fmt == "tsv":
+        fmt, delimiter = "csv", "\t"
+    wanted = [c for c in (user_col, item_col, rating_col, timestamp_col, split_col) if c]
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            available = pq.read_schema(path).names
+            _check_columns(path, available, wanted)
+            table = pq.read_table(path, columns=wanted)
+        elif fmt in ("csv", "txt"):
+            import pyarrow.csv as pcsv
+
+            # ids stay strings even when they look like numbers ("007" != "7").
+            types = {c: pa.string() for c in (user_col, item_col, split_col) if c}
+            table = pcsv.read_csv(
+                path,
+                parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+            )
+            _check_columns(path, table.column_names, wanted)
+            table = table.select(wanted)
+        else:
+            raise DataError(f"unsupported file format {fmt!r} for {path}; expected parquet or csv")
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"could not read {path} as {fmt}: {exc}") from None
+
+    def col(name):
+        if name is None:
+            return None
+        c = table.column(name)
+        if c.null_count and name in (user_col, item_col):
+            raise DataError(f"column {name!r} in {path} has {c.null_count} missing values; every row needs an id")
+        return c.to_numpy(zero_copy_only=False)
+
+    if rating_col is not None:
+        rtype = table.schema.field(rating_col).type
+        if not (pa.types.is_integer(rtype) or pa.types.is_floating(rtype)):
+            values = table.column(rating_col).to_pylist()
+            bad = next((v for v in values if not _is_number(v)), None)
+            if bad is not None or None in values:
+                raise DataError(
+                    f"rating column {rating_col!r} in {path} must be numeric, "
+                    f"found {bad!r} (type {rtype})"
+                )
+    if timestamp_col is not None and pa.types.is_timestamp(table.schema.field(timestamp_col).type):
+        ts = table.column(timestamp_col).cast(pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    else:
+        ts = col(timestamp_col)
+    return Log.from_arrays(col(user_col), col(item_col), col(rating_col), ts, col(split_col))
+
+
+def _check_columns(path: Path, available: Sequence[str], wanted: Sequence[str]) -> None:
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise DataError(
+            f"{path} has no column(s) {missing}; available columns: {list(available)}. "
+            "Name the right ones with --user-col/--item-col/--rating-col."
+        )
+
+
+def filter_log(
+    log: Log,
+    *,
+    min_rating: float | None = None,
+    min_user_support: int = 5,
+    min_item_support: int = 1,
+    deduplicate: bool = True,
+) -> Log:
+    """Keep positives, drop duplicate (user, item) pairs, prune iteratively.
+
+    Parameters
+    ----------
+    min_rating : keep rows with ``rating >= min_rating``; ``None`` treats
+        every row as a positive.
+    min_user_support, min_item_support : users (items) with fewer positives
+        are removed, repeatedly, until both conditions hold together.
+
+    Raises
+    ------
+    DataError
+        Nothing is left, or ``min_rating`` is given for a log without ratings.
+    """
+    n0 = len(log)
+    if min_rating is not None:
+        if log.rating is None:
+            raise DataError("min_rating was given but the log has no rating column; pass rating_col")
+        log = log.take(log.rating >= min_rating)
+        if len(log) == 0:
+            raise DataError(f"no interactions with rating >= {min_rating} (of {n0} rows)")
+    if deduplicate and len(log):
+        # Keep the first occurrence of each (user, item) in file order.
+        key = np.char.add(np.char.add(log.user, "\x1f"), log.item)
+        _, first = np.unique(key, return_index=True)
+        log = log.take(np.sort(first))
+    while len(log):
+        users, uinv, ucount = np.unique(log.user, return_inverse=True, return_counts=True)
+        items, iinv, icount = np.unique(log.item, return_inverse=True, return_counts=True)
+        keep = (ucount[uinv] >= min_user_support) & (icount[iinv] >= min_item_support)
+        if keep.all():
+            break
+        log = log.take(keep)
+    if len(log) == 0:
+        raise DataError(
+            f"the log is empty after filtering ({n0} rows in; min_rating={min_rating}, "
+            f"min_user_support={min_user_support}, min_item_support={min_item_support}); "
+            "lower the thresholds"
+        )
+    logger.info("filtered log: %d -> %d rows", n0, len(log))
+    return log
+
+
+# ------------------------------------------------------------------------ id maps
+
+
+class IdMap:
+    """Bijection between external string ids and contiguous indices.
+
+    Parameters
+    ----------
+    ids : sequence of str, unique, in index order.
+    """
+
+    def __init__(self, ids: Iterable):
+        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).astype(str)
+        if arr.ndim != 1:
+            raise DataError(f"ids must be 1-D, got shape {arr.shape}")
+        self.ids = arr
+        self._index = {v: i for i, v in enumerate(arr.tolist())}
+        if len(self._index) != len(arr):
+            raise DataError(f"ids must be unique; {len(arr) - len(self._index)} duplicates found")
+
+    @classmethod
+    def from_values(cls, values: Iterable) -> "IdMap":
+        """Sorted unique ids of ``values``: the same set always maps the same way."""
+        return cls(np.unique(np.asarray(values).astype(str)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, key) -> bool:
+        return str(key) in self._index
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, IdMap) and np.array_equal(self.ids, other.ids)
+
+    def __repr__(self) -> str:
+        return f"IdMap(n={len(self)})"
+
+    def index(self, ids: Iterable, *, missing: str = "raise") -> np.ndarray:
+        """Indices of external ids (int64); unknown ids raise or become -1.
+
+        Parameters
+        ----------
+        missing : ``"raise"`` or ``"ignore"`` (unknown ids map to -1).
+        """
+        out = np.fromiter((self._index.get(str(v), -1) for v in ids), dtype=np.int64)
+        if missing == "raise" and (out < 0).any():
+            unknown = [str(v) for v, i in zip(ids, out) if i < 0][:5]
+            raise DataError(f"unknown id(s) {unknown}; expected ids present in the id table")
+        return out
+
+    def external(self, indices: np.ndarray) -> np.ndarray:
+        """External ids for indices; -1 maps to the empty string."""
+        idx = np.asarray(indices)
+        out = self.ids[np.clip(idx, 0, max(len(self.ids) - 1, 0))] if len(self.ids) else np.full(idx.shape, "")
+        return np.where(idx >= 0, out, "")
+
+
+# -------------------------------------------------------------------- matrices
+
+
+@dataclass
+class Interactions:
+    """Binary user x item matrix with its id maps.
+
+    Attributes
+    ----------
+    matrix : scipy.sparse.csr_matrix, float32, shape (n_users, n_items), values 1.
+    user_ids, item_ids : IdMap
+    """
+
+    matrix: sp.csr_matrix
+    user_ids: IdMap
+    item_ids: IdMap
+
+    @classmethod
+    def from_log(cls, log: Log, *, item_ids: IdMap | None = None, user_ids: IdMap | None = None) -> "Interactions":
+        """Build the matrix; rows whose item (user) is outside a given id map are dropped."""
+        if len(log) == 0:
+            raise DataError("cannot build an interaction matrix from an empty log")
+        user_ids = user_ids or IdMap.from_values(log.user)
+        item_ids = item_ids or IdMap.from_values(log.item)
+        u = user_ids.index(log.user, missing="ignore")
+        i = item_ids.index(log.item, missing="ignore")
+        ok = (u >= 0) & (i >= 0)
+        m = sp.csr_matrix(
+            (np.ones(int(ok.sum()), np.float32), (u[ok], i[ok])), shape=(len(user_ids), len(item_ids))
+        )
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        m.sort_indices()
+        return cls(m, user_ids, item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.matrix.nnz
+
+    def item_popularity(self) -> np.ndarray:
+        """Number of users per item, int64, shape (n_items,)."""
+        return np.bincount(self.matrix.indices, minlength=self.n_items).astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """A sha256 of the matrix and id maps: identifies the training data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for arr in (self.matrix.indptr.astype(np.int64), self.matrix.indices.astype(np.int64)):
+            h.update(arr.tobytes())
+        for ids in (self.user_ids.ids, self.item_ids.ids):
+            h.update("\x1f".join(ids.tolist()).encode())
+        return h.hexdigest()[:32]
+
+
+@dataclass
+class Split:
+    """Training matrix plus held-out users for evaluation.
+
+    Attributes
+    ----------
+    train : Interactions
+        What models are fitted on.
+    fold_in : csr_matrix, shape (n_heldout, n_items)
+        The held-out users' input histories (same item space as ``train``).
+    targets : csr_matrix, shape (n_heldout, n_items)
+        The held-out users' items to retrieve; disjoint from ``fold_in``.
+    heldout_user_ids : IdMap
+    """
+
+    train: Interactions
+    fold_in: sp.csr_matrix
+    targets: sp.csr_matrix
+    heldout_user_ids: IdMap
+
+    @property
+    def item_ids(self) -> IdMap:
+        return self.train.item_ids
+
+
+def strong_generalization_split(
+    interactions: Interactions,
+    n_heldout_users: int,
+    *,
+    fold_in_fraction: float = 0.8,
+    seed: int = 42,
+) -> Split:
+    """Hold out whole users; split each one's items into fold-in and targets.
+
+    A seeded random set of ``n_heldout_users`` users is removed from the
+    training matrix. Each held-out user's items are shuffled and split:
+    ``round(fold_in_fraction * n)`` (at least 1, at most n - 1) become the
+    fold-in history, the rest the targets.
+    """
+    n = interactions.n_users
+    if not 0 < n_heldout_users < n:
+        raise DataError(f"n_heldout_users must be in [1, {n - 1}] for {n} users, got {n_heldout_users}")
+    if not 0.0 < fold_in_fraction < 1.0:
+        raise DataError(f"fold_in_fraction must be in (0, 1), got {fold_in_fraction}")
+    rng = np.random.default_rng(seed)
+    heldout = np.sort(rng.choice(n, size=n_heldout_users, replace=False))
+    is_train = np.ones(n, bool)
+    is_train[heldout] = False
+    X = interactions.matrix
+    H = X[heldout]
+    fi_rows, fi_cols, t_rows, t_cols = [], [], [], []
+    too_short = 0
+    for r in range(H.shape[0]):
+        items = H.indices[H.indptr[r] : H.indptr[r + 1]]
+        if len(items) < 2:
+            too_short += 1
+            continue
+        perm = rng.permutation(items)
+        n_in = int(min(max(round(fold_in_fraction * len(items)), 1), len(items) - 1))
+        fi_rows.append(np.full(n_in, r)), fi_cols.append(perm[:n_in])
+        t_rows.append(np.full(len(items) - n_in, r)), t_cols.append(perm[n_in:])
+    if too_short:
+        logger.warning("%d held-out users have fewer than 2 items and get no targets", too_short)
+    shape = H.shape
+
+    def build(rows, cols):
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
+        m.sort_indices()
+        return m
+
+    train_ids = IdMap(interactions.user_ids.ids[is_train])
+    train = Interactions(X[is_train].tocsr(), train_ids, interactions.item_ids)
+    return Split(train, build(fi_rows, fi_cols), build(t_rows, t_cols), IdMap(interactions.user_ids.ids[heldout]))
+
+
+def column_split(log: Log, *, train_value: str = "train", test_value: str = "test") -> Split:
+    """Split by a given ``split`` column, as datasets with a fixed split ship it.
+
+    The model trains on the train rows. Every user with test rows is evaluated:
+    their train items are the fold-in history, their test items the targets.
+    Test items never seen in training are dropped (no embedding exists), and
+    users left with an empty history or no targets are skipped.
+    """
+    if log.split is None:
+        raise DataError("the log has no split column; pass split_col (e.g. 'split')")
+    values = set(np.unique(log.split).tolist())
+    if not {train_value, test_value} <= values:
+        raise DataError(
+            f"split column must contain {train_value!r} and {test_value!r}, found {sorted(values)[:10]}"
+        )
+    train_log = log.take(log.split == train_value)
+    test_log = log.take(log.split == test_value)
+    train = Interactions.from_log(train_log)
+    test_users = IdMap.from_values(test_log.user)
+    tgt = Interactions.from_log(test_log, item_ids=train.item_ids, user_ids=test_users).matrix
+    # Fold-in: the test users' rows of the train matrix (empty if unknown in train).
+    rows = train.user_ids.index(test_users.ids, missing="ignore")
+    known = np.nonzero(rows >= 0)[0]
+    select = sp.csr_matrix(
+        (np.ones(len(known), np.float32), (known, rows[known])), shape=(len(test_users), train.n_users)
+    )
+    fold = select @ train.matrix
+    fold = fold.tocsr()
+    fold.sort_indices()
+    # Targets must be disjoint from the fold-in history.
+    tgt = (tgt - tgt.multiply(fold)).tocsr()
+    tgt.eliminate_zeros()
+    keep = (np.diff(fold.indptr) > 0) & (np.diff(tgt.indptr) > 0)
+    if not keep.any():
+        raise DataError("no test user has both train history and test items in the training item space")
+    return Split(train, fold[keep], tgt[keep].astype(np.float32), IdMap(test_users.ids[keep]))

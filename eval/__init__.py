@@ -1,0 +1,1 @@
+"""Benchmark scripts and reports, shipped as ``elsa_index.eval``."""
