@@ -1,0 +1,455 @@
+"""Dense ELSA and Compressed ELSA (sparse item embeddings), trained with PyTorch.
+
+ELSA (Vančura et al., RecSys 2022) is a linear autoencoder with one item matrix
+A (n_items x dims) whose rows are L2-normalised. A user with binary history x
+gets the prediction ``relu(x·A·Aᵀ − x)``; training minimises the normalised MSE
+``‖x̂/‖x̂‖ − x/‖x‖‖²`` with Nadam.
+
+Compressed ELSA keeps only the ``nnz`` largest-magnitude entries of each row
+(sign kept). A mask is applied in the forward pass and tightened gradually by a
+pruning schedule from the dense start (``dims`` per row) to the target:
+
+``constant``
+    one-shot: straight to the target at the first pruning event.
+``step``
+    halve the active dims per row at evenly spaced events until the target.
+``linear``
+    nnz falls linearly with training progress, updated at ``prune_steps`` events.
+``exponential``
+    nnz falls geometrically, ``dims · (nnz/dims)^t``, at ``prune_steps`` events.
+
+``restart=True`` ("with restarting", lottery-ticket style) resets the
+surviving weights to their initial values and the optimiser state after each
+pruning event. Pruning happens between ``warmup_epochs`` and
+``epochs - finetune_epochs``; the remaining epochs train at the target nnz.
+
+With ``n_negatives`` set, each batch scores only the batch's positive items
+plus that many uniformly sampled items (sampled outputs), so large catalogues
+train without an n_items-wide output per user.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "step", "linear", "exponential")
+
+__all__ = ["ELSA", "CompressedELSA", "SCHEDULES", "nnz_schedule", "score_items", "encode_users"]
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def nnz_schedule(schedule: str, start: int, target: int, prune_steps: int = 10) -> list[int]:
+    """Active dims per row after each pruning event, ending exactly at ``target``.
+
+    Parameters
+    ----------
+    schedule : one of ``SCHEDULES``.
+    start : dims per row before pruning (the dense width).
+    target : dims per row at the end.
+    prune_steps : number of events for ``linear`` and ``exponential``.
+
+    Returns
+    -------
+    list of int, non-increasing, last element ``target``.
+    """
+    if schedule not in SCHEDULES:
+        raise TrainingError(f"unknown pruning schedule {schedule!r}; expected one of {SCHEDULES}")
+    if not 0 < target <= start:
+        raise TrainingError(f"target nnz must be in [1, {start}] (the dims), got {target}")
+    if prune_steps < 1:
+        raise TrainingError(f"prune_steps must be >= 1, got {prune_steps}")
+    if target == start:
+        return [target]
+    if schedule == "constant":
+        return [target]
+    if schedule == "step":
+        out, cur = [], start
+        while cur > target:
+            cur = max(target, cur // 2)
+            out.append(cur)
+        return out
+    ts = np.arange(1, prune_steps + 1) / prune_steps
+    if schedule == "linear":
+        vals = start + (target - start) * ts
+    else:
+        vals = start * (target / start) ** ts
+    out = [max(target, int(math.ceil(v - 1e-9))) for v in vals]
+    out[-1] = target
+    return out
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def encode_users(X: sp.spmatrix, embeddings) -> np.ndarray:
+    """User vectors ``u = x·A``: the sum of the history's item embeddings.
+
+    Parameters
+    ----------
+    X : sparse (n_users, n_items), binary histories.
+    embeddings : ndarray (n_items, dims) or sparse CSR (n_items, dims).
+
+    Returns
+    -------
+    ndarray float32 (n_users, dims)
+    """
+    U = sp.csr_matrix(X, dtype=np.float32) @ embeddings
+    if sp.issparse(U):
+        U = U.toarray()
+    return np.asarray(U, dtype=np.float32)
+
+
+def score_items(X: sp.spmatrix, embeddings) -> np.ndarray:
+    """Scores ``(x·A)·Aᵀ`` of every item for each user, float32 (n_users, n_items).
+
+    This is ELSA's prediction without the ``− x`` and ``relu`` terms, which do
+    not change the ranking of items outside the history.
+    """
+    U = encode_users(X, embeddings)
+    if sp.issparse(embeddings):
+        return np.asarray((embeddings @ U.T).T, dtype=np.float32)
+    return U @ np.asarray(embeddings, dtype=np.float32).T
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    nnz: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "loss": self.loss, "nnz": self.nnz, "seconds": self.seconds}
+
+
+class ELSA:
+    """Dense ELSA.
+
+    Parameters
+    ----------
+    dims : embedding width.
+    epochs : passes over the training users.
+    batch_size : users per step.
+    lr : Nadam learning rate.
+    n_negatives : if set, sampled outputs: score only the batch's positives
+        plus this many uniformly drawn items per batch. ``None`` scores all items.
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+    seed : seeds initialisation, shuffling and negative sampling.
+    progress : show a progress bar.
+
+    Attributes
+    ----------
+    embeddings_ : ndarray float32 (n_items, dims), L2-normalised rows.
+    history_ : list of dict per epoch (epoch, loss, nnz, seconds).
+    """
+
+    kind = "elsa"
+
+    def __init__(
+        self,
+        dims: int = 256,
+        *,
+        epochs: int = 20,
+        batch_size: int = 512,
+        lr: float = 0.1,
+        n_negatives: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        self.dims = dims
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.n_negatives = n_negatives
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+
+    # -- configuration
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor settings (JSON-serialisable), as stored in a checkpoint."""
+        keys = ["dims", "epochs", "batch_size", "lr", "n_negatives", "device", "seed"]
+        return {k: getattr(self, k) for k in keys}
+
+    def _validate(self, X) -> sp.csr_matrix:
+        for name in ("dims", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v <= 0:
+                raise TrainingError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise TrainingError(f"lr must be a positive finite number, got {self.lr!r}")
+        if self.n_negatives is not None and (not isinstance(self.n_negatives, (int, np.integer)) or self.n_negatives < 0):
+            raise TrainingError(f"n_negatives must be None or an integer >= 0, got {self.n_negatives!r}")
+        if not sp.issparse(X):
+            raise TrainingError(f"X must be a scipy sparse user x item matrix, got {type(X).__name__}")
+        X = sp.csr_matrix(X, dtype=np.float32)
+        if X.shape[0] == 0 or X.shape[1] == 0 or X.nnz == 0:
+            raise TrainingError(f"X must have users, items and interactions; got shape {X.shape} with {X.nnz} nonzeros")
+        return X
+
+    def _resolve_device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise TrainingError(f"unknown device {self.device!r}: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("device 'cuda' was requested but CUDA is not available; use device='auto' or 'cpu'")
+        return dev
+
+    # -- pruning hooks (dense ELSA never prunes)
+
+    def _pruning_plan(self, n_batches: int) -> dict[int, int]:
+        return {}
+
+    @property
+    def _start_dims(self) -> int:
+        return self.dims
+
+    # -- training
+
+    def fit(self, X: sp.spmatrix) -> "ELSA":
+        """Train on a binary user x item matrix (CSR, float).
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        X = self._validate(X)
+        device = self._resolve_device()
+        n_users, n_items = X.shape
+        gen = torch.Generator().manual_seed(int(self.seed))
+        rng = np.random.default_rng(self.seed)
+        width = self._start_dims
+        init = torch.empty(n_items, width)
+        torch.nn.init.kaiming_uniform_(init, generator=gen)
+        init = torch.nn.functional.normalize(init, dim=-1)
+        weight = torch.nn.Parameter(init.clone().to(device))
+        mask = torch.ones(n_items, width, dtype=torch.bool, device=device)
+        opt = torch.optim.NAdam([weight], lr=self.lr)
+
+        n_batches = max(1, math.ceil(n_users / self.batch_size))
+        plan = self._pruning_plan(n_batches)  # global step -> nnz
+        cur_nnz = width
+        self.history_ = []
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.epochs * n_batches, desc=f"{self.kind} {width}d", unit="batch", leave=False)
+        step = 0
+        try:
+            for epoch in range(self.epochs):
+                t0 = time.perf_counter()
+                order = rng.permutation(n_users)
+                total, seen = 0.0, 0
+                for b in range(n_batches):
+                    if step in plan:
+                        cur_nnz = plan[step]
+                        self._prune(weight, mask, init.to(device), cur_nnz)
+                        if self._restart:
+                            opt = torch.optim.NAdam([weight], lr=self.lr)
+                    rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+                    loss = self._step(X[rows], weight, mask, opt, rng, device, cur_nnz < width)
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"training loss became {loss} at epoch {epoch + 1}, batch {b + 1}; "
+                            f"lower the learning rate (lr={self.lr}) or check the data"
+                        )
+                    total += loss * len(rows)
+                    seen += len(rows)
+                    step += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", nnz=cur_nnz)
+                stats = EpochStats(epoch + 1, total / seen, cur_nnz, time.perf_counter() - t0)
+                self.history_.append(stats.as_dict())
+                logger.info("epoch %d loss %.5f nnz %d (%.1fs)", stats.epoch, stats.loss, stats.nnz, stats.seconds)
+        finally:
+            if bar is not None:
+                bar.close()
+        with torch.no_grad():
+            A = torch.nn.functional.normalize(weight * mask, dim=-1).cpu().numpy().astype(np.float32)
+        self._finish(A, mask.cpu().numpy())
+        self.n_items_ = n_items
+        return self
+
+    _restart = False
+
+    def _prune(self, weight, mask, init, nnz: int) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _step(self, Xb: sp.csr_matrix, weight, mask, opt, rng, device, masked: bool) -> float:
+        import torch
+        import torch.nn.functional as F
+
+        n_items = Xb.shape[1]
+        indptr = torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(device)
+        idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
+        if self.n_negatives is None:
+            cols = None
+            target = torch.from_numpy(Xb.toarray()).to(device)
+        else:
+            pos = np.unique(Xb.indices)
+            neg = rng.integers(0, n_items, size=self.n_negatives)
+            cols_np = np.union1d(pos, neg)
+            lookup = np.full(n_items, -1, np.int64)
+            lookup[cols_np] = np.arange(len(cols_np))
+            sub = sp.csr_matrix((Xb.data, lookup[Xb.indices], Xb.indptr), shape=(Xb.shape[0], len(cols_np)))
+            target = torch.from_numpy(sub.toarray()).to(device)
+            cols = torch.from_numpy(cols_np).to(device)
+
+        opt.zero_grad(set_to_none=True)
+        W = weight * mask if masked else weight
+        A = F.normalize(W, dim=-1)
+        # x·A as a sum of history rows: cheap for sparse histories on any catalogue size.
+        xA = F.embedding_bag(idx, A, indptr, mode="sum")
+        A_out = A if cols is None else A[cols]
+        pred = torch.relu(xA @ A_out.T - target)
+        loss = (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def _finish(self, A: np.ndarray, mask: np.ndarray) -> None:
+        self.embeddings_ = A
+
+    # -- inference
+
+    def _check_fitted(self):
+        if not hasattr(self, "embeddings_"):
+            raise TrainingError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def score(self, X: sp.spmatrix) -> np.ndarray:
+        """Item scores for users' histories, float32 (n_users, n_items)."""
+        self._check_fitted()
+        return score_items(X, self.embeddings_)
+
+
+class CompressedELSA(ELSA):
+    """Compressed ELSA: ELSA whose item rows keep ``nnz`` of ``dims`` entries.
+
+    Parameters
+    ----------
+    dims : the dense start width (active dims per row before pruning).
+    nnz : active dims per row at the end (``1 <= nnz <= dims``).
+    schedule : one of ``SCHEDULES``.
+    restart : reset surviving weights to their initial values after each pruning event.
+    prune_steps : number of pruning events for ``linear``/``exponential``.
+    warmup_epochs : dense epochs before the first pruning event.
+    finetune_epochs : epochs at the target nnz after the last pruning event.
+    Other parameters as for ``ELSA``.
+
+    Attributes
+    ----------
+    embeddings_ : scipy.sparse.csr_matrix float32 (n_items, dims) with exactly
+        ``nnz`` stored entries per row, L2-normalised rows.
+    """
+
+    kind = "compressed_elsa"
+
+    def __init__(
+        self,
+        dims: int = 1024,
+        nnz: int = 16,
+        *,
+        schedule: str = "exponential",
+        restart: bool = False,
+        prune_steps: int = 10,
+        warmup_epochs: int = 1,
+        finetune_epochs: int = 5,
+        **kwargs,
+    ):
+        super().__init__(dims, **kwargs)
+        self.nnz = nnz
+        self.schedule = schedule
+        self.restart = restart
+        self.prune_steps = prune_steps
+        self.warmup_epochs = warmup_epochs
+        self.finetune_epochs = finetune_epochs
+
+    def get_params(self) -> dict[str, Any]:
+        params = super().get_params()
+        for k in ("nnz", "schedule", "restart", "prune_steps", "warmup_epochs", "finetune_epochs"):
+            params[k] = getattr(self, k)
+        return params
+
+    @property
+    def _restart(self) -> bool:  # type: ignore[override]
+        return bool(self.restart)
+
+    def _validate(self, X):
+        X = super()._validate(X)
+        if not isinstance(self.nnz, (int, np.integer)) or not 0 < self.nnz <= self.dims:
+            raise TrainingError(f"nnz must be an integer in [1, dims={self.dims}], got {self.nnz!r}")
+        if self.schedule not in SCHEDULES:
+            raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
+        if self.warmup_epochs < 0 or self.finetune_epochs < 0 or self.warmup_epochs + self.finetune_epochs >= self.epochs:
+            raise TrainingError(
+                f"warmup_epochs ({self.warmup_epochs}) + finetune_epochs ({self.finetune_epochs}) "
+                f"must be non-negative and leave at least one pruning epoch within epochs={self.epochs}"
+            )
+        nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
+        return X
+
+    def _pruning_plan(self, n_batches: int) -> dict[int, int]:
+        levels = nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
+        first = self.warmup_epochs * n_batches
+        last = (self.epochs - self.finetune_epochs) * n_batches  # exclusive: fine-tuning starts here
+        span = last - first
+        # Events evenly spaced over the pruning phase; the final one at its start
+        # when there is just one (constant), at its end otherwise.
+        if len(levels) == 1:
+            at = [first]
+        else:
+            at = [first + round(i * (span - 1) / (len(levels) - 1)) for i in range(len(levels))]
+        plan: dict[int, int] = {}
+        for s, n in zip(at, levels):
+            plan[s] = min(n, plan.get(s, n))
+        return plan
+
+    def _prune(self, weight, mask, init, nnz: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            mag = (weight * mask).abs()
+            top = torch.topk(mag, nnz, dim=1).indices
+            new = torch.zeros_like(mask)
+            new.scatter_(1, top, True)
+            mask.copy_(new)
+            if self.restart:
+                weight.copy_(init)
+            weight.mul_(mask)
+
+    def _finish(self, A: np.ndarray, mask: np.ndarray) -> None:
+        # Exactly nnz entries per row, taken from the mask (an exact zero stays stored).
+        n_items = A.shape[0]
+        cols = np.nonzero(mask)[1].reshape(n_items, -1)
+        if cols.shape[1] != self.nnz:
+            raise TrainingError(f"internal: mask has {cols.shape[1]} active dims per row, expected {self.nnz}")
+        data = np.take_along_axis(A, cols, axis=1)
+        indptr = np.arange(0, n_items * self.nnz + 1, self.nnz, dtype=np.int64)
+        self.embeddings_ = sp.csr_matrix((data.ravel(), cols.ravel(), indptr), shape=A.shape)
