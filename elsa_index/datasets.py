@@ -29,10 +29,11 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Sequence
@@ -135,15 +136,18 @@ def download_dataset(name: str, *, cache_dir: str | os.PathLike | None = None, f
     Raises
     ------
     DataError
-        Unknown name, the download failed, or the checksum did not match (the
-        downloaded file is removed).
+        Unknown name, the cache directory is not writable, the download
+        failed, or the checksum did not match (the downloaded file is removed).
     """
     source = _source(name)
     dest = resolve_cache_dir(cache_dir) / source.filename
     if dest.is_file() and not force:
         logger.info("using cached %s", dest)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(_unwritable_cache(dest.parent, exc)) from None
     expected = source.md5 or (_fetch_md5(source.md5_url) if source.md5_url else None)
     _fetch(source.url, dest, expected_md5=expected)
     return dest
@@ -174,12 +178,25 @@ def _fetch_md5(url: str) -> str:
     return match.group(0).lower()
 
 
+def _unwritable_cache(directory: Path, exc: OSError) -> str:
+    return f"cannot write to the cache directory {directory}: {exc}; pass cache_dir= or set {CACHE_ENV}"
+
+
 def _fetch(url: str, dest: Path, *, expected_md5: str | None) -> None:
-    """Stream ``url`` to a temporary sibling of ``dest``; rename after the md5 check."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    """Stream ``url`` to a temporary sibling of ``dest``; rename after the md5 check.
+
+    The temporary file is created with ``open(..., "xb")`` rather than
+    ``tempfile.mkstemp`` so that the cached file gets the usual permissions
+    (``0o666`` less the umask), not mkstemp's owner-only ``0o600``, which would
+    make a shared cache unreadable to other users.
+    """
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
-        with os.fdopen(fd, "wb") as out:
+        out = open(tmp, "xb")
+    except OSError as exc:
+        raise DataError(_unwritable_cache(dest.parent, exc)) from None
+    try:
+        with out:
             digest = _copy_url(url, out)
         if expected_md5 is not None and digest != expected_md5.lower():
             raise DataError(
@@ -307,7 +324,8 @@ def _open_ratings(path: Path, folder: str, filename: str) -> Iterator[tuple[IO[b
                 member = _zip_member(zf, path, filename)
                 with zf.open(member) as stream:
                     yield stream, f"{path}:{member}"
-        except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as exc:
+            # BadZipFile: bad CRC; zlib.error / EOFError: corrupt or truncated deflate data.
             raise DataError(f"cannot read the zip file {path}: {exc}") from None
     else:
         with open(path, "rb") as stream:
@@ -415,7 +433,7 @@ def load_netflix(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Log:
     forward to the rows below their header with a cumulative sum.
     """
     files = _netflix_files(path)
-    parts = [_parse_netflix(data, desc) for data, desc in _netflix_batches(files)]
+    parts = [_parse_netflix_batch(batch) for batch in _netflix_batches(files)]
     movie, user, rating, days = (np.concatenate(cols) for cols in zip(*parts))
     logger.info("loaded Netflix Prize: %d ratings from %d file(s)", len(user), len(files))
     return _make_log(user, movie, rating, days.astype(np.int64) * 86_400)
@@ -445,26 +463,43 @@ def _netflix_files_at(path: Path) -> list[Path]:
     )
 
 
-def _netflix_batches(files: list[Path]) -> Iterator[tuple[bytes, str]]:
-    """Concatenate files into buffers of about ``_NETFLIX_BATCH_BYTES``."""
-    chunks: list[bytes] = []
+def _netflix_batches(files: list[Path]) -> Iterator[list[tuple[bytes, Path]]]:
+    """Group the files' contents into batches of about ``_NETFLIX_BATCH_BYTES``."""
+    batch: list[tuple[bytes, Path]] = []
     size = 0
     for f in files:
-        data = f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read the Netflix Prize file {f}: {exc}") from None
         if not data.endswith(b"\n"):
             data += b"\n"
         _check_netflix_start(data, f)
-        chunks.append(data)
+        batch.append((data, f))
         size += len(data)
         if size >= _NETFLIX_BATCH_BYTES:
-            yield b"".join(chunks), _describe(files, f)
-            chunks, size = [], 0
-    if chunks:
-        yield b"".join(chunks), _describe(files, files[-1])
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
-def _describe(files: list[Path], last: Path) -> str:
-    return str(last) if len(files) == 1 else f"{len(files)} files ending with {last.name}"
+def _parse_netflix_batch(batch: list[tuple[bytes, Path]]) -> tuple[np.ndarray, ...]:
+    """Parse a batch of files in one buffer; an error names the offending file.
+
+    Every file ends with a newline and starts with a ``MovieID:`` line, so the
+    concatenation parses exactly as the files one by one. Only when it fails
+    are the files parsed one by one, to find the file to name in the error.
+    """
+    if len(batch) == 1:
+        data, f = batch[0]
+        return _parse_netflix(data, str(f))
+    try:
+        return _parse_netflix(b"".join(data for data, _ in batch), f"{len(batch)} files")
+    except DataError:
+        for data, f in batch:
+            _parse_netflix(data, str(f))
+        raise
 
 
 def _check_netflix_start(data: bytes, path: Path) -> None:

@@ -189,7 +189,8 @@ class ELSA:
         keys = ["dims", "epochs", "batch_size", "lr", "n_negatives", "device", "seed"]
         return {k: getattr(self, k) for k in keys}
 
-    def _validate(self, X) -> sp.csr_matrix:
+    def check_params(self) -> None:
+        """Raise TrainingError for invalid settings (called by ``fit``; cheap, no data needed)."""
         for name in ("dims", "epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v <= 0:
@@ -198,6 +199,9 @@ class ELSA:
             raise TrainingError(f"lr must be a positive finite number, got {self.lr!r}")
         if self.n_negatives is not None and (not isinstance(self.n_negatives, (int, np.integer)) or self.n_negatives < 0):
             raise TrainingError(f"n_negatives must be None or an integer >= 0, got {self.n_negatives!r}")
+
+    def _validate(self, X) -> sp.csr_matrix:
+        self.check_params()
         if not sp.issparse(X):
             raise TrainingError(f"X must be a scipy sparse user x item matrix, got {type(X).__name__}")
         X = sp.csr_matrix(X, dtype=np.float32)
@@ -401,8 +405,8 @@ class CompressedELSA(ELSA):
     def _restart(self) -> bool:  # type: ignore[override]
         return bool(self.restart)
 
-    def _validate(self, X):
-        X = super()._validate(X)
+    def check_params(self) -> None:
+        super().check_params()
         if not isinstance(self.nnz, (int, np.integer)) or not 0 < self.nnz <= self.dims:
             raise TrainingError(f"nnz must be an integer in [1, dims={self.dims}], got {self.nnz!r}")
         if self.schedule not in SCHEDULES:
@@ -413,7 +417,6 @@ class CompressedELSA(ELSA):
                 f"must be non-negative and leave at least one pruning epoch within epochs={self.epochs}"
             )
         nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
-        return X
 
     def _pruning_plan(self, n_batches: int) -> dict[int, int]:
         levels = nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)

@@ -1,0 +1,124 @@
+"""Safe on-disk helpers shared by checkpoints and index directories.
+
+* :func:`atomic_directory` writes a directory under a temporary sibling name
+  and renames it into place only when everything inside was written, so an
+  error or an interrupt never leaves a half-written directory at the target.
+* :func:`load_array` reads ``.npy`` files with ``allow_pickle=False`` and turns
+  numpy's terse errors into ones that name the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+__all__ = ["atomic_directory", "load_array", "save_array", "write_json", "read_json", "array_digest"]
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | os.PathLike, *, overwrite: bool = False, error: Callable[[str], Exception] = FileExistsError
+) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``path`` on success.
+
+    Parameters
+    ----------
+    path : the final directory.
+    overwrite : replace an existing ``path``; otherwise its existence is an error.
+    error : exception factory for user-facing errors (e.g. a library error class).
+
+    The temporary directory is a sibling (same file system, so the final
+    ``rename`` is atomic) and is removed if the body raises.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise error(f"{path} already exists; choose another output path or pass overwrite")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create the parent directory of {path}: {exc}") from None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        yield tmp
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+            os.replace(path, trash / "old")
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Save without pickling (object arrays are refused)."""
+    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_array(path: Path, error: Callable[[str], Exception], *, mmap: bool = False) -> np.ndarray:
+    """Load a ``.npy`` file with ``allow_pickle=False``; errors name the file."""
+    if not path.is_file():
+        raise error(f"missing file {path.name} in {path.parent}")
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise error(f"{path} holds pickled Python objects; only plain numeric/string arrays are accepted") from None
+        raise error(f"{path} is not a valid .npy array: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise error(f"could not read {path}: {exc}") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+
+
+def read_json(path: Path, error: Callable[[str], Exception]) -> dict:
+    if not path.is_file():
+        raise error(f"{path.parent} has no {path.name}; it is not a complete elsa-index directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path} must hold a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """A sha256 (32 hex digits) of the arrays' dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        if a.dtype.kind == "U":
+            h.update("\x1f".join(a.tolist()).encode())
+        else:
+            h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

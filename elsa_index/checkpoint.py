@@ -1,0 +1,376 @@
+"""Checkpoints: item embeddings plus everything needed to serve them.
+
+A checkpoint is a directory::
+
+    manifest.json      format, version, model kind, shape, nnz per row,
+                       training config, data description, metrics, history,
+                       fingerprint of the embeddings and id table
+    item_ids.npy       external item ids (unicode), row order of the embeddings
+    popularity.npy     int64 number of training users per item
+    embeddings.npy     float32 (n_items, dims)             -- dense storage
+    data.npy, indices.npy, indptr.npy                       -- sparse CSR storage
+
+Everything is loaded with ``allow_pickle=False``. A checkpoint is written to a
+temporary sibling directory and renamed into place, so a failed save leaves
+nothing at the target path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import __version__
+from ._io import array_digest, atomic_directory, load_array, read_json, save_array, write_json
+from .data import IdMap, Interactions
+from .errors import CheckpointError
+from .models import encode_users, score_items
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "elsa-index-checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("elsa", "compressed_elsa", "imported")
+
+__all__ = ["Checkpoint", "FORMAT", "FORMAT_VERSION", "load_checkpoint", "import_embeddings"]
+
+
+@dataclass
+class Checkpoint:
+    """Item embeddings with their id table and metadata.
+
+    Attributes
+    ----------
+    embeddings : ndarray float32 (n_items, dims) or scipy CSR float32.
+    item_ids : IdMap, one external id per embedding row.
+    popularity : ndarray int64 (n_items,), training users per item (zeros if unknown).
+    kind : ``"elsa"``, ``"compressed_elsa"`` or ``"imported"``.
+    config : training configuration (model parameters, data settings).
+    data : description of the training data (fingerprint, sizes, source).
+    metrics : evaluation results, e.g. ``{"recall@20": 0.35}``.
+    history : per-epoch training statistics.
+    """
+
+    embeddings: Any
+    item_ids: IdMap
+    popularity: np.ndarray
+    kind: str = "imported"
+    config: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    created: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.item_ids, IdMap):
+            self.item_ids = IdMap(self.item_ids)
+        self.embeddings = _check_embeddings(self.embeddings, "embeddings")
+        n = self.embeddings.shape[0]
+        if len(self.item_ids) != n:
+            raise CheckpointError(f"{len(self.item_ids)} item ids for {n} embedding rows; expected one id per row")
+        pop = np.asarray(self.popularity)
+        if pop.shape != (n,) or pop.dtype.kind not in "iuf":
+            raise CheckpointError(f"popularity must be a numeric array of shape ({n},), got {pop.dtype} {pop.shape}")
+        self.popularity = pop.astype(np.int64)
+        if self.kind not in KINDS:
+            raise CheckpointError(f"unknown checkpoint kind {self.kind!r}; expected one of {KINDS}")
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def sparse(self) -> bool:
+        return sp.issparse(self.embeddings)
+
+    @property
+    def n_items(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dims(self) -> int:
+        return self.embeddings.shape[1]
+
+    def nnz_per_row(self) -> np.ndarray:
+        """Stored entries per row (``dims`` for every row of a dense checkpoint)."""
+        if self.sparse:
+            return np.diff(self.embeddings.indptr)
+        return np.full(self.n_items, self.dims, np.int64)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 prefix of the embeddings and the item-id table."""
+        if self.sparse:
+            e = self.embeddings
+            return array_digest(e.data, e.indices.astype(np.int64), e.indptr.astype(np.int64), self.item_ids.ids)
+        return array_digest(self.embeddings, self.item_ids.ids)
+
+    def nbytes(self) -> int:
+        """Bytes of the embedding arrays (values and, if sparse, int32 column indices)."""
+        if self.sparse:
+            return int(self.embeddings.data.nbytes + self.embeddings.nnz * 4 + self.embeddings.indptr.nbytes)
+        return int(self.embeddings.nbytes)
+
+    # ------------------------------------------------------------- scoring
+
+    def encode(self, X: sp.spmatrix) -> np.ndarray:
+        """User vectors ``x·A`` for binary histories X (n_users, n_items)."""
+        return encode_users(_check_histories(X, self.n_items), self.embeddings)
+
+    def score(self, X: sp.spmatrix) -> np.ndarray:
+        """Scores of every item, float32 (n_users, n_items)."""
+        return score_items(_check_histories(X, self.n_items), self.embeddings)
+
+    # ----------------------------------------------------------- persistence
+
+    def manifest(self) -> dict:
+        nnz = self.nnz_per_row()
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "elsa_index_version": __version__,
+            "created": self.created,
+            "kind": self.kind,
+            "storage": "csr" if self.sparse else "dense",
+            "n_items": self.n_items,
+            "dims": self.dims,
+            "nnz_per_row": {
+                "min": int(nnz.min()) if len(nnz) else 0,
+                "max": int(nnz.max()) if len(nnz) else 0,
+                "mean": float(nnz.mean()) if len(nnz) else 0.0,
+            },
+            "embedding_bytes": self.nbytes(),
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "data": self.data,
+            "metrics": self.metrics,
+            "history": self.history,
+        }
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the checkpoint directory atomically; returns its path."""
+        path = Path(path)
+        with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
+            if self.sparse:
+                e = self.embeddings
+                save_array(tmp / "data.npy", e.data.astype(np.float32))
+                save_array(tmp / "indices.npy", e.indices.astype(np.int32))
+                save_array(tmp / "indptr.npy", e.indptr.astype(np.int64))
+            else:
+                save_array(tmp / "embeddings.npy", self.embeddings)
+            save_array(tmp / "item_ids.npy", self.item_ids.ids)
+            save_array(tmp / "popularity.npy", self.popularity)
+            write_json(tmp / "manifest.json", self.manifest())
+        logger.info("saved %s checkpoint to %s", self.kind, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> "Checkpoint":
+        """Read a checkpoint directory written by :meth:`save`.
+
+        Raises
+        ------
+        CheckpointError
+            Not a directory, missing or malformed files, a newer format version,
+            pickled arrays, non-finite values, or (``verify``) a fingerprint
+            that does not match the arrays.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint directory not found: {path}")
+        m = read_json(path / "manifest.json", CheckpointError)
+        if m.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not an elsa-index checkpoint (manifest format {m.get('format')!r}, expected {FORMAT!r})")
+        version = m.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"{path}: invalid format_version {version!r}")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has checkpoint format version {version}, newer than this elsa-index supports "
+                f"({FORMAT_VERSION}); upgrade elsa-index"
+            )
+        for key in ("kind", "storage", "n_items", "dims"):
+            if key not in m:
+                raise CheckpointError(f"{path}/manifest.json lacks the field {key!r}")
+        n, d = m["n_items"], m["dims"]
+        if m["storage"] == "csr":
+            data = load_array(path / "data.npy", CheckpointError)
+            indices = load_array(path / "indices.npy", CheckpointError)
+            indptr = load_array(path / "indptr.npy", CheckpointError)
+            if indptr.shape != (n + 1,) or data.shape != indices.shape or indptr[-1] != len(data):
+                raise CheckpointError(f"{path}: CSR arrays are inconsistent with {n} rows (indptr {indptr.shape}, data {data.shape}, indices {indices.shape})")
+            if len(indices) and (indices.min() < 0 or indices.max() >= d):
+                raise CheckpointError(f"{path}: column indices outside [0, {d})")
+            emb = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+        elif m["storage"] == "dense":
+            emb = load_array(path / "embeddings.npy", CheckpointError)
+            if emb.shape != (n, d):
+                raise CheckpointError(f"{path}: embeddings.npy has shape {emb.shape}, manifest says ({n}, {d})")
+        else:
+            raise CheckpointError(f"{path}: unknown storage {m['storage']!r}; expected 'dense' or 'csr'")
+        ids = load_array(path / "item_ids.npy", CheckpointError)
+        pop = load_array(path / "popularity.npy", CheckpointError)
+        try:
+            ckpt = cls(
+                emb, IdMap(ids), pop, kind=m["kind"], config=m.get("config", {}), data=m.get("data", {}),
+                metrics=m.get("metrics", {}), history=m.get("history", []), created=m.get("created", ""),
+            )
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        except ValueError as exc:  # e.g. duplicate ids
+            raise CheckpointError(f"{path}: {exc}") from None
+        if verify and m.get("fingerprint") and m["fingerprint"] != ckpt.fingerprint:
+            raise CheckpointError(f"{path}: arrays do not match the manifest fingerprint (corrupted or edited files)")
+        return ckpt
+
+    # ------------------------------------------------------------- building
+
+    @classmethod
+    def from_model(cls, model, train: Interactions, *, data: dict | None = None, config: dict | None = None) -> "Checkpoint":
+        """Checkpoint of a fitted ELSA / CompressedELSA trained on ``train``."""
+        if not hasattr(model, "embeddings_"):
+            raise CheckpointError(f"{type(model).__name__} is not fitted")
+        info = {"fingerprint": train.fingerprint(), "n_users": train.n_users, "n_items": train.n_items, "n_interactions": train.nnz}
+        info.update(data or {})
+        cfg = {"model": model.get_params()}
+        cfg.update(config or {})
+        return cls(
+            model.embeddings_, train.item_ids, train.item_popularity(), kind=model.kind,
+            config=cfg, data=info, history=list(getattr(model, "history_", [])),
+        )
+
+    def __repr__(self) -> str:
+        nnz = self.nnz_per_row()
+        extra = f", nnz/row {nnz.mean():.1f}" if self.sparse else ""
+        return f"Checkpoint(kind={self.kind!r}, n_items={self.n_items}, dims={self.dims}{extra})"
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Shorthand for :meth:`Checkpoint.load`."""
+    return Checkpoint.load(path)
+
+
+def import_embeddings(
+    path: str | os.PathLike,
+    item_ids: Sequence[str] | str | os.PathLike | None = None,
+    *,
+    popularity: np.ndarray | None = None,
+) -> Checkpoint:
+    """Checkpoint from item embeddings produced elsewhere.
+
+    Parameters
+    ----------
+    path : a scipy ``.npz`` sparse matrix (``scipy.sparse.save_npz``; CSR, CSC
+        or COO) or a dense ``.npy`` array, shape (n_items, dims).
+    item_ids : a sequence of ids, or a text file with one id per line, or
+        None for ``"0" .. "n_items-1"``.
+    popularity : optional per-item counts (zeros if not given).
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable or pickled file, wrong shape, non-finite values, id count
+        not matching the rows, duplicate ids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"embedding file not found: {path}")
+    if path.suffix == ".npz":
+        emb = _load_npz_matrix(path)
+    elif path.suffix == ".npy":
+        emb = load_array(path, CheckpointError)
+        if emb.ndim != 2:
+            raise CheckpointError(f"{path} holds an array of shape {emb.shape}; expected (n_items, dims)")
+    else:
+        raise CheckpointError(f"unsupported embedding file {path.name}; expected a scipy .npz sparse matrix or a .npy array")
+    n = emb.shape[0]
+    if item_ids is None:
+        ids = IdMap(np.arange(n).astype(str))
+    else:
+        if isinstance(item_ids, (str, os.PathLike)):
+            p = Path(item_ids)
+            if not p.is_file():
+                raise CheckpointError(f"item-id file not found: {p}")
+            lines = p.read_text(encoding="utf-8").splitlines()
+            item_ids = [s.strip() for s in lines if s.strip()]
+        if len(item_ids) != n:
+            raise CheckpointError(f"{len(item_ids)} item ids for {n} embedding rows in {path.name}; expected one id per row")
+        try:
+            ids = IdMap(item_ids)
+        except ValueError as exc:
+            raise CheckpointError(f"item ids: {exc}") from None
+    pop = np.zeros(n, np.int64) if popularity is None else popularity
+    try:
+        return Checkpoint(emb, ids, pop, kind="imported", data={"source": str(path)})
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _load_npz_matrix(path: Path) -> sp.csr_matrix:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            fmt = z["format"].item() if "format" in keys else None
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode()
+            shape = tuple(int(s) for s in z["shape"]) if "shape" in keys else None
+            if fmt in ("csr", "csc") and {"data", "indices", "indptr"} <= keys:
+                cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+                m = cls((z["data"], z["indices"], z["indptr"]), shape=shape)
+            elif fmt == "coo" and {"data", "row", "col"} <= keys:
+                m = sp.coo_matrix((z["data"], (z["row"], z["col"])), shape=shape)
+            else:
+                raise CheckpointError(
+                    f"{path} is not a scipy sparse matrix file (keys {sorted(keys)}); "
+                    "expected the output of scipy.sparse.save_npz in csr, csc or coo format"
+                )
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise CheckpointError(f"{path} holds pickled Python objects; only plain arrays are accepted") from None
+        raise CheckpointError(f"{path} is not a valid sparse matrix: {exc}") from None
+    except (OSError, EOFError, KeyError) as exc:
+        raise CheckpointError(f"could not read {path}: {exc}") from None
+    return m.tocsr()
+
+
+def _check_embeddings(emb, name: str):
+    if sp.issparse(emb):
+        emb = sp.csr_matrix(emb)
+        if emb.dtype.kind not in "fiu":
+            raise CheckpointError(f"{name} must be numeric, got dtype {emb.dtype}")
+        emb = emb.astype(np.float32)
+        emb.sum_duplicates()
+        emb.sort_indices()
+        values = emb.data
+    else:
+        emb = np.asarray(emb)
+        if emb.ndim != 2 or emb.dtype.kind not in "fiu":
+            raise CheckpointError(f"{name} must be a 2-D numeric array (n_items, dims), got {emb.dtype} {emb.shape}")
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        values = emb
+    if emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise CheckpointError(f"{name} is empty (shape {emb.shape}); expected at least one item and one dimension")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise CheckpointError(f"{name} contain {int(bad.sum())} NaN/inf values; expected finite weights")
+    return emb
+
+
+def _check_histories(X, n_items: int) -> sp.csr_matrix:
+    if not sp.issparse(X):
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise CheckpointError(f"histories must be a 2-D (n_users, n_items) matrix, got shape {X.shape}")
+    X = sp.csr_matrix(X, dtype=np.float32)
+    if X.shape[1] != n_items:
+        raise CheckpointError(f"histories have {X.shape[1]} item columns; the checkpoint has {n_items} items")
+    return X

@@ -1,0 +1,288 @@
+"""Command-line interface: ``elsa-index <command> ...`` (also ``python -m elsa_index``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ElsaIndexError
+
+__all__ = ["main", "build_parser"]
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="SOURCE",
+                   help="interaction log (.parquet/.csv), a dataset name (ml-100k, ml-1m, ml-20m, "
+                        "goodbooks-10k, netflix) or 'synthetic'")
+    g.add_argument("--user-col", default="user_id", help="user id column (default: user_id)")
+    g.add_argument("--item-col", default="item_id", help="item id column (default: item_id)")
+    g.add_argument("--rating-col", default=None, help="rating column, needed for --min-rating")
+    g.add_argument("--timestamp-col", default=None, help="timestamp column (optional)")
+    g.add_argument("--split-col", default=None,
+                   help="column with train/test values: use the file's own split instead of held-out users")
+    g.add_argument("--min-rating", type=float, default=None,
+                   help="keep rows with rating >= this as positives (default: every row is a positive)")
+    g.add_argument("--min-user-support", type=int, default=5, help="drop users with fewer positives (default: 5)")
+    g.add_argument("--min-item-support", type=int, default=1, help="drop items with fewer positives (default: 1)")
+    g.add_argument("--heldout-users", type=int, default=1000, help="users held out for evaluation (default: 1000)")
+    g.add_argument("--split-seed", type=int, default=42, help="seed of the held-out user draw (default: 42)")
+
+
+def _data_spec(args):
+    from .workflow import DataSpec
+
+    return DataSpec(
+        source=args.data, user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
+        timestamp_col=args.timestamp_col, split_col=args.split_col, min_rating=args.min_rating,
+        min_user_support=args.min_user_support, min_item_support=args.min_item_support,
+        n_heldout_users=args.heldout_users, seed=args.split_seed,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elsa-index",
+        description="Train ELSA / Compressed ELSA item embeddings and serve recommendations from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"elsa-index {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # train
+    p = sub.add_parser("train", help="train a model and save a checkpoint",
+                       description="Train dense ELSA or Compressed ELSA on an interaction log and save a checkpoint.")
+    _add_data_args(p, required=True)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=["elsa", "compressed"], default="compressed",
+                   help="dense ELSA or Compressed ELSA (default: compressed)")
+    g.add_argument("--dims", type=int, default=None,
+                   help="embedding width; for compressed, the dense start width (default: 256 elsa, 1024 compressed)")
+    g.add_argument("--nnz", type=int, default=16, help="compressed: active dims per item at the end (default: 16)")
+    g.add_argument("--schedule", choices=["constant", "step", "linear", "exponential"], default="exponential",
+                   help="compressed: pruning schedule (default: exponential)")
+    g.add_argument("--restart", action="store_true", help="compressed: reset surviving weights after each pruning event")
+    g.add_argument("--prune-steps", type=int, default=10, help="compressed: pruning events of linear/exponential")
+    g.add_argument("--warmup-epochs", type=int, default=1, help="compressed: dense epochs before pruning")
+    g.add_argument("--finetune-epochs", type=int, default=2, help="compressed: epochs at the target nnz")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: 20 elsa, 8 compressed)")
+    g.add_argument("--batch-size", type=int, default=512, help="users per step (default: 512)")
+    g.add_argument("--lr", type=float, default=0.01, help="Nadam learning rate (default: 0.01)")
+    g.add_argument("--negatives", type=int, default=None,
+                   help="sampled outputs: score batch positives plus this many random items (default: all items)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    g.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out users")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    # evaluate
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out users",
+                       description="Recall@k (normalised by min(k, |targets|)) and NDCG@k of a checkpoint. "
+                                   "Without --data, the data settings recorded in the checkpoint are used.")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    _add_data_args(p, required=False)
+    p.add_argument("--metrics", nargs="+", default=["recall@20", "recall@50", "ndcg@100"],
+                   help="metric names, e.g. recall@20 hit_recall@20 ndcg@100")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    # import-npz
+    p = sub.add_parser("import-npz", help="make a checkpoint from a scipy .npz sparse matrix (or a .npy array)",
+                       description="Import item embeddings produced by another tool: a scipy.sparse.save_npz "
+                                   "matrix (CSR/CSC/COO) or a dense .npy array, one row per item.")
+    p.add_argument("embeddings", help=".npz sparse matrix or .npy array, shape (n_items, dims)")
+    p.add_argument("--item-ids", default=None, help="text file with one item id per line (default: row numbers)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    p.set_defaults(func=cmd_import)
+
+    # info
+    p = sub.add_parser("info", help="describe a checkpoint", description="Print a checkpoint's manifest summary.")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.set_defaults(func=cmd_info)
+
+    # demo
+    p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data (offline, a few minutes)",
+                       description="Generate synthetic interactions with planted structure, train popularity, "
+                                   "dense ELSA and Compressed ELSA, save checkpoints and print a results table.")
+    p.add_argument("--out", default="elsa-demo", help="output directory (default: ./elsa-demo)")
+    p.add_argument("--users", type=int, default=5000, help="synthetic users (default: 5000)")
+    p.add_argument("--items", type=int, default=2000, help="synthetic items (default: 2000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_train(args) -> int:
+    from .workflow import load_split, make_model, train_checkpoint
+
+    spec = _data_spec(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
+                  seed=args.seed, progress=not args.quiet)
+    if args.model == "elsa":
+        model = make_model("elsa", dims=args.dims or 256, epochs=args.epochs or 20, **params)
+    else:
+        model = make_model(
+            "compressed", dims=args.dims or 1024, nnz=args.nnz, schedule=args.schedule, restart=args.restart,
+            prune_steps=args.prune_steps, warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs,
+            epochs=args.epochs or 8, **params,
+        )
+    _say(f"loading {spec.source} ...")
+    split = load_split(spec)
+    _say(f"training {model.kind} on {split.train.n_users} users x {split.train.n_items} items "
+         f"({split.train.nnz} interactions); {split.fold_in.shape[0]} held-out users")
+    ckpt = train_checkpoint(model, split, data={"spec": spec.to_dict()}, evaluate_heldout=not args.no_eval)
+    ckpt.save(out, overwrite=args.overwrite)
+    _say(f"saved {ckpt!r} to {out} (training {ckpt.config['train_seconds']:.1f}s)")
+    if ckpt.metrics:
+        _say(_metrics_line(ckpt.metrics))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import Checkpoint
+    from .workflow import DataSpec, evaluate_checkpoint, load_split
+
+    ckpt = Checkpoint.load(args.checkpoint)
+    if args.data is not None:
+        spec = _data_spec(args)
+    elif "spec" in ckpt.data:
+        spec = DataSpec.from_dict(ckpt.data["spec"])
+    else:
+        raise ElsaIndexError(f"{args.checkpoint} records no training data; pass --data to name the interactions")
+    split = load_split(spec)
+    metrics = evaluate_checkpoint(ckpt, split, metrics=args.metrics)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _say(f"{split.fold_in.shape[0]} held-out users of {spec.source}")
+        _say(_metrics_line(metrics))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .checkpoint import import_embeddings
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    ckpt = import_embeddings(args.embeddings, args.item_ids)
+    ckpt.save(out, overwrite=args.overwrite)
+    nnz = ckpt.nnz_per_row()
+    _say(f"imported {ckpt.n_items} items x {ckpt.dims} dims ({'sparse' if ckpt.sparse else 'dense'}, "
+         f"{nnz.mean():.1f} nnz/row) to {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import Checkpoint
+
+    ckpt = Checkpoint.load(args.checkpoint)
+    m = ckpt.manifest()
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    nnz = m["nnz_per_row"]
+    rows = [
+        ("kind", m["kind"]), ("storage", m["storage"]), ("items", m["n_items"]), ("dims", m["dims"]),
+        ("nnz per row", f"{nnz['min']}..{nnz['max']} (mean {nnz['mean']:.1f})"),
+        ("embedding bytes", f"{m['embedding_bytes']:,}"), ("fingerprint", m["fingerprint"]), ("created", m["created"]),
+    ]
+    if ckpt.metrics:
+        rows.append(("metrics", _metrics_line(ckpt.metrics)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .baselines import Popularity
+    from .metrics import evaluate
+    from .workflow import DEFAULT_METRICS, DataSpec, load_split, make_model, train_checkpoint
+
+    out = Path(args.out)
+    spec = DataSpec(source="synthetic", synthetic_users=args.users, synthetic_items=args.items,
+                    n_heldout_users=max(1, min(1000, args.users // 5)))
+    _say(f"generating synthetic interactions: {args.users} users x {args.items} items ...")
+    split = load_split(spec)
+    _say(f"training on {split.train.n_users} users ({split.train.nnz} interactions); "
+         f"evaluating on {split.fold_in.shape[0]} held-out users")
+    rows = []
+    t0 = time.perf_counter()
+    pop = Popularity().fit(split.train.matrix)
+    res = evaluate(pop.score, split.fold_in, split.targets, ks=(), metrics=DEFAULT_METRICS)
+    rows.append(("popularity", "-", time.perf_counter() - t0, 0, res))
+    runs = [
+        ("elsa-256", make_model("elsa", dims=256, epochs=20, lr=0.01, progress=not args.quiet)),
+        ("elsa-32", make_model("elsa", dims=32, epochs=20, lr=0.01, progress=not args.quiet)),
+        ("compressed-1024-nnz16", make_model("compressed", dims=1024, nnz=16, epochs=8, lr=0.01,
+                                              finetune_epochs=2, progress=not args.quiet)),
+    ]
+    for name, model in runs:
+        _say(f"training {name} ...")
+        ckpt = train_checkpoint(model, split, data={"spec": spec.to_dict()})
+        ckpt.save(out / name, overwrite=True)
+        nnz = ckpt.nnz_per_row().mean()
+        rows.append((name, f"{nnz:.0f}", ckpt.config["train_seconds"], ckpt.nbytes(), ckpt.metrics))
+    _say("")
+    header = ["model", "nnz/item", "train s", "embedding bytes", *DEFAULT_METRICS]
+    table = [header] + [
+        [n, nz, f"{s:.1f}", f"{b:,}", *(f"{m[k]:.4f}" for k in DEFAULT_METRICS)] for n, nz, s, b, m in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for i, r in enumerate(table):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    _say(f"\ncheckpoints written under {out}/")
+    return 0
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _metrics_line(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ElsaIndexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

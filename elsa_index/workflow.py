@@ -1,0 +1,158 @@
+"""End-to-end steps shared by the CLI and the benchmarks: data -> split -> model -> checkpoint -> metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .checkpoint import Checkpoint
+from .data import IdMap, Interactions, Split, column_split, filter_log, read_log, strong_generalization_split
+from .errors import DataError, TrainingError
+from .metrics import evaluate
+from .models import ELSA, CompressedELSA
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataSpec", "load_split", "make_model", "train_checkpoint", "evaluate_checkpoint", "DEFAULT_METRICS"]
+
+DEFAULT_METRICS = ("recall@20", "recall@50", "ndcg@100")
+
+
+@dataclass
+class DataSpec:
+    """Where the interactions come from and how they are filtered and split.
+
+    ``source`` is a Parquet/CSV path, a dataset name known to
+    :func:`elsa_index.datasets.load_dataset` (e.g. ``"ml-1m"``), or
+    ``"synthetic"`` (the built-in generator; ``synthetic_*`` settings apply).
+    With ``split_col`` set, the file's own train/test split is used; otherwise
+    ``n_heldout_users`` users are held out (strong generalisation).
+    """
+
+    source: str = "synthetic"
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    rating_col: str | None = None
+    timestamp_col: str | None = None
+    split_col: str | None = None
+    min_rating: float | None = None
+    min_user_support: int = 5
+    min_item_support: int = 1
+    n_heldout_users: int = 1000
+    fold_in_fraction: float = 0.8
+    seed: int = 42
+    synthetic_users: int = 5000
+    synthetic_items: int = 2000
+    synthetic_clusters: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DataError(f"unknown data setting(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**d)
+
+
+def load_log(spec: DataSpec):
+    """The raw interaction log named by ``spec`` (before filtering)."""
+    src = spec.source
+    if src == "synthetic":
+        from .synthetic import make_synthetic
+
+        return make_synthetic(spec.synthetic_users, spec.synthetic_items, spec.synthetic_clusters, seed=spec.seed)
+    path = Path(src)
+    if path.is_file():
+        cols = dict(user_col=spec.user_col, item_col=spec.item_col, rating_col=spec.rating_col,
+                    timestamp_col=spec.timestamp_col, split_col=spec.split_col)
+        return read_log(path, **cols)
+    from .datasets import DATASETS, load_dataset
+
+    if src in DATASETS:
+        return load_dataset(src)
+    raise DataError(f"data source {src!r} is neither a file nor a known dataset; expected a .parquet/.csv path, 'synthetic' or one of {list(DATASETS)}")
+
+
+def load_split(spec: DataSpec) -> Split:
+    """Load, filter and split the interactions described by ``spec``."""
+    log = load_log(spec)
+    if spec.split_col is not None:
+        # Filtering per part would break the given split; only positives are selected.
+        if spec.min_rating is not None:
+            log = filter_log(log, min_rating=spec.min_rating, min_user_support=1, min_item_support=1)
+        return column_split(log)
+    log = filter_log(log, min_rating=spec.min_rating, min_user_support=spec.min_user_support,
+                     min_item_support=spec.min_item_support)
+    inter = Interactions.from_log(log)
+    n_heldout = spec.n_heldout_users
+    if n_heldout >= inter.n_users:
+        raise DataError(f"n_heldout_users={n_heldout} but only {inter.n_users} users remain after filtering; expected fewer")
+    return strong_generalization_split(inter, n_heldout, fold_in_fraction=spec.fold_in_fraction, seed=spec.seed)
+
+
+def make_model(kind: str, **params):
+    """``ELSA`` for ``kind="elsa"`` (alias ``"dense"``), ``CompressedELSA`` for ``"compressed_elsa"`` (alias ``"compressed"``)."""
+    kinds = {"elsa": ELSA, "dense": ELSA, "compressed_elsa": CompressedELSA, "compressed": CompressedELSA}
+    if kind not in kinds:
+        raise TrainingError(f"unknown model kind {kind!r}; expected one of {sorted(kinds)}")
+    cls = kinds[kind]
+    try:
+        model = cls(**params)
+    except TypeError as exc:
+        raise TrainingError(f"bad parameter for {cls.__name__}: {exc}") from None
+    model.check_params()
+    return model
+
+
+def train_checkpoint(model, split: Split, *, data: dict | None = None,
+                     metrics: Sequence[str] = DEFAULT_METRICS, evaluate_heldout: bool = True) -> Checkpoint:
+    """Fit ``model`` on ``split.train``; return its checkpoint, evaluated on the held-out users."""
+    t0 = time.perf_counter()
+    model.fit(split.train.matrix)
+    seconds = time.perf_counter() - t0
+    ckpt = Checkpoint.from_model(model, split.train, data=data, config={"train_seconds": round(seconds, 3)})
+    if evaluate_heldout and split.fold_in.shape[0]:
+        ckpt.metrics = evaluate_checkpoint(ckpt, split, metrics=metrics)
+    return ckpt
+
+
+def align_to(ckpt: Checkpoint, matrix: sp.csr_matrix, item_ids: IdMap) -> sp.csr_matrix:
+    """Re-index the columns of ``matrix`` (in ``item_ids`` order) to the checkpoint's items; unknown items are dropped."""
+    if item_ids == ckpt.item_ids:
+        return sp.csr_matrix(matrix, dtype=np.float32)
+    cols = ckpt.item_ids.index(item_ids.ids, missing="ignore")
+    m = sp.csr_matrix(matrix, dtype=np.float32).tocoo()
+    new = cols[m.col]
+    keep = new >= 0
+    out = sp.csr_matrix((m.data[keep], (m.row[keep], new[keep])), shape=(matrix.shape[0], ckpt.n_items))
+    out.sort_indices()
+    return out
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, split: Split, *, metrics: Sequence[str] = DEFAULT_METRICS,
+                        batch_size: int = 1000) -> dict[str, float]:
+    """Recall/NDCG of the checkpoint's rankings for the split's held-out users.
+
+    Items are matched by external id, so the split may come from a different
+    (e.g. re-filtered) copy of the data; fold-in or target items the checkpoint
+    does not know are dropped (and counted in the log).
+    """
+    fold = align_to(ckpt, split.fold_in, split.item_ids)
+    tgt = align_to(ckpt, split.targets, split.item_ids)
+    lost = split.targets.nnz - tgt.nnz
+    if lost:
+        logger.warning("%d target interactions are items unknown to the checkpoint and were dropped", lost)
+    if tgt.nnz == 0:
+        raise DataError("no held-out target item is known to the checkpoint; is this the data it was trained on?")
+    res = evaluate(ckpt.score, fold, tgt, ks=(), metrics=metrics, batch_size=batch_size)
+    return {k: float(v) for k, v in res.items()}
+
