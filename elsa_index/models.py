@@ -124,6 +124,29 @@ def score_items(X: sp.spmatrix, embeddings) -> np.ndarray:
     return U @ np.asarray(embeddings, dtype=np.float32).T
 
 
+def _check_validation(validation, n_items: int):
+    try:
+        fold_in, targets = validation
+    except (TypeError, ValueError):
+        raise TrainingError("validation must be a (fold_in, targets) pair of sparse matrices") from None
+    fold_in = sp.csr_matrix(fold_in, dtype=np.float32)
+    targets = sp.csr_matrix(targets, dtype=np.float32)
+    if fold_in.shape != targets.shape or fold_in.shape[1] != n_items:
+        raise TrainingError(
+            f"validation matrices must both have shape (n_users, {n_items}); got {fold_in.shape} and {targets.shape}"
+        )
+    if targets.nnz == 0:
+        raise TrainingError("validation targets are empty; expected held-out items for the validation users")
+    return fold_in, targets
+
+
+def _validation_recall(A: np.ndarray, fold_in: sp.csr_matrix, targets: sp.csr_matrix) -> float:
+    from .metrics import evaluate
+
+    res = evaluate(lambda Xb: score_items(Xb, A), fold_in, targets, ks=(), metrics=("recall@20",))
+    return float(res["recall@20"])
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -156,7 +179,8 @@ class ELSA:
     Attributes
     ----------
     embeddings_ : ndarray float32 (n_items, dims), L2-normalised rows.
-    history_ : list of dict per epoch (epoch, loss, nnz, seconds).
+    history_ : list of dict per epoch (epoch, loss, nnz, seconds[, val_recall@20]).
+    best_epoch_ : epoch whose weights were kept (with validation), else None.
     """
 
     kind = "elsa"
@@ -231,10 +255,24 @@ class ELSA:
     def _start_dims(self) -> int:
         return self.dims
 
+    @property
+    def _final_nnz(self) -> int:
+        return self.dims
+
     # -- training
 
-    def fit(self, X: sp.spmatrix) -> "ELSA":
+    def fit(self, X: sp.spmatrix, *, validation=None, patience: int | None = 3) -> "ELSA":
         """Train on a binary user x item matrix (CSR, float).
+
+        Parameters
+        ----------
+        X : sparse (n_users, n_items), binary histories.
+        validation : optional ``(fold_in, targets)`` sparse matrices of
+            validation users (not in X, same item columns). Recall@20 is
+            measured after every epoch and recorded in ``history_``; the
+            weights of the best epoch are kept (for Compressed ELSA, the best
+            epoch at the target nnz), and training stops after ``patience``
+            epochs without improvement (``None``: never stops early).
 
         Returns
         -------
@@ -243,6 +281,8 @@ class ELSA:
         import torch
 
         X = self._validate(X)
+        if validation is not None:
+            validation = _check_validation(validation, X.shape[1])
         device = self._resolve_device()
         n_users, n_items = X.shape
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -259,6 +299,8 @@ class ELSA:
         plan = self._pruning_plan(n_batches)  # global step -> nnz
         cur_nnz = width
         self.history_ = []
+        self.best_epoch_ = None
+        best = None  # (val recall, epoch, weight, mask)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -289,12 +331,27 @@ class ELSA:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", nnz=cur_nnz)
-                stats = EpochStats(epoch + 1, total / seen, cur_nnz, time.perf_counter() - t0)
-                self.history_.append(stats.as_dict())
-                logger.info("epoch %d loss %.5f nnz %d (%.1fs)", stats.epoch, stats.loss, stats.nnz, stats.seconds)
+                stats = EpochStats(epoch + 1, total / seen, cur_nnz, time.perf_counter() - t0).as_dict()
+                logger.info("epoch %d loss %.5f nnz %d (%.1fs)", epoch + 1, stats["loss"], cur_nnz, stats["seconds"])
+                if validation is not None:
+                    with torch.no_grad():
+                        A = torch.nn.functional.normalize(weight * mask, dim=-1).cpu().numpy()
+                    stats["val_recall@20"] = score = _validation_recall(A, *validation)
+                    # Only epochs at the final width are eligible (pruning may still be under way).
+                    if cur_nnz == self._final_nnz and (best is None or score > best[0]):
+                        best = (score, epoch + 1, weight.detach().clone(), mask.clone())
+                    elif best is not None and patience is not None and epoch + 1 - best[1] >= patience:
+                        self.history_.append(stats)
+                        logger.info("early stop after epoch %d; best epoch %d", epoch + 1, best[1])
+                        break
+                    if bar is not None:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{stats['loss']:.4f}", nnz=cur_nnz, val=f"{score:.4f}")
+                self.history_.append(stats)
         finally:
             if bar is not None:
                 bar.close()
+        if best is not None:
+            _, self.best_epoch_, weight, mask = best
         with torch.no_grad():
             A = torch.nn.functional.normalize(weight * mask, dim=-1).cpu().numpy().astype(np.float32)
         self._finish(A, mask.cpu().numpy())
@@ -400,6 +457,10 @@ class CompressedELSA(ELSA):
         for k in ("nnz", "schedule", "restart", "prune_steps", "warmup_epochs", "finetune_epochs"):
             params[k] = getattr(self, k)
         return params
+
+    @property
+    def _final_nnz(self) -> int:  # type: ignore[override]
+        return self.nnz
 
     @property
     def _restart(self) -> bool:  # type: ignore[override]

@@ -113,16 +113,54 @@ def make_model(kind: str, **params):
     return model
 
 
-def train_checkpoint(model, split: Split, *, data: dict | None = None,
+def train_checkpoint(model, split: Split, *, data: dict | None = None, validation_users: int = 0,
+                     patience: int | None = 3, validation_seed: int = 7, refit: bool = True,
                      metrics: Sequence[str] = DEFAULT_METRICS, evaluate_heldout: bool = True) -> Checkpoint:
-    """Fit ``model`` on ``split.train``; return its checkpoint, evaluated on the held-out users."""
+    """Fit ``model`` on ``split.train``; return its checkpoint, evaluated on the held-out users.
+
+    With ``validation_users > 0``, the number of epochs is chosen on
+    validation users: that many training users are set aside (80/20 fold-in
+    like the test users, never the test users themselves), the model trains
+    on the rest with early stopping (``patience``), and then, with ``refit``,
+    is trained again from the same initialisation on all training users for
+    the best epoch count (a Compressed ELSA keeps its pruning timeline; only
+    the fine-tuning is cut). Without ``refit`` the early-stopped model is kept.
+    """
+    train = split.train
+    config: dict[str, Any] = {"validation_users": validation_users}
     t0 = time.perf_counter()
-    model.fit(split.train.matrix)
+    if validation_users:
+        inner = strong_generalization_split(train, validation_users, seed=validation_seed)
+        model.fit(inner.train.matrix, validation=(inner.fold_in, inner.targets), patience=patience)
+        config["best_epoch"] = best = model.best_epoch_
+        config["validation_history"] = model.history_
+        if refit:
+            config["selection_seconds"] = round(time.perf_counter() - t0, 3)
+            model = _with_epochs(model, best)
+            t0 = time.perf_counter()
+            model.fit(train.matrix)
+        else:
+            train = inner.train
+    else:
+        model.fit(train.matrix)
     seconds = time.perf_counter() - t0
-    ckpt = Checkpoint.from_model(model, split.train, data=data, config={"train_seconds": round(seconds, 3)})
+    config["train_seconds"] = round(seconds, 3)
+    config["seconds_per_epoch"] = round(seconds / max(1, len(model.history_)), 3)
+    ckpt = Checkpoint.from_model(model, train, data=data, config=config)
     if evaluate_heldout and split.fold_in.shape[0]:
         ckpt.metrics = evaluate_checkpoint(ckpt, split, metrics=metrics)
     return ckpt
+
+
+def _with_epochs(model, epochs: int):
+    """A fresh copy of ``model`` set to train ``epochs`` epochs (fine-tuning shortened for Compressed ELSA)."""
+    params = model.get_params()
+    if "finetune_epochs" in params:
+        prune_end = params["epochs"] - params["finetune_epochs"]
+        params["finetune_epochs"] = max(0, epochs - prune_end)
+        epochs = max(epochs, prune_end)
+    params["epochs"] = epochs
+    return type(model)(**params, progress=model.progress)
 
 
 def align_to(ckpt: Checkpoint, matrix: sp.csr_matrix, item_ids: IdMap) -> sp.csr_matrix:

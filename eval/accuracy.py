@@ -1,0 +1,252 @@
+"""Accuracy benchmark: popularity, EASE, dense ELSA and Compressed ELSA on real data.
+
+Usage::
+
+    python eval/accuracy.py --data-dir DIR [--datasets ml-1m amazon-book] [--out eval/results] [--force] [--quick]
+
+``DIR`` holds ``ml-1m.parquet`` and ``amazon-book.parquet`` (string columns
+``user_id``/``item_id``, ``rating`` for ML-1M, ``split`` for Amazon-Book); it
+defaults to ``$ELSA_INDEX_DATA``. Every finished run is stored in
+``OUT/accuracy.json`` at once, so an interrupted benchmark resumes where it
+stopped (``--force`` re-runs). ``OUT/accuracy.md`` is regenerated from the JSON.
+
+Protocols
+---------
+ML-1M: ratings >= 4 are positives, users with >= 5 positives, 1,000 held-out
+users (seed 42) with an 80/20 fold-in / target split; Recall@k normalised by
+min(k, |targets|), NDCG@100.
+Amazon-Book: the shipped ``split`` column; models train on the train rows; each
+test user's train items are the fold-in history, their test items the targets.
+Also the standard Recall@20 (hits / |targets|) and NDCG@20.
+
+Every ELSA model picks its number of epochs on 500 (ML-1M) / 2,000
+(Amazon-Book) *training* users set aside for validation (early stopping on
+Recall@20), then is retrained on all training users for that many epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def runs_for(dataset: str, quick: bool):
+    """(name, kind, params) of every model in the benchmark."""
+    out = [("popularity", "popularity", {}), ("EASE l2=300", "ease", {"l2": 300.0})]
+    if dataset == "ml-1m":
+        common = dict(lr=0.03, batch_size=512)
+        dense_dims = [1024, 512, 256, 128, 64, 32, 16]
+        comp_nnz = [128, 64, 32, 16, 8]
+        cstart, epochs, cepochs = 1024, 30, 14
+    else:
+        common = dict(lr=0.03, batch_size=1024, n_negatives=4096)
+        dense_dims = [1024, 256, 64, 32, 16]
+        comp_nnz = [128, 32, 16, 8]
+        cstart, epochs, cepochs = 1024, 12, 10
+    if quick:
+        dense_dims, comp_nnz = dense_dims[-3:-1], comp_nnz[-2:]
+    for d in dense_dims:
+        out.append((f"ELSA {d}d", "elsa", dict(common, dims=d, epochs=epochs)))
+    comp = dict(common, dims=cstart, epochs=cepochs, warmup_epochs=1, finetune_epochs=cepochs - 7, prune_steps=100)
+    for k in comp_nnz:
+        out.append((f"CELSA {cstart}->{k} exponential", "compressed", dict(comp, nnz=k, schedule="exponential")))
+    if dataset == "ml-1m" and not quick:
+        for sched in ("constant", "step", "linear", "exponential"):
+            for restart in (False, True):
+                if sched == "exponential" and not restart:
+                    continue  # already above
+                name = f"CELSA {cstart}->16 {sched}{' +restart' if restart else ''}"
+                out.append((name, "compressed", dict(comp, nnz=16, schedule=sched, restart=restart)))
+    return out
+
+
+def data_spec(dataset: str, data_dir: Path):
+    from elsa_index.workflow import DataSpec
+
+    if dataset == "ml-1m":
+        return DataSpec(source=str(data_dir / "ml-1m.parquet"), rating_col="rating", min_rating=4.0,
+                        min_user_support=5, n_heldout_users=1000, seed=42)
+    if dataset == "amazon-book":
+        return DataSpec(source=str(data_dir / "amazon-book.parquet"), split_col="split")
+    raise SystemExit(f"unknown dataset {dataset!r}; expected ml-1m or amazon-book")
+
+
+def metric_names(dataset: str):
+    base = ["recall@20", "recall@50", "ndcg@100"]
+    return base + (["hit_recall@20", "ndcg@20"] if dataset == "amazon-book" else [])
+
+
+def run_one(kind, params, split, metrics, validation_users):
+    from elsa_index.baselines import EASE, Popularity
+    from elsa_index.metrics import evaluate
+    from elsa_index.workflow import make_model, train_checkpoint
+
+    if kind in ("popularity", "ease"):
+        t0 = time.perf_counter()
+        model = Popularity() if kind == "popularity" else EASE(**params)
+        model.fit(split.train.matrix)
+        secs = time.perf_counter() - t0
+        res = evaluate(model.score, split.fold_in, split.targets, ks=(), metrics=metrics)
+        return {"metrics": {k: float(v) for k, v in res.items()}, "train_seconds": secs}
+    model = make_model(kind, progress=False, **params)
+    ckpt = train_checkpoint(model, split, validation_users=validation_users, patience=3, metrics=metrics)
+    nnz = float(ckpt.nnz_per_row().mean())
+    return {
+        "metrics": ckpt.metrics,
+        "train_seconds": ckpt.config["train_seconds"],
+        "selection_seconds": ckpt.config.get("selection_seconds"),
+        "seconds_per_epoch": ckpt.config["seconds_per_epoch"],
+        "epochs": len(model.history_),
+        "best_epoch": ckpt.config.get("best_epoch"),
+        "dims": ckpt.dims,
+        "nnz": nnz,
+        "floats_per_item": nnz if ckpt.sparse else ckpt.dims,
+        "embedding_bytes": ckpt.nbytes(),
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+# ------------------------------------------------------------------ report
+
+
+def render(results: dict) -> str:
+    lines = ["# Accuracy benchmark", "",
+             "Generated by `python eval/accuracy.py --data-dir DIR` (see the script's docstring for the protocols).",
+             ""]
+    m = results.get("machine", {})
+    if m:
+        lines += [f"Machine: {m.get('cpu')} ({m.get('cores')} cores), Python {m.get('python')}, "
+                  f"torch {m.get('torch')} ({m.get('torch_threads')} threads). Training times are wall-clock "
+                  "on this machine for the final fit (epoch selection on validation users not included).", ""]
+    for dataset, runs in results.get("datasets", {}).items():
+        lines += [f"## {dataset}", ""]
+        info = results.get("data", {}).get(dataset)
+        if info:
+            lines += [f"{info['train_users']} training users x {info['items']} items "
+                      f"({info['train_interactions']} interactions); {info['test_users']} evaluated users.", ""]
+        names = metric_names(dataset)
+        lines.append("| model | floats/item | " + " | ".join(names) + " | epochs | train s | s/epoch |")
+        lines.append("|---|---:|" + "---:|" * len(names) + "---:|---:|---:|")
+        for name, r in runs.items():
+            fl = r.get("floats_per_item")
+            cells = [f"{r['metrics'][k]:.4f}" for k in names]
+            ep = r.get("epochs")
+            spe = r.get("seconds_per_epoch")
+            lines.append(f"| {name} | {'' if fl is None else f'{fl:g}'} | " + " | ".join(cells)
+                         + f" | {'' if ep is None else ep} | {r['train_seconds']:.1f} | {'' if spe is None else f'{spe:.2f}'} |")
+        lines.append("")
+        lines += _analysis(dataset, runs)
+    return "\n".join(lines) + "\n"
+
+
+def _analysis(dataset: str, runs: dict) -> list[str]:
+    dense = {r["dims"]: r["metrics"]["recall@20"] for n, r in runs.items() if n.startswith("ELSA ")}
+    comp = {int(r["nnz"]): r["metrics"]["recall@20"] for n, r in runs.items() if n.endswith("exponential") and "restart" not in n}
+    if not dense or not comp:
+        return []
+    best_dims = max(dense, key=dense.get)
+    best = dense[best_dims]
+    paper = {128: 0.98, 64: 0.965, 32: 0.945, 16: 0.91, 8: 0.86}
+    out = [f"Compressed ELSA (exponential schedule) against the best dense ELSA ({best_dims}d, Recall@20 {best:.4f}) "
+           "and against dense ELSA of equal byte budget (2 x nnz dims):", "",
+           "| nnz | Recall@20 | retained | paper ML-20M target | target met | dense 2xnnz Recall@20 | beats equal budget |",
+           "|---:|---:|---:|---:|---|---:|---|"]
+    for k in sorted(comp, reverse=True):
+        ret = comp[k] / best
+        tgt = paper.get(k)
+        d2 = dense.get(2 * k)
+        out.append(f"| {k} | {comp[k]:.4f} | {ret:.3f} | {'' if tgt is None else f'{tgt:.3f}'} | "
+                   f"{'' if tgt is None else ('yes' if ret >= tgt else f'no ({ret - tgt:+.3f})')} | "
+                   f"{'' if d2 is None else f'{d2:.4f}'} | "
+                   f"{'' if d2 is None else ('yes' if comp[k] > d2 else f'no ({comp[k] - d2:+.4f})')} |")
+    ease = runs.get("EASE l2=300", {}).get("metrics", {}).get("recall@20")
+    if ease:
+        out += ["", f"Best dense ELSA / EASE Recall@20: {best / ease:.3f} (target >= 0.97)."]
+    return out + [""]
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=os.environ.get("ELSA_INDEX_DATA"),
+                    help="folder with ml-1m.parquet and amazon-book.parquet (default: $ELSA_INDEX_DATA)")
+    ap.add_argument("--datasets", nargs="+", default=["ml-1m", "amazon-book"])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--force", action="store_true", help="re-run finished runs")
+    ap.add_argument("--quick", action="store_true", help="a few models only (smoke run)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only models whose name contains one of these")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the Markdown report from the JSON")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "accuracy.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    results.setdefault("datasets", {})
+    results.setdefault("data", {})
+
+    def save():
+        tmp = store.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, store)
+        (out / "accuracy.md").write_text(render(results))
+
+    if args.render_only:
+        save()
+        return 0
+    if not args.data_dir:
+        ap.error("--data-dir is required (or set ELSA_INDEX_DATA)")
+    results["machine"] = machine()
+    from elsa_index.workflow import load_split
+
+    for dataset in args.datasets:
+        spec = data_spec(dataset, Path(args.data_dir))
+        print(f"== {dataset}: loading {spec.source}", flush=True)
+        split = load_split(spec)
+        results["data"][dataset] = {"train_users": split.train.n_users, "items": split.train.n_items,
+                                    "train_interactions": split.train.nnz, "test_users": split.fold_in.shape[0]}
+        done = results["datasets"].setdefault(dataset, {})
+        val_users = 500 if dataset == "ml-1m" else 2000
+        for name, kind, params in runs_for(dataset, args.quick):
+            if args.only and not any(s in name for s in args.only):
+                continue
+            if name in done and not args.force:
+                continue
+            t0 = time.perf_counter()
+            r = run_one(kind, params, split, metric_names(dataset), val_users)
+            r["params"] = params
+            done[name] = r
+            save()
+            print(f"{name:40s} R@20 {r['metrics']['recall@20']:.4f}  R@50 {r['metrics']['recall@50']:.4f}  "
+                  f"NDCG@100 {r['metrics']['ndcg@100']:.4f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    save()
+    print(f"wrote {out / 'accuracy.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
