@@ -1,0 +1,326 @@
+"""One search API over every backend: recommend for user histories, similar items, raw vector search.
+
+An *index directory* is self-contained::
+
+    index.json     format, version, backend name, checkpoint fingerprint
+    checkpoint/    the checkpoint it was built from (item embeddings, ids, popularity)
+    backend/       the backend's own files (see ``elsa_index.indexers``)
+
+Users are encoded exactly as the model scores them: ``u = x·A``, the sum of
+the item embeddings of the history; the backend then finds the items with the
+largest ``u·a_j``.
+
+Thread safety: an opened :class:`Index` only reads its arrays and the
+backend's index; ``recommend``, ``similar_items`` and ``search`` may be called
+from several threads at once. ``set_search_params`` must not run concurrently
+with searches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import __version__
+from ._io import atomic_directory, read_json, write_json
+from .checkpoint import Checkpoint
+from .errors import CheckpointError, DataError, ElsaIndexError
+from .metrics import _topk
+
+logger = logging.getLogger(__name__)
+
+INDEX_DIR_FORMAT = "elsa-index-index"
+INDEX_DIR_VERSION = 1
+
+__all__ = ["Index", "Recommendations", "build_index", "open_index", "UnknownItemsWarning"]
+
+
+class UnknownItemsWarning(UserWarning):
+    """Some history item ids are not in the index's catalogue and were ignored."""
+
+
+class Recommendations(NamedTuple):
+    """Batched results, best first, shape (n, k).
+
+    ids : external item ids (str); ``""`` pads rows with fewer than k results.
+    scores : float32 inner products (``-inf`` for padding); for fallback rows,
+        the items' training popularity.
+    indices : int64 row indices into the checkpoint (-1 for padding).
+    fallback : bool (n,), True where the user had no known history and got
+        the most popular items.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    indices: np.ndarray
+    fallback: np.ndarray
+
+
+def _index_error(msg: str) -> Exception:
+    from .indexers.base import IndexError_
+
+    return IndexError_(msg)
+
+
+class Index:
+    """A backend plus the checkpoint it indexes. Use :func:`open_index` or :func:`build_index`."""
+
+    def __init__(self, checkpoint: Checkpoint, backend, path: Path | None = None):
+        if backend.fingerprint_ != checkpoint.fingerprint:
+            raise _index_error(
+                f"the {backend.name!r} index was built from checkpoint {backend.fingerprint_}, "
+                f"but the given checkpoint is {checkpoint.fingerprint}; rebuild the index or use its own checkpoint"
+            )
+        self.checkpoint = checkpoint
+        self.backend = backend
+        self.path = path
+        emb = checkpoint.embeddings
+        self._emb = sp.csr_matrix(emb) if sp.issparse(emb) else emb
+        self._popular = np.lexsort((np.arange(checkpoint.n_items), -checkpoint.popularity))
+
+    # ---------------------------------------------------------------- basics
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.checkpoint.item_ids.ids
+
+    @property
+    def n_items(self) -> int:
+        return self.checkpoint.n_items
+
+    def set_search_params(self, **params) -> "Index":
+        self.backend.set_search_params(**params)
+        return self
+
+    def info(self) -> dict[str, Any]:
+        out = {"path": None if self.path is None else str(self.path), "checkpoint": self.checkpoint.manifest()}
+        out["checkpoint"].pop("history", None)
+        out["backend"] = self.backend.info()
+        return out
+
+    def __repr__(self) -> str:
+        return f"Index({self.backend.name!r}, {self.checkpoint!r})"
+
+    # ------------------------------------------------------------ histories
+
+    def histories_matrix(self, histories, *, warn: bool = True) -> sp.csr_matrix:
+        """Binary CSR (n_users, n_items) from lists of external ids (or a CSR matrix, validated)."""
+        if sp.issparse(histories):
+            X = sp.csr_matrix(histories, dtype=np.float32)
+            if X.shape[1] != self.n_items:
+                raise DataError(f"history matrix has {X.shape[1]} columns; the index has {self.n_items} items")
+            return X
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
+            raise DataError("histories must be a list of lists of item ids (one list per user) or a CSR matrix")
+        rows, cols, unknown = [], [], []
+        for r, h in enumerate(histories):
+            if isinstance(h, (str, bytes)):
+                raise DataError(f"history {r} is a single string {h!r}; expected a list of item ids")
+            idx = self.checkpoint.item_ids.index(list(h), missing="ignore")
+            if (idx < 0).any():
+                unknown.extend(str(v) for v, i in zip(h, idx) if i < 0)
+            idx = np.unique(idx[idx >= 0])
+            rows.append(np.full(len(idx), r)), cols.append(idx)
+        if unknown and warn:
+            warnings.warn(
+                f"{len(unknown)} history item id(s) are not in the catalogue and were ignored, e.g. {unknown[:5]}",
+                UnknownItemsWarning, stacklevel=3,
+            )
+        n = len(histories)
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, self.n_items))
+
+    def _item_indices(self, ids, what: str) -> np.ndarray:
+        if ids is None:
+            return None
+        if isinstance(ids, (str, bytes)):
+            ids = [ids]
+        idx = self.checkpoint.item_ids.index(list(ids), missing="ignore")
+        if (idx < 0).any():
+            bad = [str(v) for v, i in zip(ids, idx) if i < 0][:5]
+            raise DataError(f"{what} contains item id(s) not in the catalogue: {bad}")
+        return np.unique(idx)
+
+    def encode(self, X: sp.csr_matrix):
+        """User vectors ``x·A``: sparse CSR for sparse checkpoints, else dense float32."""
+        U = X @ self._emb
+        return sp.csr_matrix(U, dtype=np.float32) if sp.issparse(U) else np.asarray(U, dtype=np.float32)
+
+    # ------------------------------------------------------------- recommend
+
+    def recommend(self, histories, k: int = 20, *, exclude_history: bool = True,
+                  allow: Sequence[str] | None = None, deny: Sequence[str] | None = None) -> Recommendations:
+        """Top-k items for each user history.
+
+        Parameters
+        ----------
+        histories : list of lists of external item ids, or a CSR matrix
+            (n_users, n_items) of the checkpoint's item indices.
+        k : items per user (>= 1); rows are padded when fewer items qualify.
+        exclude_history : never return an item of the user's own history.
+        allow : only these item ids may be returned. Scored exactly against
+            the checkpoint's embeddings (no backend involved).
+        deny : these item ids are never returned.
+
+        Unknown history ids are ignored with an :class:`UnknownItemsWarning`;
+        a user left with an empty history gets the most popular items
+        (``fallback`` is True for that row).
+        """
+        k = _check_k(k)
+        X = self.histories_matrix(histories)
+        n = X.shape[0]
+        allow_idx = self._item_indices(allow, "allow")
+        deny_idx = self._item_indices(deny, "deny")
+        exclude = X.copy() if exclude_history else sp.csr_matrix(X.shape, dtype=np.float32)
+        if deny_idx is not None and len(deny_idx):
+            D = sp.csr_matrix((np.ones(n * len(deny_idx), np.float32),
+                               (np.repeat(np.arange(n), len(deny_idx)), np.tile(deny_idx, n))), shape=X.shape)
+            exclude = exclude + D
+        exclude = sp.csr_matrix(exclude)
+        exclude.sort_indices()
+        empty = np.diff(X.indptr) == 0
+        ids = np.full((n, k), -1, np.int64)
+        scores = np.full((n, k), -np.inf, np.float32)
+        active = np.nonzero(~empty)[0]
+        if len(active):
+            U = self.encode(X[active])
+            if allow_idx is not None:
+                ids[active], scores[active] = self._score_subset(U, allow_idx, exclude[active], k)
+            else:
+                res = self.backend.search(U, k, exclude=exclude[active])
+                ids[active], scores[active] = res.ids, res.scores
+        for r in np.nonzero(empty)[0]:
+            ids[r], scores[r] = self._popular_row(exclude[r], allow_idx, k)
+        return Recommendations(self.checkpoint.item_ids.external(ids), scores, ids, empty)
+
+    def _score_subset(self, U, allowed: np.ndarray, exclude: sp.csr_matrix, k: int):
+        sub = self._emb[allowed]
+        S = U @ sub.T
+        S = S.toarray() if sp.issparse(S) else np.asarray(S)
+        S = np.asarray(S, dtype=np.float32)
+        ex = exclude[:, allowed]
+        local, top = _topk(S, k, ex if ex.nnz else None, copy=False)
+        out = np.full((S.shape[0], k), -1, np.int64)
+        sc = np.full((S.shape[0], k), -np.inf, np.float32)
+        w = local.shape[1]
+        out[:, :w] = np.where(local >= 0, allowed[np.clip(local, 0, None)], -1)
+        sc[:, :w] = top
+        out[~np.isfinite(sc)] = -1
+        return out, sc
+
+    def _popular_row(self, exclude_row: sp.csr_matrix, allow_idx, k: int):
+        order = self._popular
+        if allow_idx is not None:
+            order = order[np.isin(order, allow_idx)]
+        if exclude_row.nnz:
+            order = order[~np.isin(order, exclude_row.indices)]
+        top = order[:k]
+        ids = np.full(k, -1, np.int64)
+        sc = np.full(k, -np.inf, np.float32)
+        ids[: len(top)] = top
+        sc[: len(top)] = self.checkpoint.popularity[top]
+        return ids, sc
+
+    # --------------------------------------------------------- similar items
+
+    def similar_items(self, item_ids: Sequence[str], k: int = 20, *, include_self: bool = False) -> Recommendations:
+        """Items whose embeddings have the largest inner product with each given item's embedding."""
+        k = _check_k(k)
+        if isinstance(item_ids, (str, bytes)):
+            item_ids = [item_ids]
+        idx = self.checkpoint.item_ids.index(list(item_ids), missing="ignore")
+        if (idx < 0).any():
+            bad = [str(v) for v, i in zip(item_ids, idx) if i < 0][:5]
+            raise DataError(f"unknown item id(s) {bad}; expected ids of the index's catalogue")
+        Q = self._emb[idx]
+        exclude = None if include_self else [np.array([i]) for i in idx]
+        res = self.backend.search(Q, k, exclude=exclude)
+        return Recommendations(self.checkpoint.item_ids.external(res.ids), res.scores, res.ids,
+                               np.zeros(len(idx), bool))
+
+    # ---------------------------------------------------------------- search
+
+    def search(self, query_vectors, k: int = 20, *, exclude=None) -> Recommendations:
+        """Top-k items for raw query vectors (n, dims), dense or sparse."""
+        k = _check_k(k)
+        res = self.backend.search(query_vectors, k, exclude=exclude)
+        n = res.ids.shape[0]
+        return Recommendations(self.checkpoint.item_ids.external(res.ids), res.scores, res.ids, np.zeros(n, bool))
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise _index_error(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "sparse", out: str | os.PathLike | None = None,
+                *, overwrite: bool = False, progress: bool = False, **params) -> Index:
+    """Build a backend over a checkpoint; with ``out``, save a self-contained index directory atomically.
+
+    Parameters
+    ----------
+    checkpoint : a Checkpoint or a checkpoint directory.
+    backend : ``sparse``, ``lucene``, ``faiss-flat``, ``faiss-hnsw`` or ``faiss-ivf``.
+    **params : the backend's build and search parameters.
+    """
+    from .indexers.base import get_backend
+
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
+    cls = get_backend(backend)
+    be = cls(**params)
+    if out is None:
+        be.build(ckpt, progress=progress)
+        return Index(ckpt, be)
+    out = Path(out)
+    with atomic_directory(out, overwrite=overwrite, error=_index_error) as tmp:
+        be.build(ckpt, progress=progress)
+        ckpt.save(tmp / "checkpoint")
+        be.save(tmp / "backend")
+        write_json(tmp / "index.json", {
+            "format": INDEX_DIR_FORMAT, "format_version": INDEX_DIR_VERSION, "backend": be.name,
+            "checkpoint_fingerprint": ckpt.fingerprint, "elsa_index_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    return open_index(out)
+
+
+def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.PathLike | None = None) -> Index:
+    """Open an index directory written by :func:`build_index`.
+
+    ``checkpoint`` replaces the stored copy (e.g. one loaded once and shared);
+    its fingerprint must match the one the index was built from.
+    """
+    from .indexers.base import Backend
+
+    path = Path(path)
+    if not path.is_dir():
+        raise _index_error(f"index directory not found: {path}")
+    m = read_json(path / "index.json", _index_error)
+    if m.get("format") != INDEX_DIR_FORMAT:
+        raise _index_error(f"{path} is not an elsa-index index directory (format {m.get('format')!r})")
+    v = m.get("format_version")
+    if not isinstance(v, int) or v > INDEX_DIR_VERSION:
+        raise _index_error(f"{path} has index format version {v!r}; this elsa-index reads up to {INDEX_DIR_VERSION}; upgrade elsa-index")
+    if checkpoint is None:
+        try:
+            ckpt = Checkpoint.load(path / "checkpoint")
+        except CheckpointError as exc:
+            raise _index_error(f"{path}: its checkpoint copy is unusable: {exc}") from None
+    else:
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
+    if ckpt.fingerprint != m.get("checkpoint_fingerprint"):
+        raise _index_error(
+            f"{path} was built from checkpoint {m.get('checkpoint_fingerprint')}, but the checkpoint given is "
+            f"{ckpt.fingerprint}; rebuild the index for this checkpoint"
+        )
+    backend = Backend.load(path / "backend")
+    return Index(ckpt, backend, path)

@@ -1,0 +1,352 @@
+"""The backend contract every index implements.
+
+A backend indexes the item embeddings of a checkpoint and answers batched
+top-k maximum-inner-product queries. Subclasses implement only the private
+steps (``_build``, ``_search``, ``_save``, ``_load``); this base class
+validates input, clips ``k`` to the catalogue, over-fetches so that
+exclusions still leave ``k`` results, pads short rows with id ``-1`` and score
+``-inf``, and writes self-describing index directories atomically.
+
+Thread safety: ``search`` must be safe to call from several threads at once
+on one built or loaded backend (each subclass states how it ensures this);
+``build`` / ``set_search_params`` must not run concurrently with searches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from elsa_index import __version__
+from elsa_index._io import atomic_directory, read_json, write_json
+from elsa_index.errors import ElsaIndexError
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = "elsa-index-backend"
+INDEX_FORMAT_VERSION = 1
+
+__all__ = ["Results", "Backend", "IndexError_", "register", "get_backend", "BACKENDS", "INDEX_FORMAT_VERSION"]
+
+
+class IndexError_(ElsaIndexError):
+    """A problem with an index: bad parameters, bad queries, a corrupt directory."""
+
+
+class Results(NamedTuple):
+    """Top-k results: ``ids`` int64 and ``scores`` float32, both (n_queries, k).
+
+    Rows are sorted by descending score; missing results are id -1, score -inf.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+BACKENDS: dict[str, type["Backend"]] = {}
+
+
+def register(cls):
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+def get_backend(name: str) -> type["Backend"]:
+    _import_all()
+    if name not in BACKENDS:
+        raise IndexError_(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def _import_all() -> None:
+    # Backends register themselves on import; heavy dependencies are imported lazily inside them.
+    import importlib
+
+    import importlib.util
+
+    for mod in _BACKEND_MODULES:
+        name = f"{__package__}.{mod}"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+_BACKEND_MODULES = ("sparse", "faiss_dense", "lucene")
+
+
+class Backend:
+    """Base class of all backends.
+
+    Parameters
+    ----------
+    **params : build parameters (``build_params`` lists them with defaults)
+        and search parameters (``search_params``); unknown names raise.
+    """
+
+    name: ClassVar[str] = "base"
+    #: default build parameters (fixed once built)
+    build_params: ClassVar[dict[str, Any]] = {}
+    #: default search parameters (changeable at any time)
+    search_params: ClassVar[dict[str, Any]] = {}
+    #: "sparse", "dense" or "any": which checkpoints the backend accepts
+    accepts: ClassVar[str] = "any"
+    #: whether scores equal the exact inner products (False: approximate candidates)
+    exact: ClassVar[bool] = True
+
+    def __init__(self, **params):
+        self.params = dict(self.build_params)
+        self._search_params = dict(self.search_params)
+        for k, v in params.items():
+            if k in self.params:
+                self.params[k] = v
+            elif k in self._search_params:
+                self._search_params[k] = v
+            else:
+                raise IndexError_(
+                    f"unknown parameter {k!r} for backend {self.name!r}; build parameters: "
+                    f"{sorted(self.build_params)}, search parameters: {sorted(self.search_params)}"
+                )
+        self._check_params()
+        self.n_items_: int | None = None
+        self.dims_: int | None = None
+        self.fingerprint_: str | None = None
+        self.build_seconds_: float | None = None
+        self.path_: Path | None = None
+
+    # ------------------------------------------------------------ parameters
+
+    def _check_params(self) -> None:
+        """Validate ``self.params`` and ``self._search_params``; raise IndexError_."""
+
+    def set_search_params(self, **params) -> "Backend":
+        """Change search-time parameters (no rebuild)."""
+        for k in params:
+            if k not in self._search_params:
+                raise IndexError_(
+                    f"unknown search parameter {k!r} for backend {self.name!r}; expected some of {sorted(self.search_params)}"
+                )
+        old = dict(self._search_params)
+        self._search_params.update(params)
+        try:
+            self._check_params()
+        except Exception:
+            self._search_params = old
+            raise
+        self._on_search_params()
+        return self
+
+    def get_search_params(self) -> dict[str, Any]:
+        return dict(self._search_params)
+
+    def _on_search_params(self) -> None:
+        """Hook: apply changed search parameters to the built index."""
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, checkpoint, *, progress: bool = False) -> "Backend":
+        """Index the item embeddings of ``checkpoint`` (a :class:`~elsa_index.checkpoint.Checkpoint`)."""
+        emb = checkpoint.embeddings
+        if self.accepts == "dense" and sp.issparse(emb):
+            raise IndexError_(
+                f"backend {self.name!r} indexes dense embeddings, but this checkpoint is sparse "
+                f"({checkpoint.kind}); use the 'sparse' or 'lucene' backend, or a dense ELSA checkpoint"
+            )
+        if self.accepts == "sparse" and not sp.issparse(emb):
+            raise IndexError_(
+                f"backend {self.name!r} indexes sparse embeddings, but this checkpoint is dense "
+                f"({checkpoint.kind}, {checkpoint.dims} dims, every entry active); use a faiss backend or 'sparse'"
+            )
+        t0 = time.perf_counter()
+        self._build(emb, progress=progress)
+        self.build_seconds_ = time.perf_counter() - t0
+        self.n_items_, self.dims_ = emb.shape
+        self.fingerprint_ = checkpoint.fingerprint
+        self._on_search_params()
+        return self
+
+    def _build(self, embeddings, *, progress: bool) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- search
+
+    def search(self, queries, k: int, *, exclude=None) -> Results:
+        """Top-k items by inner product for each query vector.
+
+        Parameters
+        ----------
+        queries : ndarray (n, dims) or sparse (n, dims), or one 1-D vector.
+        k : results per query (>= 1); clipped to the catalogue size.
+        exclude : items never returned: a sparse (n, n_items) matrix (stored
+            entries are excluded), or a sequence of n integer arrays.
+
+        Returns
+        -------
+        Results with arrays of shape (n, k).
+        """
+        self._check_built()
+        Q = self._as_queries(queries)
+        n = Q.shape[0]
+        k = self._check_k(k)
+        ex = self._as_exclude(exclude, n)
+        extra = 0 if ex is None else int(np.diff(ex.indptr).max(initial=0))
+        fetch = min(self.n_items_, k + extra)
+        if n == 0:
+            return Results(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+        ids, scores = self._search(Q, fetch)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        return _finish(ids, scores, ex, k)
+
+    def _search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (ids, scores) of shape (n, k) sorted by descending score; pad with -1 / -inf."""
+        raise NotImplementedError
+
+    def _check_built(self) -> None:
+        if self.n_items_ is None:
+            raise IndexError_(f"the {self.name!r} index is not built or loaded yet; call build(checkpoint) or load(path)")
+
+    def _check_k(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise IndexError_(f"k must be a positive integer, got {k!r}")
+        if k > self.n_items_:
+            logger.debug("k=%d exceeds the catalogue (%d items); rows are padded with id -1", k, self.n_items_)
+        return int(k)
+
+    def _as_queries(self, queries):
+        if sp.issparse(queries):
+            Q = sp.csr_matrix(queries, dtype=np.float32)
+        else:
+            Q = np.asarray(queries, dtype=np.float32)
+            if Q.ndim == 1:
+                Q = Q[None, :]
+            if Q.ndim != 2:
+                raise IndexError_(f"queries must be a 2-D (n_queries, dims) array, got shape {Q.shape}")
+        if Q.shape[1] != self.dims_:
+            raise IndexError_(f"queries have {Q.shape[1]} dims; the index was built with {self.dims_}-dim embeddings")
+        data = Q.data if sp.issparse(Q) else Q
+        if data.size and not np.isfinite(data).all():
+            raise IndexError_("queries contain NaN or inf values; expected finite vectors")
+        return Q
+
+    def _as_exclude(self, exclude, n: int):
+        if exclude is None:
+            return None
+        if sp.issparse(exclude):
+            ex = sp.csr_matrix(exclude)
+            if ex.shape != (n, self.n_items_):
+                raise IndexError_(f"exclude has shape {ex.shape}; expected ({n}, {self.n_items_})")
+            return ex
+        if len(exclude) != n:
+            raise IndexError_(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
+        rows = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
+        lens = [len(r) for r in rows]
+        cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        if len(cols) and (cols.min() < 0 or cols.max() >= self.n_items_):
+            raise IndexError_(f"exclude holds item indices outside [0, {self.n_items_})")
+        indptr = np.concatenate([[0], np.cumsum(lens)])
+        ex = sp.csr_matrix((np.ones(len(cols), bool), cols, indptr), shape=(n, self.n_items_))
+        return ex
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the index to a directory (atomically)."""
+        self._check_built()
+        path = Path(path)
+        with atomic_directory(path, overwrite=overwrite, error=IndexError_) as tmp:
+            self._save(tmp)
+            write_json(tmp / "backend.json", {
+                "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
+                "elsa_index_version": __version__, "build_params": self.params,
+                "search_params": self._search_params, "n_items": self.n_items_, "dims": self.dims_,
+                "checkpoint_fingerprint": self.fingerprint_, "build_seconds": self.build_seconds_,
+            })
+        self.path_ = path
+        return path
+
+    def _save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Backend":
+        """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise IndexError_(f"index directory not found: {path}")
+        m = read_json(path / "backend.json", IndexError_)
+        if m.get("format") != INDEX_FORMAT:
+            raise IndexError_(f"{path} is not an elsa-index backend directory (format {m.get('format')!r})")
+        v = m.get("format_version")
+        if not isinstance(v, int) or v > INDEX_FORMAT_VERSION:
+            raise IndexError_(f"{path} has index format version {v!r}; this elsa-index reads up to {INDEX_FORMAT_VERSION}; upgrade elsa-index")
+        target = get_backend(m.get("backend", "?"))
+        if cls is not Backend and not issubclass(target, cls):
+            raise IndexError_(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")
+        obj = target(**{**m.get("build_params", {}), **m.get("search_params", {})})
+        obj.n_items_, obj.dims_ = int(m["n_items"]), int(m["dims"])
+        obj.fingerprint_ = m.get("checkpoint_fingerprint")
+        obj.build_seconds_ = m.get("build_seconds")
+        try:
+            obj._load(path)
+        except ElsaIndexError:
+            raise
+        except Exception as exc:  # corrupted files: report which index
+            raise IndexError_(f"could not load the {target.name!r} index in {path}: {exc}") from None
+        obj._on_search_params()
+        obj.path_ = path
+        return obj
+
+    def _load(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ info
+
+    def info(self) -> dict[str, Any]:
+        """What a benchmark needs: parameters, sizes, bytes on disk, versions."""
+        out = {
+            "backend": self.name, "exact": self.exact, "build_params": dict(self.params),
+            "search_params": dict(self._search_params), "n_items": self.n_items_, "dims": self.dims_,
+            "build_seconds": self.build_seconds_, "checkpoint_fingerprint": self.fingerprint_,
+            "versions": {"elsa_index": __version__, **self._versions()},
+        }
+        if self.path_ is not None:
+            out["path"] = str(self.path_)
+            out["bytes_on_disk"] = sum(f.stat().st_size for f in Path(self.path_).rglob("*") if f.is_file())
+        return out
+
+    def _versions(self) -> dict[str, str]:
+        return {}
+
+    def __repr__(self) -> str:
+        state = f"{self.n_items_} items x {self.dims_} dims" if self.n_items_ else "not built"
+        return f"<{type(self).__name__} {self.name} {state} {self.params} {self._search_params}>"
+
+
+def _finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
+    """Drop excluded ids, keep the top k, pad to width k with -1 / -inf."""
+    n = ids.shape[0]
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    if exclude is not None and exclude.nnz:
+        ex = exclude.tocsr()
+        for r in range(n):
+            e = ex.indices[ex.indptr[r] : ex.indptr[r + 1]]
+            if len(e):
+                bad = np.isin(ids[r], e)
+                scores[r, bad] = -np.inf
+                ids[r, bad] = -1
+        # Stable re-sort keeps the backend's order among equal scores.
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ids = np.take_along_axis(ids, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+    out_ids = np.full((n, k), -1, np.int64)
+    out_scores = np.full((n, k), -np.inf, np.float32)
+    w = min(k, ids.shape[1])
+    out_ids[:, :w] = ids[:, :w]
+    out_scores[:, :w] = scores[:, :w]
+    out_ids[~np.isfinite(out_scores)] = -1
+    return Results(out_ids, out_scores)

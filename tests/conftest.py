@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny checkpoints with planted structure and known answers."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from elsa_index.checkpoint import Checkpoint
+
+
+def planted_sparse_embeddings(n_items=300, dims=64, nnz=4, n_groups=8, *, signed=True, seed=0):
+    """Items in ``n_groups`` groups; each group owns a few dimensions, items add noise dims.
+
+    Rows are L2-normalised, exactly ``nnz`` entries each, values signed unless
+    ``signed=False``. Returns a CSR float32 matrix.
+    """
+    rng = np.random.default_rng(seed)
+    group = np.arange(n_items) % n_groups
+    per_group = dims // n_groups
+    rows, cols, vals = [], [], []
+    for i in range(n_items):
+        own = group[i] * per_group + rng.choice(per_group, size=min(2, nnz), replace=False)
+        others = np.setdiff1d(np.arange(dims), own)
+        extra = rng.choice(others, size=nnz - len(own), replace=False)
+        c = np.concatenate([own, extra])
+        v = np.concatenate([rng.uniform(0.5, 1.0, len(own)), rng.uniform(0.05, 0.3, len(extra))])
+        if signed:
+            v *= rng.choice([-1.0, 1.0], size=len(v), p=[0.3, 0.7])
+        rows.append(np.full(nnz, i)), cols.append(c), vals.append(v / np.linalg.norm(v))
+    m = sp.csr_matrix(
+        (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, dims)
+    )
+    m.sort_indices()
+    return m
+
+
+def _ckpt(emb, kind, seed=0):
+    n = emb.shape[0]
+    rng = np.random.default_rng(seed)
+    return Checkpoint(emb, [f"item{i:04d}" for i in range(n)], rng.integers(1, 1000, n), kind=kind)
+
+
+@pytest.fixture(scope="session")
+def sparse_checkpoint():
+    """Signed Compressed-ELSA-like checkpoint: 300 items, 64 dims, 4 nnz per row."""
+    return _ckpt(planted_sparse_embeddings(), "compressed_elsa")
+
+
+@pytest.fixture(scope="session")
+def nonneg_checkpoint():
+    """Like ``sparse_checkpoint`` but with non-negative values."""
+    return _ckpt(planted_sparse_embeddings(signed=False, seed=1), "imported")
+
+
+@pytest.fixture(scope="session")
+def dense_checkpoint():
+    """Dense ELSA-like checkpoint: 300 items x 16 dims, unit rows, clustered."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(8, 16))
+    emb = centers[np.arange(300) % 8] + 0.4 * rng.normal(size=(300, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return _ckpt(emb.astype(np.float32), "elsa")
+
+
+@pytest.fixture(scope="session")
+def histories():
+    """Sparse binary histories (20 users x 300 items), 1-8 items each, group-coherent."""
+    rng = np.random.default_rng(7)
+    rows, cols = [], []
+    for u in range(20):
+        g = u % 8
+        items = rng.choice(np.arange(g, 300, 8), size=rng.integers(1, 9), replace=False)
+        rows += [u] * len(items)
+        cols += items.tolist()
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(20, 300))
