@@ -114,6 +114,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.set_defaults(func=cmd_info)
 
+    # build
+    p = sub.add_parser("build", help="build an index from a checkpoint",
+                       description="Index a checkpoint's item embeddings with one backend and write a "
+                                   "self-contained index directory (checkpoint copy + backend files).")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("--backend", required=True, choices=["sparse", "lucene", "faiss-flat", "faiss-hnsw", "faiss-ivf"],
+                   help="sparse: exact in-process; lucene: Lucene impact index; faiss-*: dense baselines")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="backend build or search parameter, e.g. --param M=32 --param depth=200 (repeatable)")
+    p.add_argument("--out", required=True, help="index directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_build)
+
+    # recommend
+    p = sub.add_parser("recommend", help="recommend items for user histories",
+                       description="Top-k items for one history (--history) or for a JSON-lines file of "
+                                   "histories (--input), written as JSON lines.")
+    p.add_argument("index", help="index directory (from 'elsa-index build')")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--history", nargs="+", metavar="ITEM_ID", help="the items of one user's history")
+    g.add_argument("--input", metavar="FILE",
+                   help="JSON lines: each a list of item ids or an object {\"user\": ..., \"history\": [...]}")
+    p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
+    p.add_argument("--allow", nargs="+", metavar="ITEM_ID", help="only recommend these items")
+    p.add_argument("--deny", nargs="+", metavar="ITEM_ID", help="never recommend these items")
+    p.add_argument("--include-history", action="store_true", help="allow items of the history in the results")
+    p.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="backend search parameter, e.g. --search-param ef_search=256 (repeatable)")
+    p.add_argument("--output", metavar="FILE", help="write JSON lines here (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=1000, help="histories per batch (default: 1000)")
+    p.set_defaults(func=cmd_recommend)
+
     # demo
     p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data (offline, a few minutes)",
                        description="Generate synthetic interactions with planted structure, train popularity, "
@@ -212,6 +245,97 @@ def cmd_info(args) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _parse_params(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ElsaIndexError(f"parameter {item!r} must look like NAME=VALUE")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def cmd_build(args) -> int:
+    from .search import build_index
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    t0 = time.perf_counter()
+    if not args.quiet:
+        _say(f"building {args.backend} index of {args.checkpoint} ...")
+    index = build_index(args.checkpoint, args.backend, out, overwrite=args.overwrite, progress=not args.quiet,
+                        **_parse_params(args.param))
+    info = index.backend.info()
+    _say(f"built {args.backend} index of {index.n_items} items in {time.perf_counter() - t0:.1f}s: "
+         f"{info.get('bytes_on_disk', 0):,} bytes in {out}/backend")
+    return 0
+
+
+def _read_histories(path: str):
+    users, hists = [], []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ElsaIndexError(f"{path} line {n} is not valid JSON: {exc}") from None
+                if isinstance(obj, dict) and isinstance(obj.get("history"), list):
+                    users.append(obj.get("user", n - 1)), hists.append([str(x) for x in obj["history"]])
+                elif isinstance(obj, list):
+                    users.append(n - 1), hists.append([str(x) for x in obj])
+                else:
+                    raise ElsaIndexError(f"{path} line {n}: expected a JSON list of item ids or an object with a "
+                                         f"'history' list, got {type(obj).__name__}")
+    except OSError as exc:
+        raise ElsaIndexError(f"cannot read {path}: {exc}") from None
+    return users, hists
+
+
+def cmd_recommend(args) -> int:
+    import warnings
+
+    from .search import UnknownItemsWarning, open_index
+
+    index = open_index(args.index)
+    if args.search_param:
+        index.set_search_params(**_parse_params(args.search_param))
+    if args.history:
+        users, hists = [None], [args.history]
+    else:
+        users, hists = _read_histories(args.input)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    n_unknown = 0
+    try:
+        for start in range(0, len(hists), max(1, args.batch_size)):
+            batch = hists[start : start + args.batch_size]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnknownItemsWarning)
+                rec = index.recommend(batch, args.k, exclude_history=not args.include_history,
+                                      allow=args.allow, deny=args.deny)
+            n_unknown += sum(1 for w in caught if issubclass(w.category, UnknownItemsWarning))
+            for r in range(len(batch)):
+                keep = rec.indices[r] >= 0
+                row = {"items": rec.ids[r][keep].tolist(), "scores": [round(float(x), 6) for x in rec.scores[r][keep]],
+                       "fallback": bool(rec.fallback[r])}
+                if users[start + r] is not None:
+                    row = {"user": users[start + r], **row}
+                out.write(json.dumps(row) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if n_unknown:
+        print(f"warning: some history item ids are not in the catalogue and were ignored "
+              f"({n_unknown} batch(es) affected)", file=sys.stderr)
     return 0
 
 

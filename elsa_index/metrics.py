@@ -39,6 +39,7 @@ __all__ = [
     "hit_recall_at_k",
     "ndcg_at_k",
     "evaluate",
+    "retrieval_recall",
 ]
 
 #: Metric names understood by :func:`evaluate` (all: higher is better).
@@ -467,3 +468,43 @@ def _as_score_matrix(scores, name: str) -> np.ndarray:
     if arr.dtype.kind == "f" and arr.dtype.itemsize >= 4:
         return arr
     return arr.astype(np.float32 if arr.dtype.kind == "f" else np.float64)
+
+
+# ------------------------------------------------------------- retrieval recall
+
+
+def retrieval_recall(
+    true_scores_of_ids: np.ndarray,
+    ids: np.ndarray,
+    exact_scores: np.ndarray,
+    k: int,
+    *,
+    rtol: float = 1e-5,
+) -> np.ndarray:
+    """Tie-tolerant retrieval recall@k of approximate results against the exact top-k.
+
+    A returned item counts as correct when its *exact* score is at least the
+    exact k-th best score (within ``rtol``), so an item that ties with the
+    k-th exact result is as good as it (cf. faiss ``check_ref_knn_with_draws``).
+
+    Parameters
+    ----------
+    true_scores_of_ids : (n, >=k) exact scores of the returned ``ids``.
+    ids : (n, >=k) int, returned items (-1 = padding, never correct).
+    exact_scores : (n, >=k) exact top scores, descending (-inf = padding).
+    k : cut-off.
+
+    Returns
+    -------
+    ndarray float64 (n,): correct results / min(k, number of exact results).
+    """
+    k = _check_k(k, "k")
+    ids = np.asarray(ids)[:, :k]
+    got = np.asarray(true_scores_of_ids, dtype=np.float64)[:, :k]
+    ex = np.asarray(exact_scores, dtype=np.float64)[:, :k]
+    if not (ids.shape == got.shape and ids.shape[0] == ex.shape[0]):
+        raise ElsaIndexError(f"shapes differ: ids {ids.shape}, their scores {got.shape}, exact scores {ex.shape}")
+    n_exact = np.isfinite(ex).sum(axis=1)
+    kth = np.where(n_exact > 0, ex[np.arange(len(ex)), np.maximum(n_exact - 1, 0)], np.inf)
+    ok = (ids >= 0) & (got >= kth[:, None] - rtol * np.maximum(1.0, np.abs(kth[:, None])))
+    return _safe_divide(ok.sum(axis=1).astype(np.float64), np.minimum(k, n_exact).astype(np.float64))
