@@ -10,7 +10,8 @@ Compressed ELSA keeps only the ``nnz`` largest-magnitude entries of each row
 pruning schedule from the dense start (``dims`` per row) to the target:
 
 ``constant``
-    one-shot: straight to the target at the first pruning event.
+    one-shot: the dense model trains through the pruning phase and is pruned
+    straight to the target at its end.
 ``step``
     halve the active dims per row at evenly spaced events until the target.
 ``linear``
@@ -484,10 +485,12 @@ class CompressedELSA(ELSA):
         first = self.warmup_epochs * n_batches
         last = (self.epochs - self.finetune_epochs) * n_batches  # exclusive: fine-tuning starts here
         span = last - first
-        # Events evenly spaced over the pruning phase; the final one at its start
-        # when there is just one (constant), at its end otherwise.
+        # Events evenly spaced over the pruning phase, the last one at its end.
+        # A single event (constant: one-shot pruning) comes at the end: the
+        # dense model trains through the pruning phase, is pruned once, and is
+        # then fine-tuned (with restart: the lottery-ticket procedure).
         if len(levels) == 1:
-            at = [first]
+            at = [max(first, last - 1)]
         else:
             at = [first + round(i * (span - 1) / (len(levels) - 1)) for i in range(len(levels))]
         plan: dict[int, int] = {}
