@@ -359,12 +359,13 @@ def cmd_demo(args) -> int:
     runs = [
         ("elsa-256", make_model("elsa", dims=256, epochs=20, lr=0.01, progress=not args.quiet)),
         ("elsa-32", make_model("elsa", dims=32, epochs=20, lr=0.01, progress=not args.quiet)),
-        ("compressed-1024-nnz16", make_model("compressed", dims=1024, nnz=16, epochs=8, lr=0.01,
-                                              finetune_epochs=2, progress=not args.quiet)),
+        ("compressed-1024-nnz16", make_model("compressed", dims=1024, nnz=16, epochs=12, lr=0.01, warmup_epochs=0,
+                                              finetune_epochs=9, prune_steps=50, progress=not args.quiet)),
     ]
     for name, model in runs:
         _say(f"training {name} ...")
-        ckpt = train_checkpoint(model, split, data={"spec": spec.to_dict()})
+        ckpt = train_checkpoint(model, split, data={"spec": spec.to_dict()},
+                                validation_users=max(1, min(500, split.train.n_users // 10)))
         ckpt.save(out / name, overwrite=True)
         nnz = ckpt.nnz_per_row().mean()
         rows.append((name, f"{nnz:.0f}", ckpt.config["train_seconds"], ckpt.nbytes(), ckpt.metrics))

@@ -125,6 +125,8 @@ def _as_int_array(values, name: str) -> np.ndarray:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
             raise DataError(f"{name} column must be numeric (seconds), got {arr.dtype}") from None
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise DataError(f"{name} column contains missing (null/NaN) or infinite values; expected numbers (seconds)")
     return arr.astype(np.int64)
 
 
@@ -219,7 +221,8 @@ def read_log(
                     f"found {bad!r} (type {rtype})"
                 )
     if timestamp_col is not None and pa.types.is_timestamp(table.schema.field(timestamp_col).type):
-        ts = table.column(timestamp_col).cast(pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        # safe=False truncates sub-second precision instead of raising ArrowInvalid.
+        ts = table.column(timestamp_col).cast(pa.timestamp("s"), safe=False).cast(pa.int64()).to_numpy(zero_copy_only=False)
     else:
         ts = col(timestamp_col)
     return Log.from_arrays(col(user_col), col(item_col), col(rating_col), ts, col(split_col))
@@ -329,7 +332,10 @@ class IdMap:
         ----------
         missing : ``"raise"`` or ``"ignore"`` (unknown ids map to -1).
         """
-        out = np.fromiter((self._index.get(str(v), -1) for v in ids), dtype=np.int64)
+        if missing not in ("raise", "ignore"):
+            raise DataError(f"missing must be 'raise' or 'ignore', got {missing!r}")
+        ids = ids if isinstance(ids, np.ndarray) else list(ids)
+        out = np.fromiter((self._index.get(str(v), -1) for v in ids), dtype=np.int64, count=len(ids))
         if missing == "raise" and (out < 0).any():
             unknown = [str(v) for v, i in zip(ids, out) if i < 0][:5]
             raise DataError(f"unknown id(s) {unknown}; expected ids present in the id table")
@@ -364,8 +370,9 @@ class Interactions:
         """Build the matrix; rows whose item (user) is outside a given id map are dropped."""
         if len(log) == 0:
             raise DataError("cannot build an interaction matrix from an empty log")
-        user_ids = user_ids or IdMap.from_values(log.user)
-        item_ids = item_ids or IdMap.from_values(log.item)
+        # `is None`, not `or`: an empty IdMap is falsy but is still a given map.
+        user_ids = user_ids if user_ids is not None else IdMap.from_values(log.user)
+        item_ids = item_ids if item_ids is not None else IdMap.from_values(log.item)
         u = user_ids.index(log.user, missing="ignore")
         i = item_ids.index(log.item, missing="ignore")
         ok = (u >= 0) & (i >= 0)

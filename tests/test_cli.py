@@ -1,0 +1,107 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+import scipy.sparse as sp
+
+from elsa_index.checkpoint import Checkpoint
+from elsa_index.cli import main
+from elsa_index.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def log_csv(tmp_path_factory):
+    log = make_synthetic(n_users=500, n_items=120, n_clusters=6, seed=2)
+    path = tmp_path_factory.mktemp("data") / "log.csv"
+    rating = np.where(np.arange(len(log)) % 5 == 0, 2.0, 5.0)  # some negatives to filter out
+    pcsv.write_csv(pa.table({"uid": log.user, "iid": log.item, "stars": rating}), path)
+    return path
+
+
+def _train(log_csv, out, *extra):
+    return main(["train", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--rating-col", "stars",
+                 "--min-rating", "4", "--heldout-users", "80", "--out", str(out), "--quiet", *extra])
+
+
+def test_train_evaluate_info(tmp_path, log_csv, capsys):
+    out = tmp_path / "ck"
+    assert _train(log_csv, out, "--model", "compressed", "--dims", "32", "--nnz", "4", "--epochs", "4",
+                  "--finetune-epochs", "1") == 0
+    ck = Checkpoint.load(out)
+    assert ck.kind == "compressed_elsa" and (ck.nnz_per_row() == 4).all()
+    assert set(ck.metrics) == {"recall@20", "recall@50", "ndcg@100"}
+    assert ck.data["spec"]["min_rating"] == 4.0
+    capsys.readouterr()
+    # Evaluate with the data settings recorded in the checkpoint: same numbers.
+    assert main(["evaluate", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics == pytest.approx(ck.metrics, abs=1e-9)
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "compressed_elsa" in text and "4..4" in text
+
+
+def test_train_dense(tmp_path, log_csv):
+    out = tmp_path / "dense"
+    assert _train(log_csv, out, "--model", "elsa", "--dims", "8", "--epochs", "2", "--no-eval") == 0
+    ck = Checkpoint.load(out)
+    assert not ck.sparse and ck.dims == 8 and ck.metrics == {}
+
+
+def test_import_npz(tmp_path, capsys):
+    m = sp.random(6, 10, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    sp.save_npz(tmp_path / "e.npz", m)
+    (tmp_path / "ids.txt").write_text("a\nb\nc\nd\ne\nf\n")
+    assert main(["import-npz", str(tmp_path / "e.npz"), "--item-ids", str(tmp_path / "ids.txt"),
+                 "--out", str(tmp_path / "ck")]) == 0
+    ck = Checkpoint.load(tmp_path / "ck")
+    assert list(ck.item_ids.ids) == list("abcdef") and abs(ck.embeddings - m).max() == 0
+
+
+def test_demo_small(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "400", "--items", "100", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for name in ("popularity", "elsa-256", "elsa-32", "compressed-1024-nnz16", "recall@20"):
+        assert name in out
+    ck = Checkpoint.load(tmp_path / "demo" / "compressed-1024-nnz16")
+    assert (ck.nnz_per_row() == 16).all()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--rating-col", "nope", "--min-rating", "4"], "no column(s) ['nope']"),
+        (["--model", "compressed", "--dims", "16", "--nnz", "32"], "nnz must be an integer in [1, dims=16]"),
+        (["--heldout-users", "100000"], "n_heldout_users=100000"),
+        (["--min-user-support", "100000"], "empty after filtering"),
+    ],
+)
+def test_train_bad_input_is_a_clear_error(tmp_path, log_csv, capsys, argv, message):
+    out = tmp_path / "ck"
+    base = ["train", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--out", str(out), "--quiet"]
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_existing_output_and_missing_inputs(tmp_path, log_csv, capsys):
+    (tmp_path / "ck").mkdir()
+    assert _train(log_csv, tmp_path / "ck", "--dims", "8") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "x")]) == 2
+    assert "neither a file nor a known dataset" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    r = subprocess.run([sys.executable, "-m", "elsa_index", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "--nnz" in r.stdout and "--schedule" in r.stdout
