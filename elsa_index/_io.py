@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_directory", "load_array", "save_array", "write_json", "read_json", "array_digest"]
+__all__ = ["atomic_directory", "load_array", "save_array", "write_json", "read_json", "read_manifest", "array_digest"]
 
 
 @contextlib.contextmanager
@@ -97,6 +97,26 @@ def read_json(path: Path, error: Callable[[str], Exception]) -> dict:
     if not isinstance(obj, dict):
         raise error(f"{path} must hold a JSON object, found {type(obj).__name__}")
     return obj
+
+
+def read_manifest(path: Path, name: str, fmt: str, max_version: int, what: str,
+                  error: Callable[[str], Exception]) -> dict:
+    """Read ``path/name`` and check its ``format`` and ``format_version``.
+
+    ``what`` names the kind of directory in messages (e.g. "checkpoint").
+    """
+    if not path.is_dir():
+        raise error(f"{what} directory not found: {path}")
+    m = read_json(path / name, error)
+    if m.get("format") != fmt:
+        raise error(f"{path} is not an elsa-index {what} (format {m.get('format')!r}, expected {fmt!r})")
+    v = m.get("format_version")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise error(f"{path}: invalid format_version {v!r}")
+    if v > max_version:
+        raise error(f"{path} has {what} format version {v}, newer than this elsa-index supports "
+                    f"({max_version}); upgrade elsa-index")
+    return m
 
 
 def array_digest(*arrays: np.ndarray) -> str:

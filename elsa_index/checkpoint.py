@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import __version__
-from ._io import array_digest, atomic_directory, load_array, read_json, save_array, write_json
+from ._io import array_digest, atomic_directory, load_array, read_manifest, save_array, write_json
 from .data import IdMap, Interactions
 from .errors import CheckpointError
 from .models import encode_users, score_items
@@ -183,19 +183,7 @@ class Checkpoint:
             that does not match the arrays.
         """
         path = Path(path)
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint directory not found: {path}")
-        m = read_json(path / "manifest.json", CheckpointError)
-        if m.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not an elsa-index checkpoint (manifest format {m.get('format')!r}, expected {FORMAT!r})")
-        version = m.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise CheckpointError(f"{path}: invalid format_version {version!r}")
-        if version > FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path} has checkpoint format version {version}, newer than this elsa-index supports "
-                f"({FORMAT_VERSION}); upgrade elsa-index"
-            )
+        m = read_manifest(path, "manifest.json", FORMAT, FORMAT_VERSION, "checkpoint", CheckpointError)
         for key in ("kind", "storage", "n_items", "dims"):
             if key not in m:
                 raise CheckpointError(f"{path}/manifest.json lacks the field {key!r}")

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import __version__
-from ._io import atomic_directory, read_json, write_json
+from ._io import atomic_directory, read_manifest, write_json
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, DataError, ElsaIndexError
 from .metrics import _topk
@@ -138,7 +138,8 @@ class Index:
         c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
         return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, self.n_items))
 
-    def _item_indices(self, ids, what: str) -> np.ndarray:
+    def _item_indices(self, ids, what: str, *, unique: bool = True) -> np.ndarray | None:
+        """Row indices of external ids; unknown ids raise a DataError naming them."""
         if ids is None:
             return None
         if isinstance(ids, (str, bytes)):
@@ -147,7 +148,7 @@ class Index:
         if (idx < 0).any():
             bad = [str(v) for v, i in zip(ids, idx) if i < 0][:5]
             raise DataError(f"{what} contains item id(s) not in the catalogue: {bad}")
-        return np.unique(idx)
+        return np.unique(idx) if unique else idx
 
     def encode(self, X: sp.csr_matrix):
         """User vectors ``x·A``: sparse CSR for sparse checkpoints, else dense float32."""
@@ -234,12 +235,7 @@ class Index:
     def similar_items(self, item_ids: Sequence[str], k: int = 20, *, include_self: bool = False) -> Recommendations:
         """Items whose embeddings have the largest inner product with each given item's embedding."""
         k = _check_k(k)
-        if isinstance(item_ids, (str, bytes)):
-            item_ids = [item_ids]
-        idx = self.checkpoint.item_ids.index(list(item_ids), missing="ignore")
-        if (idx < 0).any():
-            bad = [str(v) for v, i in zip(item_ids, idx) if i < 0][:5]
-            raise DataError(f"unknown item id(s) {bad}; expected ids of the index's catalogue")
+        idx = self._item_indices(item_ids, "item_ids", unique=False)
         Q = self._emb[idx]
         exclude = None if include_self else [np.array([i]) for i in idx]
         res = self.backend.search(Q, k, exclude=exclude)
@@ -302,14 +298,7 @@ def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.Pat
     from .indexers.base import Backend
 
     path = Path(path)
-    if not path.is_dir():
-        raise _index_error(f"index directory not found: {path}")
-    m = read_json(path / "index.json", _index_error)
-    if m.get("format") != INDEX_DIR_FORMAT:
-        raise _index_error(f"{path} is not an elsa-index index directory (format {m.get('format')!r})")
-    v = m.get("format_version")
-    if not isinstance(v, int) or v > INDEX_DIR_VERSION:
-        raise _index_error(f"{path} has index format version {v!r}; this elsa-index reads up to {INDEX_DIR_VERSION}; upgrade elsa-index")
+    m = read_manifest(path, "index.json", INDEX_DIR_FORMAT, INDEX_DIR_VERSION, "index", _index_error)
     if checkpoint is None:
         try:
             ckpt = Checkpoint.load(path / "checkpoint")

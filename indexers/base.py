@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index import __version__
-from elsa_index._io import atomic_directory, read_json, write_json
+from elsa_index._io import atomic_directory, read_manifest, write_json
 from elsa_index.errors import ElsaIndexError
 
 logger = logging.getLogger(__name__)
@@ -276,14 +276,7 @@ class Backend:
     def load(cls, path: str | os.PathLike) -> "Backend":
         """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name)."""
         path = Path(path)
-        if not path.is_dir():
-            raise IndexError_(f"index directory not found: {path}")
-        m = read_json(path / "backend.json", IndexError_)
-        if m.get("format") != INDEX_FORMAT:
-            raise IndexError_(f"{path} is not an elsa-index backend directory (format {m.get('format')!r})")
-        v = m.get("format_version")
-        if not isinstance(v, int) or v > INDEX_FORMAT_VERSION:
-            raise IndexError_(f"{path} has index format version {v!r}; this elsa-index reads up to {INDEX_FORMAT_VERSION}; upgrade elsa-index")
+        m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", IndexError_)
         target = get_backend(m.get("backend", "?"))
         if cls is not Backend and not issubclass(target, cls):
             raise IndexError_(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")

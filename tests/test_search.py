@@ -84,7 +84,7 @@ def test_similar_items_and_search(index, sparse_checkpoint):
     assert self_sim.indices[0, 0] == 5
     res = index.search(E[[5]], k=1)
     assert res.ids[0, 0] == ids[5]
-    with pytest.raises(DataError, match="unknown item id"):
+    with pytest.raises(DataError, match="not in the catalogue"):
         index.similar_items(["nope"])
 
 
