@@ -105,3 +105,36 @@ def test_module_entry_point_help():
     r = subprocess.run([sys.executable, "-m", "elsa_index", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
     assert "--nnz" in r.stdout and "--schedule" in r.stdout
+
+
+def test_build_and_recommend(tmp_path, sparse_checkpoint, capsys):
+    sparse_checkpoint.save(tmp_path / "ck")
+    assert main(["build", str(tmp_path / "ck"), "--backend", "sparse", "--out", str(tmp_path / "ix"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["recommend", str(tmp_path / "ix"), "--history", "item0001", "item0009", "--k", "3"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert len(row["items"]) == 3 and not {"item0001", "item0009"} & set(row["items"]) and row["fallback"] is False
+    (tmp_path / "in.jsonl").write_text('["item0001"]\n{"user": "u7", "history": ["nope"]}\n\n')
+    assert main(["recommend", str(tmp_path / "ix"), "--input", str(tmp_path / "in.jsonl"), "--k", "2",
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["user"] for r in rows] == [0, "u7"] and rows[1]["fallback"] is True
+    assert "not in the catalogue" in capsys.readouterr().err
+
+
+def test_build_and_recommend_errors(tmp_path, sparse_checkpoint, capsys):
+    sparse_checkpoint.save(tmp_path / "ck")
+    assert main(["build", str(tmp_path / "ck"), "--backend", "sparse", "--param", "depth=3",
+                 "--out", str(tmp_path / "ix")]) == 2
+    assert "unknown parameter 'depth'" in capsys.readouterr().err and not (tmp_path / "ix").exists()
+    assert main(["build", str(tmp_path / "ck"), "--backend", "sparse", "--param", "oops",
+                 "--out", str(tmp_path / "ix")]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert main(["build", str(tmp_path / "ck"), "--backend", "sparse", "--out", str(tmp_path / "ix"), "--quiet"]) == 0
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    assert main(["recommend", str(tmp_path / "ix"), "--input", str(tmp_path / "bad.jsonl")]) == 2
+    assert "line 1 is not valid JSON" in capsys.readouterr().err
+    assert main(["recommend", str(tmp_path / "ix"), "--history", "item0001", "--k", "0"]) == 2
+    assert "k must be a positive integer" in capsys.readouterr().err
+    assert main(["recommend", str(tmp_path / "nope"), "--history", "a"]) == 2
+    assert "not found" in capsys.readouterr().err
