@@ -1,0 +1,364 @@
+"""FAISS backends over dense item embeddings: exact Flat, HNSW graph and IVF lists.
+
+All three score by inner product (``METRIC_INNER_PRODUCT``). Rows of a dense
+ELSA checkpoint are unit-norm, so for any (unnormalised) user vector ``u`` the
+inner-product ranking equals the cosine ranking, which is what HNSW graphs and
+spherical k-means lists approximate well. Queries are never normalised: the
+scores returned are inner products as faiss computes them (for ``faiss-flat``
+the true ones, up to float32 rounding). Sparse query matrices are densified.
+
+``faiss`` is an optional dependency (``pip install 'elsa-index[faiss]'``); it
+is imported only when an index is built, searched, saved or loaded.
+
+Backends
+--------
+``faiss-flat``
+    ``IndexFlatIP``: brute force, exact.
+``faiss-hnsw``
+    ``IndexHNSWFlat``; build parameters ``M`` and ``ef_construction``, search
+    parameter ``ef_search`` (widened per call to at least the number of
+    results fetched, ``k`` plus the longest exclusion list, as hnswlib does).
+``faiss-ivf``
+    ``IndexIVFFlat`` with an ``IndexFlatIP`` coarse quantizer trained by
+    spherical k-means; build parameters ``nlist`` and ``train_seed``, search
+    parameter ``nprobe`` (clipped to ``nlist``).
+
+Threads
+-------
+Every backend has the search parameter ``threads`` (default 1): the OpenMP
+thread count used by faiss (and by the BLAS it calls) while building and
+searching. faiss otherwise uses all cores, which makes timings depend on the
+machine and oversubscribes cores when a server calls ``search`` from several
+threads. The count is set with ``faiss.omp_set_num_threads`` just before the
+faiss call and restored right after. With the libgomp runtime bundled in the
+``faiss-cpu`` Linux wheels this setting belongs to the calling OS thread; other
+OpenMP runtimes may treat it as process-global, in which case overlapping
+calls with different ``threads`` values (from this or any other faiss user in
+the process) can change each other's parallelism -- never their results.
+
+Thread safety
+-------------
+Searches only read the faiss index, and per-call settings (``ef_search``,
+``nprobe``) are passed to ``index.search`` as ``SearchParametersHNSW`` /
+``SearchParametersIVF`` objects instead of being written into the index, so
+concurrent ``search`` calls on one backend are safe. ``build`` and
+``set_search_params`` must not overlap with searches (see :mod:`.base`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from .base import Backend, IndexError_, register
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FaissFlat", "FaissHNSW", "FaissIVF", "default_nlist"]
+
+INDEX_FILE = "faiss.index"
+#: faiss k-means asks for at least this many training points per centroid.
+MIN_POINTS_PER_CENTROID = 39
+
+
+def _faiss():
+    """Import faiss, or raise an IndexError_ with the install hint."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise IndexError_(
+            f"the faiss backends need the faiss library, which could not be imported ({exc}); "
+            "install it with: pip install 'elsa-index[faiss]'  (or: pip install 'faiss-cpu>=1.8')"
+        ) from None
+    return faiss
+
+
+@contextlib.contextmanager
+def _omp_threads(faiss, n: int) -> Iterator[None]:
+    """Run the body with ``n`` OpenMP threads in faiss, then restore the previous count."""
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(prev)
+
+
+def default_nlist(n_items: int) -> int:
+    """Default number of IVF lists: about ``4 * sqrt(n_items)``, at most ``n_items // 39``, at least 1.
+
+    The cap keeps the 39 training points per centroid that faiss k-means asks
+    for (every item is a training point), so small catalogues get few lists
+    (a 300-item catalogue gets 7; 1M items get 4,000).
+    """
+    n = int(n_items)
+    return int(max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID)))
+
+
+def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False, hint: str = "") -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        extra = f" {hint}" if hint else ""
+        raise IndexError_(f"{name} must be an integer >= {low}{extra}, got {value!r}")
+
+
+class _FaissBackend(Backend):
+    """Shared build/search/persistence of the faiss backends (not registered).
+
+    Subclasses implement ``_new_index(faiss, dims, n_items)`` and, if the index
+    takes per-call settings, ``_search_parameters(faiss, k)``.
+    """
+
+    accepts = "dense"
+    #: the faiss index class this backend writes, checked on load
+    _faiss_class = ""
+
+    # ------------------------------------------------------------ parameters
+
+    def _check_params(self) -> None:
+        _check_int("threads", self._search_params["threads"], 1, hint="(OpenMP threads used by faiss)")
+
+    def _threads(self) -> int:
+        return int(self._search_params["threads"])
+
+    # ------------------------------------------------------------------ build
+
+    def _new_index(self, faiss, dims: int, n_items: int):
+        raise NotImplementedError
+
+    def _train(self, faiss, index, X: np.ndarray) -> None:
+        """Hook: train the index on the item vectors (IVF)."""
+
+    def _build(self, embeddings, *, progress: bool) -> None:
+        faiss = _faiss()
+        X = np.ascontiguousarray(embeddings, dtype=np.float32)
+        n, d = X.shape
+        index = self._new_index(faiss, d, n)
+        with _omp_threads(faiss, self._threads()):
+            self._train(faiss, index, X)
+            index.add(X)
+        self.index_ = index
+        logger.info("built %s over %d items x %d dims with %s", self.name, n, d, self.params)
+
+    # ----------------------------------------------------------------- search
+
+    def _search_parameters(self, faiss, k: int):
+        """Per-call faiss SearchParameters, or None."""
+        return None
+
+    def _search(self, queries, k: int):
+        faiss = _faiss()
+        Q = queries.toarray() if sp.issparse(queries) else queries
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        params = self._search_parameters(faiss, k)
+        with _omp_threads(faiss, self._threads()):
+            if params is None:
+                scores, ids = self.index_.search(Q, k)
+            else:
+                scores, ids = self.index_.search(Q, k, params=params)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        missing = ids < 0  # faiss found fewer than k items (IVF lists too short, HNSW unreached)
+        if missing.any():
+            ids = ids.copy()
+            scores = scores.copy()
+            ids[missing] = -1
+            scores[missing] = -np.inf
+        return ids, scores
+
+    # ------------------------------------------------------------ persistence
+
+    def _save(self, directory: Path) -> None:
+        faiss = _faiss()
+        faiss.write_index(self.index_, str(directory / INDEX_FILE))
+
+    def _load(self, directory: Path) -> None:
+        faiss = _faiss()
+        file = directory / INDEX_FILE
+        if not file.is_file():
+            raise IndexError_(f"{directory} lacks {INDEX_FILE}; expected a directory written by the {self.name!r} backend")
+        try:
+            index = faiss.read_index(str(file))
+        except Exception as exc:  # faiss raises RuntimeError with a C++ message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise IndexError_(f"{file} is not a readable faiss index (corrupted or truncated?): {first}") from None
+        got = type(index).__name__
+        if got != self._faiss_class:
+            raise IndexError_(f"{file} holds a faiss {got}; the {self.name!r} backend expects {self._faiss_class}")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexError_(f"{file} uses faiss metric {index.metric_type}; expected inner product")
+        if (index.ntotal, index.d) != (self.n_items_, self.dims_):
+            raise IndexError_(
+                f"{file} holds {index.ntotal} vectors of {index.d} dims; the manifest says "
+                f"{self.n_items_} items of {self.dims_} dims"
+            )
+        self.index_ = index
+        self._after_load(index)
+
+    def _after_load(self, index) -> None:
+        """Hook: restore fitted state from a loaded index."""
+
+    # ------------------------------------------------------------------ info
+
+    def _versions(self) -> dict[str, str]:
+        try:
+            return {"faiss": _faiss().__version__}
+        except IndexError_:
+            return {"faiss": "not installed"}
+
+
+@register
+class FaissFlat(_FaissBackend):
+    """Exact top-k by inner product with faiss ``IndexFlatIP``.
+
+    Search parameters
+    -----------------
+    threads : int >= 1, default 1. OpenMP threads used by faiss.
+    """
+
+    name = "faiss-flat"
+    exact = True
+    build_params: dict[str, Any] = {}
+    search_params = {"threads": 1}
+    _faiss_class = "IndexFlatIP"
+
+    def _new_index(self, faiss, dims: int, n_items: int):
+        return faiss.IndexFlatIP(dims)
+
+
+@register
+class FaissHNSW(_FaissBackend):
+    """Approximate top-k by inner product with faiss ``IndexHNSWFlat``.
+
+    Build parameters
+    ----------------
+    M : int >= 2, default 32. Graph neighbours per node (more: better recall,
+        more memory, slower build).
+    ef_construction : int >= 1, default 200. Candidate list size while building.
+
+    Search parameters
+    -----------------
+    ef_search : int >= 1, default 64. Candidate list size while searching;
+        each call uses ``max(ef_search, k_fetched)``. Measured with M=32 on
+        dense 64-dim ELSA checkpoints (1,000 held-out users, top-20, no
+        exclusions): retrieval recall@20 0.9997 on ML-1M (3.5k items) and
+        0.994 on Amazon-Book (25k items) at 64, against 0.995 / 0.976 at
+        32 and 0.969 / 0.935 at 16; 64 leaves a margin for larger catalogues.
+    threads : int >= 1, default 1. OpenMP threads used by faiss.
+
+    The graph is deterministic when built with ``threads=1``; with more
+    threads, insertion order races make it (slightly) differ between builds.
+    """
+
+    name = "faiss-hnsw"
+    exact = False
+    build_params = {"M": 32, "ef_construction": 200}
+    search_params = {"ef_search": 64, "threads": 1}
+    _faiss_class = "IndexHNSWFlat"
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        _check_int("M", self.params["M"], 2, hint="(graph neighbours per node; typical 16-64)")
+        _check_int("ef_construction", self.params["ef_construction"], 1, hint="(typical 40-500)")
+        _check_int("ef_search", self._search_params["ef_search"], 1, hint="(typical 16-512)")
+
+    def _new_index(self, faiss, dims: int, n_items: int):
+        index = faiss.IndexHNSWFlat(dims, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(self.params["ef_construction"])
+        return index
+
+    def _search_parameters(self, faiss, k: int):
+        # faiss keeps only efSearch candidates, so a list shorter than the k
+        # results fetched (k plus the longest exclusion list) would cut them.
+        return faiss.SearchParametersHNSW(efSearch=max(int(self._search_params["ef_search"]), int(k)))
+
+
+@register
+class FaissIVF(_FaissBackend):
+    """Approximate top-k by inner product with faiss ``IndexIVFFlat``.
+
+    Build parameters
+    ----------------
+    nlist : int >= 1 or None (default). Number of inverted lists (k-means
+        centroids); None picks :func:`default_nlist` (about ``4*sqrt(n_items)``,
+        capped at ``n_items // 39`` so k-means has 39 points per centroid).
+        An explicit value must not exceed ``n_items``; above ``n_items // 39``
+        training is allowed with a logged warning (faiss also prints one).
+    train_seed : int >= 0, default 1234. Seed of the k-means initialisation.
+
+    Search parameters
+    -----------------
+    nprobe : int >= 1, default 32. Lists scanned per query, clipped to
+        ``nlist``; ``nprobe >= nlist`` scans everything and is exact. With
+        the default ``nlist``, retrieval recall@20 on the checkpoints above
+        was 0.990 (ML-1M, nlist 90) and 0.950 (Amazon-Book, nlist 631) at
+        32, 0.967 / 0.918 at 16. Recall at a fixed nprobe falls as nlist
+        grows with the catalogue: sweep it for large ones.
+    threads : int >= 1, default 1. OpenMP threads used by faiss.
+
+    The effective ``nlist`` of a built index is ``nlist_`` and is reported by
+    :meth:`info` under ``"index"``.
+    """
+
+    name = "faiss-ivf"
+    exact = False
+    build_params = {"nlist": None, "train_seed": 1234}
+    search_params = {"nprobe": 32, "threads": 1}
+    _faiss_class = "IndexIVFFlat"
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        _check_int("nlist", self.params["nlist"], 1, allow_none=True, hint="or None for about 4*sqrt(n_items)")
+        _check_int("train_seed", self.params["train_seed"], 0)
+        _check_int("nprobe", self._search_params["nprobe"], 1, hint="(lists scanned per query, at most nlist)")
+
+    def _new_index(self, faiss, dims: int, n_items: int):
+        nlist = self.params["nlist"]
+        if nlist is None:
+            nlist = default_nlist(n_items)
+        nlist = int(nlist)
+        if nlist > n_items:
+            raise IndexError_(
+                f"nlist must be at most the number of items ({n_items}) because k-means trains on the items; "
+                f"got nlist={nlist} (default for this catalogue: {default_nlist(n_items)})"
+            )
+        if nlist * MIN_POINTS_PER_CENTROID > n_items:
+            logger.warning(
+                "nlist=%d leaves k-means %.1f training points per list (faiss asks for %d); lists will be uneven. "
+                "The default for %d items would be %d",
+                nlist, n_items / nlist, MIN_POINTS_PER_CENTROID, n_items, default_nlist(n_items),
+            )
+        quantizer = faiss.IndexFlatIP(dims)
+        index = faiss.IndexIVFFlat(quantizer, dims, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = int(self.params["train_seed"])
+        index.cp.spherical = True  # centroids on the unit sphere, like the item rows
+        self.nlist_ = nlist
+        return index
+
+    def _train(self, faiss, index, X: np.ndarray) -> None:
+        index.train(X)
+
+    def _after_load(self, index) -> None:
+        self.nlist_ = int(index.nlist)
+
+    def _on_search_params(self) -> None:
+        nlist = getattr(self, "nlist_", None)
+        if nlist is not None and self._search_params["nprobe"] > nlist:
+            logger.debug("nprobe=%d exceeds nlist=%d; every list is scanned", self._search_params["nprobe"], nlist)
+
+    def _search_parameters(self, faiss, k: int):
+        nprobe = min(int(self._search_params["nprobe"]), self.nlist_)
+        return faiss.SearchParametersIVF(nprobe=nprobe)
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        if getattr(self, "nlist_", None) is not None:
+            out["index"] = {"nlist": self.nlist_}
+        return out
