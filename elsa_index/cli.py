@@ -147,6 +147,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="histories per batch (default: 1000)")
     p.set_defaults(func=cmd_recommend)
 
+    # segments
+    p = sub.add_parser("segments", help="discover item segments of a sparse checkpoint or index",
+                       description="Group the items of a Compressed ELSA (sparse) checkpoint by their dominant "
+                                   "signed dimension, merge near-duplicate segments, label them from item metadata "
+                                   "and save the segments directory. Default output: SOURCE/segments for an index "
+                                   "directory, the sibling SOURCE.segments for a checkpoint directory; 'elsa-index "
+                                   "homepage' looks in both places.")
+    p.add_argument("source", metavar="CHECKPOINT_OR_INDEX", help="sparse checkpoint or index directory")
+    p.add_argument("--merge-to", type=int, default=None, metavar="N",
+                   help="merge the most similar segments until N remain (default: no merging)")
+    p.add_argument("--min-size", type=int, default=1, metavar="N",
+                   help="first merge segments with fewer than N items into their most similar one (default: 1)")
+    p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) for labels and titles")
+    p.add_argument("--id-col", default="item_id", help="metadata column with the item ids (default: item_id)")
+    p.add_argument("--label-col", nargs="+", default=["genres"], metavar="COL",
+                   help="metadata column(s) whose tokens label the segments (default: genres)")
+    p.add_argument("--title-col", default="title",
+                   help="metadata column shown for central items in the summary, if present (default: title)")
+    p.add_argument("--central", type=int, default=10, metavar="N",
+                   help="central items kept (and labelled) per segment (default: 10)")
+    p.add_argument("--out", default=None, metavar="DIR", help="segments directory to write (default: see above)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing segments directory")
+    p.add_argument("--show", type=int, default=20, metavar="N", help="segments listed in the summary (default: 20; 0: all)")
+    p.set_defaults(func=cmd_segments)
+
+    # homepage
+    p = sub.add_parser("homepage", help="write a static HTML homepage preview for one history",
+                       description="Recommend the plain 'Recommended for you' row plus one row per recommended "
+                                   "segment for one history and write them as a self-contained HTML page. A history "
+                                   "with no item of the catalogue falls back to popular segments and items (with a "
+                                   "warning on stderr).")
+    p.add_argument("index", metavar="INDEX", help="sparse index directory (or checkpoint directory)")
+    p.add_argument("--history", nargs="+", required=True, metavar="ITEM_ID", help="the items of the user's history")
+    p.add_argument("--rows", type=int, default=5, help="segment rows (default: 5)")
+    p.add_argument("--k", type=int, default=10, help="items per row (default: 10)")
+    p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) with titles")
+    p.add_argument("--id-col", default="item_id", help="metadata column with the item ids (default: item_id)")
+    p.add_argument("--title-col", default="title", help="metadata column with the titles (default: title)")
+    p.add_argument("--segments", metavar="DIR",
+                   help="segments directory (default: INDEX/segments, else the sibling INDEX.segments)")
+    p.add_argument("--title", default="Homepage preview", help="page heading")
+    p.add_argument("--out", required=True, metavar="FILE", help="HTML file to write (replaced if it exists)")
+    p.set_defaults(func=cmd_homepage)
+
     # demo
     p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data (offline, a few minutes)",
                        description="Generate synthetic interactions with planted structure, train popularity, "
@@ -156,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=2000, help="synthetic items (default: 2000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    # bench
+    p = sub.add_parser("bench", help="benchmark index backends (latency, memory, recall) from a config",
+                       description="Run (or resume) the benchmark described by a TOML config: build every index, "
+                                   "sweep its search parameters over the same queries, store raw per-query results "
+                                   "and write OUT/report.md with PNG plots. Configurations already measured in OUT "
+                                   "are skipped unless --force.")
+    p.add_argument("config", help="benchmark config (.toml), e.g. eval/configs/quick.toml")
+    p.add_argument("--out", required=True, help="output directory (reused to resume)")
+    p.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides: a minutes-long smoke run")
+    p.add_argument("--force", action="store_true", help="re-measure configurations already measured; rebuild indexes")
+    p.add_argument("--report-only", action="store_true", help="only re-render the report from stored results")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -339,6 +397,32 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .eval.config import load_config
+    from .eval.harness import plan_runs, run_bench
+
+    cfg = load_config(args.config, quick=args.quick)
+    if args.report_only:
+        from .eval.report import write_report
+
+        path = write_report(Path(args.out), cfg, plan_runs(cfg))
+        _say(f"wrote {path}")
+        return 0
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
+
+    res = run_bench(cfg, args.out, force=args.force, progress=not args.quiet, say=say)
+    _say(f"{res['measured']} configuration(s) measured, {res['reused']} already measured, {res['skipped']} skipped")
+    for s in res["skips"]:
+        _say(f"  skipped {s['label']} ({s['scope']}): {s['reason']}")
+    _say(f"report: {res['report']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .baselines import Popularity
     from .metrics import evaluate
@@ -380,6 +464,145 @@ def cmd_demo(args) -> int:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     _say(f"\ncheckpoints written under {out}/")
+    return 0
+
+
+def _open_source(path: str):
+    """(index or None, checkpoint) of an index or a checkpoint directory."""
+    from .checkpoint import Checkpoint
+    from .search import open_index
+
+    if (Path(path) / "index.json").is_file():
+        index = open_index(path)
+        return index, index.checkpoint
+    return None, Checkpoint.load(path)
+
+
+def _segment_dirs(source: str) -> list[Path]:
+    """Where segments of SOURCE live by default: SOURCE/segments for an index, SOURCE.segments for a checkpoint."""
+    path = Path(source)
+    sibling = path.resolve().parent / f"{path.resolve().name}.segments"
+    if (path / "index.json").is_file():
+        return [path / "segments", sibling]
+    return [sibling, path / "segments"]
+
+
+def _require_sparse(ckpt, source: str) -> None:
+    from .segments import SegmentError
+
+    if not ckpt.sparse:
+        raise SegmentError(f"{source} holds dense embeddings ({ckpt.kind}, {ckpt.dims} dims); segments need the "
+                           "sparse embeddings of a Compressed ELSA checkpoint")
+
+
+def _table(rows: list[list[str]], right: set[int] = frozenset()) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        print("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_segments(args) -> int:
+    import numpy as np
+
+    from .homepage import item_metadata
+    from .segments import SegmentError, _read_table, discover_segments
+
+    index, ckpt = _open_source(args.source)
+    _require_sparse(ckpt, args.source)
+    out = Path(args.out) if args.out else _segment_dirs(args.source)[0]
+    if out.exists() and not args.overwrite:
+        raise SegmentError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if args.show < 0:
+        raise SegmentError(f"--show must be >= 0, got {args.show}")
+    meta = titles = None
+    if args.items:
+        meta = _read_table(args.items)
+    seg = discover_segments(ckpt, merge_to=args.merge_to, min_size=args.min_size, metadata=meta, id_col=args.id_col,
+                            label_cols=args.label_col, n_central=args.central)
+    if meta is not None and args.title_col in meta:
+        titles = item_metadata(meta, ckpt.item_ids.ids, id_col=args.id_col, title_col=args.title_col, detail_cols=())
+    seg.save(out, overwrite=args.overwrite)
+
+    sizes = seg.sizes
+    what = f"{index.backend.name} index" if index is not None else f"{ckpt.kind} checkpoint"
+    _say(f"segments of {args.source} ({what}, {ckpt.n_items} items x {ckpt.dims} dims, "
+         f"fingerprint {ckpt.fingerprint})")
+    info = seg.info
+    merged = []
+    if args.min_size > 1:
+        merged.append(f"min size {args.min_size}")
+    if args.merge_to is not None:
+        merged.append(f"merge to {args.merge_to}")
+    summary = [
+        ("dominant-dimension segments", f"{info['n_initial_segments']}"),
+        ("after merging", f"{seg.n_segments} ({info['n_merges']} merges"
+                          + (f"; {', '.join(merged)})" if merged else "; no merging asked)")),
+        ("segmented items", f"{info['n_segmented_items']} of {seg.n_items} "
+                            f"({seg.n_items - info['n_segmented_items']} with an empty row)"),
+        ("segment sizes", f"min {sizes.min()}, median {float(np.median(sizes)):g}, mean {sizes.mean():.1f}, "
+                          f"max {sizes.max()}"),
+        ("labels", f"from {args.items} ({', '.join(args.label_col)}; {info['metadata_coverage']:.1%} of items "
+                   "covered)" if meta is not None else "from dimensions (no --items)"),
+        ("written to", str(out)),
+    ]
+    width = max(len(k) for k, _ in summary)
+    for k, v in summary:
+        print(f"{k:<{width}}  {v}")
+    n_show = seg.n_segments if args.show == 0 else min(args.show, seg.n_segments)
+    if n_show:
+        print()
+        rows = [["id", "size", "keys", "label", "central items"]]
+        for d in seg.describe(n_central=3)[:n_show]:
+            names = [titles[c].title if titles and c in titles and titles[c].title else c for c in d["central"]]
+            main = d["keys"][0]
+            keys = f"{main[0]}{'+' if main[1] > 0 else '-'}" + (f" +{len(d['keys']) - 1}" if len(d["keys"]) > 1 else "")
+            cen = "; ".join(names)
+            rows.append([str(d["segment"]), str(d["size"]), keys, d["label"], cen if len(cen) <= 70 else cen[:67] + "..."])
+        _table(rows, right={0, 1})
+        if n_show < seg.n_segments:
+            print(f"... {seg.n_segments - n_show} more (--show 0 lists all)")
+    return 0
+
+
+def cmd_homepage(args) -> int:
+    import warnings
+
+    from .homepage import item_metadata, render_homepage, write_homepage
+    from .search import UnknownItemsWarning
+    from .segments import SegmentError, SegmentFallbackWarning, Segments, recommend_segments
+
+    index, ckpt = _open_source(args.index)
+    _require_sparse(ckpt, args.index)
+    if args.segments:
+        seg_dir = Path(args.segments)
+    else:
+        candidates = _segment_dirs(args.index)
+        seg_dir = next((c for c in candidates if (c / "manifest.json").is_file()), None)
+        if seg_dir is None:
+            raise SegmentError(f"no segments found for {args.index} (looked in {', '.join(map(str, candidates))}); "
+                               f"run 'elsa-index segments {args.index}' first or pass --segments DIR")
+    seg = Segments.load(seg_dir, checkpoint=ckpt)
+    info = item_metadata(args.items, ckpt.item_ids.ids, id_col=args.id_col, title_col=args.title_col) \
+        if args.items else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownItemsWarning)
+        warnings.simplefilter("always", SegmentFallbackWarning)
+        page = recommend_segments(index if index is not None else ckpt, seg, args.history, rows=args.rows, k=args.k)
+    for w in caught:
+        if issubclass(w.category, (UnknownItemsWarning, SegmentFallbackWarning)):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    source = f"the {index.backend.name} index {args.index}" if index is not None else f"checkpoint {args.index}"
+    text = render_homepage(page, history=args.history, items=info, segments=seg, heading=args.title, source=source)
+    write_homepage(args.out, text)
+    n_items = sum(len(r.items) for r in page)
+    _say(f"wrote {args.out}: {len(page)} rows, {n_items} items (segments from {seg_dir})"
+         + (" [popularity fallback]" if page and page[0].fallback else ""))
+    for r in page:
+        _say(f"  {r.label}: {len(r.items)} items")
     return 0
 
 

@@ -14,10 +14,12 @@ Discovery (:func:`discover_segments`)
     2. Greedy, deterministic merging by the cosine similarity of segment
        vectors (below). First every segment smaller than ``min_size`` is
        merged into its most similar segment (smallest first); then, while
-       there are more than ``merge_to`` segments, the most similar pair is
-       merged. Ties in similarity go to the lexicographically smallest pair
-       of positions in ``(dim, sign)`` order (``+`` before ``-``), so a run is
-       a pure function of the checkpoint and the parameters.
+       there are more than ``merge_to`` segments, the smallest segment is
+       merged into its most similar one (merging the globally most similar
+       pair instead lets one growing catch-all segment absorb most items).
+       Ties in size or similarity go to the first position in ``(dim, sign)``
+       order (``+`` before ``-``), so a run is a pure function of the
+       checkpoint and the parameters.
     3. Each segment gets a *segment vector*: the L2-normalised sum (equivalently
        mean) of its items' rows, sparse over every dimension its items span;
        its *central items*: the ``n_central`` members with the largest inner
@@ -484,14 +486,14 @@ def discover_segments(
     pos_in_seg = np.arange(len(order)) - starts[seg_items[order]]
     keep = order[pos_in_seg < n_central]
     central_indices, central_scores = items[keep], cscore[keep]
-    central_indptr = np.concatenate([[0], np.cumsum(np.minimum(sizes, n_central))])
+    central_indptr = np.concatenate([[0], np.cumsum(np.minimum(sizes[seg_order], n_central))])
 
     labels, coverage = _labels(tokens, central_indptr, central_indices, key_codes, key_indptr, n_label)
     info = {"n_initial_segments": int(m), "n_merges": int(n_merges), "n_segmented_items": int(len(items))}
     if tokens is not None:
         info["metadata_coverage"] = coverage
     params = {"merge_to": merge_to, "min_size": min_size, "n_central": n_central, "n_label": n_label,
-              "merge_rule": "greedy cosine of segment vectors", "id_col": id_col if metadata is not None else None,
+              "merge_rule": "smallest segment into its most similar (cosine of segment vectors)", "id_col": id_col if metadata is not None else None,
               "label_cols": list(label_cols) if metadata is not None else None}
     logger.info("%d dominant-dimension segments, %d after %d merges", m, n_seg, n_merges)
     return Segments(
@@ -568,15 +570,16 @@ def _greedy_merge(sums: sp.spmatrix, sizes: np.ndarray, merge_to: int | None, mi
         bestval[better] = row[better]
 
     while n_alive > 1:
+        # Always fold the smallest segment into its most similar one: merging the
+        # globally most similar pair instead lets one growing segment, whose mean
+        # direction resembles everything, swallow most of the catalogue.
         small = np.flatnonzero(alive & (sizes < min_size))
-        if len(small):
-            i = small[np.argmin(sizes[small])]  # smallest; ties: first position
-            j = best[i]
-        elif merge_to is not None and n_alive > merge_to:
-            i = int(np.argmax(bestval))
-            j = best[i]
-        else:
+        if not len(small) and merge_to is not None and n_alive > merge_to:
+            small = np.flatnonzero(alive)
+        if not len(small):
             break
+        i = small[np.argmin(sizes[small])]  # smallest; ties: first position
+        j = best[i]
         merge(int(i), int(j))
         n_alive -= 1
         n_merges += 1

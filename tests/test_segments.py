@@ -459,3 +459,22 @@ def test_bad_input(toy, dense_checkpoint, sparse_checkpoint, tmp_path):
         seg.members(99)
     with pytest.raises(SegmentError, match="unknown item id"):
         seg.segment_of(["nope"])
+
+
+def test_central_items_are_members_for_every_segment(sparse_checkpoint):
+    from elsa_index.segments import discover_segments
+
+    for merge_to in (None, 30, 8):
+        seg = discover_segments(sparse_checkpoint, merge_to=merge_to, n_central=10)
+        for s in range(len(seg.sizes)):
+            c = seg.central(s)
+            assert len(c) == min(seg.sizes[s], 10)
+            assert (seg.assignment[c] == s).all()
+
+
+def test_merging_keeps_sizes_balanced(sparse_checkpoint):
+    from elsa_index.segments import discover_segments
+
+    seg = discover_segments(sparse_checkpoint, merge_to=8)
+    # 300 items over 8 segments: no catch-all segment.
+    assert seg.sizes.max() <= 3 * 300 / 8
