@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "homepage' looks in both places.")
     p.add_argument("source", metavar="CHECKPOINT_OR_INDEX", help="sparse checkpoint or index directory")
     p.add_argument("--merge-to", type=int, default=None, metavar="N",
-                   help="merge the most similar segments until N remain (default: no merging)")
+                   help="fold the smallest segment into its most similar one until N remain (default: no merging)")
     p.add_argument("--min-size", type=int, default=1, metavar="N",
                    help="first merge segments with fewer than N items into their most similar one (default: 1)")
     p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) for labels and titles")

@@ -395,7 +395,7 @@ def discover_segments(
     ----------
     checkpoint : a sparse :class:`~elsa_index.checkpoint.Checkpoint`, an
         :class:`~elsa_index.search.Index`, or a checkpoint / index directory.
-    merge_to : merge the most similar segments until at most this many remain;
+    merge_to : fold the smallest segment into its most similar one until at most this many remain;
         an integer in ``[1, number of dominant-dimension segments]``; None: no
         target.
     min_size : segments with fewer items are merged into their most similar
