@@ -194,11 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     # demo
     p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data (offline, a few minutes)",
                        description="Generate synthetic interactions with planted structure, train popularity, "
-                                   "dense ELSA and Compressed ELSA, save checkpoints and print a results table.")
+                                   "dense ELSA and Compressed ELSA, save checkpoints, print a results table, serve "
+                                   "recommendations from an index and run a small benchmark of the backends.")
     p.add_argument("--out", default="elsa-demo", help="output directory (default: ./elsa-demo)")
     p.add_argument("--users", type=int, default=5000, help="synthetic users (default: 5000)")
     p.add_argument("--items", type=int, default=2000, help="synthetic items (default: 2000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-bench", action="store_true", help="skip the small backend benchmark at the end")
     p.set_defaults(func=cmd_demo)
 
     # bench
@@ -464,6 +466,32 @@ def cmd_demo(args) -> int:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     _say(f"\ncheckpoints written under {out}/")
+
+    # Serve the compressed checkpoint from the exact sparse index and show one user's rows.
+    from .search import build_index
+
+    index = build_index(out / "compressed-1024-nnz16", "sparse", out / "index-sparse", overwrite=True)
+    row = split.fold_in[0]
+    history = index.item_ids[row.indices].tolist()
+    rec = index.recommend([history], k=5)
+    _say(f"\nheld-out user {split.heldout_user_ids.ids[0]} ({len(history)} history items) -> "
+         f"{', '.join(rec.ids[0])}")
+    if args.no_bench:
+        return 0
+    # A small benchmark of every installed backend on synthetic data (eval/configs/quick.toml).
+    from .eval.config import load_config
+    from .eval.harness import run_bench
+
+    config = Path(__file__).resolve().parent / "eval" / "configs" / "quick.toml"
+    if not config.is_file():
+        from . import eval as _eval
+
+        config = Path(_eval.__file__).parent / "configs" / "quick.toml"
+    _say(f"\nbenchmarking the backends ({config.name}) ...")
+    res = run_bench(load_config(config), out / "bench", force=True, progress=not args.quiet, say=lambda m: None)
+    for s in res["skips"]:
+        _say(f"  skipped {s['label']} ({s['scope']}): {s['reason']}")
+    _say(f"benchmark report: {res['report']}")
     return 0
 
 

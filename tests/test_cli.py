@@ -64,9 +64,9 @@ def test_import_npz(tmp_path, capsys):
 
 
 def test_demo_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "400", "--items", "100", "--quiet"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "400", "--items", "100", "--quiet", "--no-bench"]) == 0
     out = capsys.readouterr().out
-    for name in ("popularity", "elsa-256", "elsa-32", "compressed-1024-nnz16", "recall@20"):
+    for name in ("popularity", "elsa-256", "elsa-32", "compressed-1024-nnz16", "recall@20", "held-out user"):
         assert name in out
     ck = Checkpoint.load(tmp_path / "demo" / "compressed-1024-nnz16")
     assert (ck.nnz_per_row() == 16).all()
