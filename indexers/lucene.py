@@ -121,7 +121,7 @@ import scipy.sparse as sp
 from elsa_index._io import load_array, read_json, save_array, write_json
 
 from . import _jvm
-from .base import Backend, IndexError_, register
+from .base import Backend, IndexError_, Results, register
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +324,68 @@ class LuceneImpact(Backend):
             ids[r, : len(order)] = cand[order]
             scores[r, : len(order)] = s[order]
         return ids, scores
+
+    def search_within(self, query, k: int, *, candidates: np.ndarray) -> Results:
+        """Top-k of one query among ``candidates`` (sorted item indices), e.g. a segment's members.
+
+        Lucene restricts the search to items carrying a *segment term*: the
+        dominant (dimension, sign) term of any candidate, as a required clause
+        with boost 0 (it filters without scoring); the user's terms score the
+        matches, the ``depth`` best are kept if they are candidates, and
+        re-scored exactly. Used by :func:`elsa_index.segments.recommend_segments`.
+        """
+        self._check_built()
+        Q = self._as_queries(query)
+        k = self._check_k(k)
+        cand = np.asarray(candidates, dtype=np.int64)
+        ids = np.full((1, k), -1, np.int64)
+        scores = np.full((1, k), -np.inf, np.float32)
+        if not len(cand) or Q.shape[0] != 1:
+            if Q.shape[0] != 1:
+                raise IndexError_(f"search_within takes one query, got {Q.shape[0]}")
+            return Results(ids, scores)
+        emb = self.emb_
+        rows = emb[cand]
+        dom = np.full(len(cand), -1, np.int64)
+        sign = np.zeros(len(cand), bool)
+        for i in range(len(cand)):  # dominant (dim, sign) of each candidate
+            a, b = rows.indptr[i], rows.indptr[i + 1]
+            if b > a:
+                j = a + int(np.argmax(np.abs(rows.data[a:b])))
+                dom[i], sign[i] = rows.indices[j], rows.data[j] > 0
+        terms = sorted({("p" if sg else "n") + str(d) for d, sg in zip(dom.tolist(), sign.tolist()) if d >= 0})
+        if sp.issparse(Q):
+            dims, vals = Q.indices, Q.data.astype(np.float64)
+        else:
+            dims = np.flatnonzero(Q[0])
+            vals = Q[0][dims].astype(np.float64)
+        keep = vals != 0
+        dims, vals = dims[keep], vals[keep]
+        rt = _jvm.runtime()
+        cache = _jvm.attach_current_thread()
+        parser = cache.get("query_parser")
+        if parser is None:
+            parser = cache["query_parser"] = rt.QueryParser(FIELD, rt.WhitespaceAnalyzer())
+        depth = min(max(int(self._search_params["depth"]), k) + len(cand), max(self.n_items_, 1))
+        user = ""
+        if len(dims):
+            w = np.abs(vals)
+            user = _query_text(dims, vals > 0, w / float(w.max()))
+        text = (user + " " if user else "") + "+(" + " ".join(terms) + ")^0"
+        try:
+            top = self._searcher.search(parser.parse(text), depth)
+            found = rt.ScoredDocs.fromTopDocs(top, self._searcher)
+            got = np.array(found.docids, dtype=np.int64) if len(found.docids) else np.zeros(0, np.int64)
+        except rt.JavaException as exc:
+            raise IndexError_(f"Lucene search failed: {_jvm.java_error(exc)}") from None
+        got = got[np.isin(got, cand)]
+        if not len(got):
+            return Results(ids, scores)
+        s = self._exact_scores(got, dims, vals)
+        order = np.lexsort((got, -s))[:k]
+        ids[0, : len(order)] = got[order]
+        scores[0, : len(order)] = s[order]
+        return Results(ids, scores)
 
     def _lucene_top(self, rt, searcher, parser, dims: np.ndarray, vals: np.ndarray,
                     depth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -478,3 +478,22 @@ def test_merging_keeps_sizes_balanced(sparse_checkpoint):
     seg = discover_segments(sparse_checkpoint, merge_to=8)
     # 300 items over 8 segments: no catch-all segment.
     assert seg.sizes.max() <= 3 * 300 / 8
+
+
+def test_rows_from_lucene_index_identical_to_exact(sparse_checkpoint, histories):
+    seg = discover_segments(sparse_checkpoint, merge_to=12)
+    exact = build_index(sparse_checkpoint, "sparse")
+    lucene = build_index(sparse_checkpoint, "lucene")
+    calls = []
+    inner = lucene.backend.search_within
+    lucene.backend.search_within = lambda *a, **kw: calls.append(1) or inner(*a, **kw)
+    ids = sparse_checkpoint.item_ids.ids
+    for u in range(histories.shape[0]):
+        history = ids[histories[u].indices].tolist()
+        a = recommend_segments(exact, seg, history, rows=4, k=5)
+        b = recommend_segments(lucene, seg, history, rows=4, k=5)
+        assert [r.segment for r in a] == [r.segment for r in b]
+        for ra, rb in zip(a, b):
+            assert ra.items.tolist() == rb.items.tolist()
+            np.testing.assert_allclose(ra.item_scores, rb.item_scores, rtol=1e-5, atol=1e-6)
+    assert len(calls) > 0  # rows came through Lucene's segment-restricted search
