@@ -96,6 +96,7 @@ _CLASSES = {
     "CodecUtil": "org.apache.lucene.codecs.CodecUtil",
     "DirectoryReader": "org.apache.lucene.index.DirectoryReader",
     "IndexSearcher": "org.apache.lucene.search.IndexSearcher",
+    "TopScoreDocCollector": "org.apache.lucene.search.TopScoreDocCollector",
     "QueryParser": "org.apache.lucene.queryparser.classic.QueryParser",
     "WhitespaceAnalyzer": "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
     "LuceneVersion": "org.apache.lucene.util.Version",

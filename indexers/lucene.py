@@ -63,6 +63,20 @@ query_terms : int >= 1 or None (default). Send only the ``query_terms``
     with ``rerank=False`` the scores are those of the pruned query.
 rerank : bool, default True. Re-score the candidates exactly (see above);
     False returns the de-quantised Lucene scores of the agreeing part.
+dynamic_pruning : bool, default False. How Lucene evaluates the query's
+    disjunction of terms; both return the same top ``depth``. False scores
+    every posting of every query term with Lucene's window-at-a-time
+    ``BooleanScorer`` (the collector counts all hits, so Lucene never skips).
+    True lets Lucene skip documents that cannot reach the current top
+    ``depth`` (its default top-k path: ``MaxScoreBulkScorer`` with block-max
+    impacts, after 1,000 hits). Embedding queries have hundreds of terms and
+    every item scores on a few of them, so little can be skipped and the
+    exhaustive scorer is faster: 17 ms vs 27-38 ms p50 for 222-term queries
+    over a 1M-item catalogue (16 values per item, 4,096 dims), about the
+    same at every depth from 20 to 200, and faster with ``query_terms``
+    pruning too. On small catalogues pruning can win: 2.9 vs 4.5 ms p50 for
+    460-term queries over 3,533 items (ML-1M, depth 200). Both measured on
+    2 cores, one query at a time.
 
 Only Lucene's matches are candidates: an item that shares no agreeing term
 with a query is never returned for it, a query without non-zero entries
@@ -134,6 +148,7 @@ MAX_IMPACT = 65535
 #: items per JSON file handed to Anserini (its unit of parallelism)
 _ITEMS_PER_FILE = 100_000
 _BOOST_DECIMALS = 9
+_COUNT_ALL_HITS = 2**31 - 1  # Java's Integer.MAX_VALUE as a total-hits threshold
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None, *, allow_none: bool = False,
@@ -164,7 +179,7 @@ class LuceneImpact(Backend):
     accepts = "sparse"
     exact = False
     build_params = {"max_impact": 255, "scale": None, "threads": 1, "optimize": True}
-    search_params = {"depth": 200, "query_terms": None, "rerank": True}
+    search_params = {"depth": 200, "query_terms": None, "rerank": True, "dynamic_pruning": False}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -190,6 +205,7 @@ class LuceneImpact(Backend):
         _check_int("depth", s["depth"], 1, hint=" (candidates fetched from Lucene per query)")
         _check_int("query_terms", s["query_terms"], 1, allow_none=True, hint=" (largest query entries kept)")
         _check_bool("rerank", s["rerank"])
+        _check_bool("dynamic_pruning", s["dynamic_pruning"])
 
     # ------------------------------------------------------------------ build
 
@@ -373,7 +389,7 @@ class LuceneImpact(Backend):
             user = _query_text(dims, vals > 0, w / float(w.max()))
         text = (user + " " if user else "") + "+(" + " ".join(terms) + ")^0"
         try:
-            top = self._searcher.search(parser.parse(text), depth)
+            top = self._top_docs(rt, self._searcher, parser.parse(text), depth)
             found = rt.ScoredDocs.fromTopDocs(top, self._searcher)
             got = np.array(found.docids, dtype=np.int64) if len(found.docids) else np.zeros(0, np.int64)
         except rt.JavaException as exc:
@@ -394,7 +410,7 @@ class LuceneImpact(Backend):
         wmax = float(w.max())
         text = _query_text(dims, vals > 0, w / wmax)
         try:
-            top = searcher.search(parser.parse(text), depth)
+            top = self._top_docs(rt, searcher, parser.parse(text), depth)
             # Item ids come from the stored field "id" (Lucene's docids need not follow the row order).
             found = rt.ScoredDocs.fromTopDocs(top, searcher)
             docids = found.docids
@@ -405,6 +421,15 @@ class LuceneImpact(Backend):
             return np.zeros(0, np.int64), np.zeros(0)
         cand = np.array(docids, dtype=np.int64)
         return cand, np.asarray(lscores, dtype=np.float64) * (wmax / self.scale_)
+
+    def _top_docs(self, rt, searcher, query, depth: int):
+        """Lucene's top ``depth`` documents of a parsed query (``TopDocs``), per ``dynamic_pruning``."""
+        if self._search_params["dynamic_pruning"]:
+            return searcher.search(query, depth)  # Lucene's default: skipping allowed after 1,000 hits
+        # Counting every hit (threshold = Integer.MAX_VALUE) makes Lucene score exhaustively with BooleanScorer.
+        collector = rt.TopScoreDocCollector.create(depth, _COUNT_ALL_HITS)
+        searcher.search(query, rt.cast("org.apache.lucene.search.Collector", collector))
+        return collector.topDocs()
 
     def _exact_scores(self, cand: np.ndarray, dims: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """Exact inner products (float64) of the candidate rows with the query's entries ``vals`` at ``dims``."""

@@ -137,6 +137,23 @@ def test_quantisation_error_is_bounded(case):
         assert _recall(_exact_scores(ckpt, U), res, ref, 10).mean() >= 0.95
 
 
+@pytest.mark.parametrize("depth", [5, 200])
+def test_dynamic_pruning_returns_the_same_top_k(case, depth):
+    """Lucene's skipping top-k path and the exhaustive scorer return the same candidates and scores."""
+    name, ckpt, U, lu, ex = case
+    assert lu.get_search_params()["dynamic_pruning"] is False
+    try:
+        lu.set_search_params(depth=depth, rerank=False)
+        exhaustive = lu.search(U, 5)
+        lu.set_search_params(dynamic_pruning=True)
+        pruned = lu.search(U, 5)
+    finally:
+        lu.set_search_params(depth=200, rerank=True, dynamic_pruning=False)
+    assert (exhaustive.ids >= 0).sum() > 0.9 * exhaustive.ids.size
+    np.testing.assert_allclose(pruned.scores, exhaustive.scores, rtol=1e-6)
+    assert_tie_tolerant_equal(pruned, exhaustive)
+
+
 def test_query_terms_pruning(case):
     name, ckpt, U, lu, ex = case
     S = _exact_scores(ckpt, U)
@@ -411,6 +428,7 @@ def test_empty_rows_zero_queries_and_explicit_scale():
     ({"depth": 2.5}, "depth must be an integer"),
     ({"query_terms": 0}, "query_terms must be an integer >= 1 or None"),
     ({"rerank": "yes"}, "rerank must be True or False"),
+    ({"dynamic_pruning": None}, "dynamic_pruning must be True or False"),
     ({"max_impact": 0}, "max_impact must be an integer in"),
     ({"max_impact": 70000}, "max_impact must be an integer in"),
     ({"scale": -1.0}, "scale must be a positive finite number"),
