@@ -213,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (reused to resume)")
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides: a minutes-long smoke run")
     p.add_argument("--force", action="store_true", help="re-measure configurations already measured; rebuild indexes")
-    p.add_argument("--report-only", action="store_true", help="only re-render the report from stored results")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--report-only", action="store_true", help="only re-render the report from stored results")
+    only.add_argument("--prepare-only", action="store_true",
+                   help="only train the checkpoints and prepare the query sets (e.g. on a GPU machine); "
+                        "a later run with the same --out measures")
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -417,7 +421,11 @@ def cmd_bench(args) -> int:
 
             tqdm.write(msg)
 
-    res = run_bench(cfg, args.out, force=args.force, progress=not args.quiet, say=say)
+    res = run_bench(cfg, args.out, force=args.force, progress=not args.quiet, prepare_only=args.prepare_only, say=say)
+    if args.prepare_only:
+        _say(f"prepared checkpoints and query sets for {res['prepared']} configuration(s) in {args.out}; "
+             f"run again without --prepare-only to measure")
+        return 0
     _say(f"{res['measured']} configuration(s) measured, {res['reused']} already measured, {res['skipped']} skipped")
     for s in res["skips"]:
         _say(f"  skipped {s['label']} ({s['scope']}): {s['reason']}")

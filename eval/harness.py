@@ -728,7 +728,8 @@ def _minus(v, baseline) -> int | None:
 
 
 def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *, quick: bool = False,
-              force: bool = False, progress: bool = True, report: bool = True, say=None) -> dict:
+              force: bool = False, progress: bool = True, report: bool = True, prepare_only: bool = False,
+              say=None) -> dict:
     """Run (or resume) a benchmark and render its report.
 
     Parameters
@@ -739,12 +740,17 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
     force : re-measure configurations already measured and rebuild indexes.
     progress : show a progress bar (tqdm).
     report : render ``OUT/report.md`` and the plots at the end.
+    prepare_only : only train the checkpoints and prepare the query sets
+        (with their exact references) that the measurements need; build no
+        index, measure nothing, render no report. Lets the training run where
+        it is fast (e.g. a CUDA machine) and the measurements, resumed with the
+        same ``out``, on the machine under test.
     say : callable for one-line status messages (default: the logger).
 
     Returns
     -------
-    dict with ``measured``, ``reused``, ``skipped`` (counts), ``skips``
-    (reasons), ``report`` (path or None), ``out``.
+    dict with ``measured``, ``reused``, ``skipped``, ``prepared`` (counts),
+    ``skips`` (reasons), ``report`` (path or None), ``out``.
     """
     cfg = config if isinstance(config, BenchConfig) else load_config(config, quick=quick)
     out = Path(out)
@@ -757,14 +763,15 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
     plan = plan_runs(cfg, classes)
     write_json(out / "config.json", {"path": cfg.path, "quick": cfg.quick, "config": cfg.raw})
     write_json(out / "plan.json", [r.record() for r in plan])
-    machine = machine_info()
-    machine["bandwidth"] = measure_bandwidth()
-    machine["measured"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    write_json(out / "machine.json", machine)
+    if not prepare_only:  # machine.json describes the machine the numbers come from
+        machine = machine_info()
+        machine["bandwidth"] = measure_bandwidth()
+        machine["measured"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        write_json(out / "machine.json", machine)
     skips: list[dict] = [{"label": lbl, "backend": next(b.name for b in cfg.backends if b.label == lbl),
                           "reason": why, "scope": "all datasets"} for lbl, why in reasons.items()]
     ws = _Workspace(cfg, out, say=say)
-    counts = {"measured": 0, "reused": 0, "skipped": 0}
+    counts = {"measured": 0, "reused": 0, "skipped": 0, "prepared": 0}
     baseline = None
     from tqdm.auto import tqdm
 
@@ -793,6 +800,10 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
                 continue
             first = todo[0]
             qset = ws.queryset(first)
+            if prepare_only:
+                counts["prepared"] += len(todo)
+                bar.update(len(todo))
+                continue
             bar.set_postfix_str(f"{dataset} {ckpt} {label} build {first.build or ''}"[:60], refresh=True)
             try:
                 rec = _build(out, first, cls, qset, force=force)
@@ -836,6 +847,8 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
                 logger.info("%s %s %s %s: p50 %.3f ms", dataset, ckpt, label, r.search, meta["latency_p50_ms"])
             del be
             gc.collect()
+        if prepare_only:
+            return {**counts, "skips": skips, "report": None, "out": str(out)}
         write_json(out / "skipped.json", skips)
         if cfg.overhead is not None:
             _overhead_check(cfg, out, plan, force=force, say=say_bar)

@@ -397,3 +397,26 @@ def test_resume_skips_measured_configurations(quick_run, capsys):
     (out / "report.md").unlink()
     assert main(["bench", str(cfg), "--out", str(out), "--report-only"]) == 0
     assert (out / "report.md").is_file()
+
+
+def test_prepare_only_trains_and_prepares_without_measuring(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(textwrap.dedent(CONFIG.format(faiss="")))
+    out = tmp_path / "out"
+    assert main(["bench", str(cfg), "--out", str(out), "--prepare-only", "--quiet"]) == 0
+    assert "prepared checkpoints and query sets for 6 configuration(s)" in capsys.readouterr().out
+    assert (out / "checkpoints" / "syn" / "celsa" / "manifest.json").is_file()
+    assert (out / "queries" / "syn" / "celsa" / "queries.npz").is_file()
+    assert not list((out / "runs").rglob("*.json"))
+    assert not (out / "indexes").exists() and not (out / "report.md").exists()
+    # The measuring run reuses the checkpoint instead of retraining it.
+    stamp = (out / "checkpoints" / "syn" / "celsa" / "manifest.json").stat().st_mtime_ns
+    assert main(["bench", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert "6 configuration(s) measured, 0 already measured" in capsys.readouterr().out
+    assert (out / "checkpoints" / "syn" / "celsa" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_prepare_only_and_report_only_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "x.toml", "--out", str(tmp_path), "--prepare-only", "--report-only"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
