@@ -193,10 +193,22 @@ class Backend:
         n = Q.shape[0]
         k = self._check_k(k)
         ex = self._as_exclude(exclude, n)
-        extra = 0 if ex is None else int(np.diff(ex.indptr).max(initial=0))
-        fetch = min(self.n_items_, k + extra)
         if n == 0:
             return Results(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+        # Each query needs k results plus as many as it excludes. Queries are searched in groups whose
+        # need is within a factor of two, so one long exclusion list does not inflate the whole batch.
+        need = np.minimum(self.n_items_, k + (np.diff(ex.indptr) if ex is not None else np.zeros(n, np.int64)))
+        group = np.ceil(np.log2(need)).astype(np.int64)
+        if (group == group[0]).all():
+            return self._search_group(Q, int(need.max()), ex, k)
+        out = Results(np.empty((n, k), np.int64), np.empty((n, k), np.float32))
+        for g in np.unique(group):
+            rows = np.flatnonzero(group == g)
+            res = self._search_group(Q[rows], int(need[rows].max()), ex[rows], k)
+            out.ids[rows], out.scores[rows] = res.ids, res.scores
+        return out
+
+    def _search_group(self, Q, fetch: int, ex, k: int) -> Results:
         ids, scores = self._search(Q, fetch)
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)

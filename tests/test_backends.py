@@ -75,6 +75,27 @@ def test_exclusions(built, histories):
     np.testing.assert_array_equal(be.search(Q, 5, exclude=M).ids, res.ids)
 
 
+def test_exclusion_lists_of_very_different_lengths(built, histories):
+    """A batch mixing short and long exclusion lists (searched in groups of similar need) matches
+    one-query-at-a-time searches for exact backends, and never returns an excluded item."""
+    be, ckpt = built
+    Q = _queries(ckpt, histories)
+    n_items = be.n_items_
+    rng = np.random.default_rng(3)
+    lengths = [0, 1, 3, 20, 60, 150, n_items - 4, 0, 7, 90] * 2
+    ex = [rng.choice(n_items, size=m, replace=False) for m in lengths]
+    res = be.search(Q, 5, exclude=ex)
+    for r in range(Q.shape[0]):
+        got = res.ids[r][res.ids[r] >= 0]
+        assert not set(got.tolist()) & set(ex[r].tolist())
+        if be.exact or lengths[r] < n_items - 4:
+            assert len(got) == min(5, n_items - lengths[r]), (r, res.ids[r])
+        if be.exact:
+            single = be.search(Q[r : r + 1], 5, exclude=[ex[r]])
+            np.testing.assert_array_equal(single.ids[0], res.ids[r])
+            np.testing.assert_allclose(single.scores[0], res.scores[r], rtol=1e-6)
+
+
 def test_padding_when_k_exceeds_catalogue(built, histories):
     be, ckpt = built
     Q = _queries(ckpt, histories)[:2]
@@ -156,3 +177,23 @@ def test_retrieval_recall_with_ties():
     assert retrieval_recall(np.array([[3.0, -np.inf]]), np.array([[0, -1]]), exact, 2)[0] == 0.5
     # Fewer exact results than k: normalised by what exists.
     assert retrieval_recall(np.array([[5.0, -np.inf]]), np.array([[1, -1]]), np.array([[5.0, -np.inf]]), 2)[0] == 1.0
+
+
+def test_batch_fetch_grows_only_for_queries_with_long_exclusions(sparse_checkpoint, histories):
+    be = get_backend("sparse")().build(sparse_checkpoint)
+    Q = sparse_checkpoint.encode(histories)
+    fetched = []
+    inner = be._search
+
+    def spy(queries, k):
+        fetched.append((queries.shape[0], k))
+        return inner(queries, k)
+
+    be._search = spy
+    ex = [np.arange(200) if r == 0 else np.arange(r % 3) for r in range(Q.shape[0])]
+    be.search(Q, 5, exclude=ex)
+    # 19 queries need at most 5 + 2 results; only the one excluding 200 items fetches 205.
+    assert sorted(fetched) == [(1, 205), (19, 7)]
+    fetched.clear()
+    be.search(Q, 5)
+    assert fetched == [(Q.shape[0], 5)]
