@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import CheckpointError, DataError, ElsaIndexError, TrainingError
+from .errors import BackendError, CheckpointError, DataError, ElsaIndexError, TrainingError
 
-__all__ = ["__version__", "ElsaIndexError", "DataError", "CheckpointError", "TrainingError"]
+__all__ = ["__version__", "ElsaIndexError", "DataError", "CheckpointError", "TrainingError", "BackendError"]

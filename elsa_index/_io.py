@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_directory", "load_array", "save_array", "write_json", "read_json", "read_manifest", "array_digest"]
+__all__ = ["atomic_directory", "load_array", "save_array", "save_csr", "load_csr", "write_json", "read_json",
+           "read_manifest", "array_digest"]
 
 
 @contextlib.contextmanager
@@ -78,6 +79,44 @@ def load_array(path: Path, error: Callable[[str], Exception], *, mmap: bool = Fa
         raise error(f"{path} is not a valid .npy array: {exc}") from None
     except (OSError, EOFError) as exc:
         raise error(f"could not read {path}: {exc}") from None
+
+
+def save_csr(directory: Path, prefix: str, matrix) -> None:
+    """Save a CSR matrix as ``{prefix}data.npy`` (float32), ``{prefix}indices.npy`` (int32), ``{prefix}indptr.npy`` (int64)."""
+    save_array(directory / f"{prefix}data.npy", np.asarray(matrix.data, dtype=np.float32))
+    save_array(directory / f"{prefix}indices.npy", np.asarray(matrix.indices, dtype=np.int32))
+    save_array(directory / f"{prefix}indptr.npy", np.asarray(matrix.indptr, dtype=np.int64))
+
+
+def load_csr(directory: Path, prefix: str, shape: tuple[int, int], error: Callable[[str], Exception], *,
+             mmap: bool = False):
+    """Load what :func:`save_csr` wrote and check it is a valid ``shape`` CSR matrix.
+
+    Every index is range-checked and ``indptr`` must be monotone, so no file can
+    make compiled code read or write outside its arrays. With ``mmap`` the
+    arrays are memory-mapped read-only (pages are read on first use).
+    """
+    import scipy.sparse as sp
+
+    data = load_array(directory / f"{prefix}data.npy", error, mmap=mmap)
+    indices = load_array(directory / f"{prefix}indices.npy", error, mmap=mmap)
+    indptr = load_array(directory / f"{prefix}indptr.npy", error, mmap=mmap)
+    n_rows, n_cols = shape
+    what = f"{directory}: {prefix or 'csr '}arrays"
+    if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1:
+        raise error(f"{what} must be 1-D")
+    if data.dtype.kind != "f" or indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        raise error(f"{what} have dtypes {data.dtype}/{indices.dtype}/{indptr.dtype}; expected float/int/int")
+    if len(indptr) != n_rows + 1 or len(data) != len(indices) or indptr[0] != 0 or indptr[-1] != len(data):
+        raise error(f"{what} are inconsistent with shape {shape} ({len(indptr)} pointers, {len(data)} values)")
+    if len(indptr) > 1 and (np.diff(indptr) < 0).any():
+        raise error(f"{what}: indptr is not monotone")
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
+        raise error(f"{what}: column indices outside [0, {n_cols})")
+    if data.size and not np.isfinite(data).all():
+        raise error(f"{what}: values contain NaN or inf")
+    # copy=False keeps memory-mapped data/indices mapped (scipy may narrow the small indptr to int32).
+    return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -368,7 +368,8 @@ def _read_histories(path: str):
 def cmd_recommend(args) -> int:
     import warnings
 
-    from .search import UnknownItemsWarning, open_index
+    from .errors import UnknownItemsWarning
+    from .search import open_index
 
     index = open_index(args.index)
     if args.search_param:
@@ -434,7 +435,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .baselines import Popularity
+    from .models.baselines import Popularity
     from .metrics import evaluate
     from .workflow import DEFAULT_METRICS, DataSpec, load_split, make_model, train_checkpoint
 
@@ -606,7 +607,7 @@ def cmd_homepage(args) -> int:
     import warnings
 
     from .homepage import item_metadata, render_homepage, write_homepage
-    from .search import UnknownItemsWarning
+    from .errors import UnknownItemsWarning
     from .segments import SegmentError, SegmentFallbackWarning, Segments, recommend_segments
 
     index, ckpt = _open_source(args.index)

@@ -41,15 +41,11 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import ElsaIndexError
+from .errors import ElsaIndexError, HomepageError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["HomepageError", "ItemInfo", "item_metadata", "render_homepage", "write_homepage", "make_homepage"]
-
-
-class HomepageError(ElsaIndexError):
-    """A homepage cannot be rendered or written with the given input."""
 
 
 class ItemInfo(NamedTuple):

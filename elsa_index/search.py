@@ -31,8 +31,8 @@ import scipy.sparse as sp
 from . import __version__
 from ._io import atomic_directory, read_manifest, write_json
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, DataError, ElsaIndexError
-from .metrics import _topk
+from .errors import BackendError, CheckpointError, DataError, ElsaIndexError, UnknownItemsWarning
+from .topk import topk_unchecked
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ INDEX_DIR_FORMAT = "elsa-index-index"
 INDEX_DIR_VERSION = 1
 
 __all__ = ["Index", "Recommendations", "build_index", "open_index", "UnknownItemsWarning"]
-
-
-class UnknownItemsWarning(UserWarning):
-    """Some history item ids are not in the index's catalogue and were ignored."""
 
 
 class Recommendations(NamedTuple):
@@ -63,18 +59,12 @@ class Recommendations(NamedTuple):
     fallback: np.ndarray
 
 
-def _index_error(msg: str) -> Exception:
-    from .indexers.base import IndexError_
-
-    return IndexError_(msg)
-
-
 class Index:
     """A backend plus the checkpoint it indexes. Use :func:`open_index` or :func:`build_index`."""
 
     def __init__(self, checkpoint: Checkpoint, backend, path: Path | None = None):
         if backend.fingerprint_ != checkpoint.fingerprint:
-            raise _index_error(
+            raise BackendError(
                 f"the {backend.name!r} index was built from checkpoint {backend.fingerprint_}, "
                 f"but the given checkpoint is {checkpoint.fingerprint}; rebuild the index or use its own checkpoint"
             )
@@ -208,7 +198,7 @@ class Index:
         S = S.toarray() if sp.issparse(S) else np.asarray(S)
         S = np.asarray(S, dtype=np.float32)
         ex = exclude[:, allowed]
-        local, top = _topk(S, k, ex if ex.nnz else None, copy=False)
+        local, top = topk_unchecked(S, k, ex if ex.nnz else None, copy=False)
         out = np.full((S.shape[0], k), -1, np.int64)
         sc = np.full((S.shape[0], k), -np.inf, np.float32)
         w = local.shape[1]
@@ -254,7 +244,7 @@ class Index:
 
 def _check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise _index_error(f"k must be a positive integer, got {k!r}")
+        raise BackendError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
 
@@ -268,7 +258,7 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
     backend : ``sparse``, ``lucene``, ``faiss-flat``, ``faiss-hnsw`` or ``faiss-ivf``.
     **params : the backend's build and search parameters.
     """
-    from .indexers.base import get_backend
+    from .indexers import get_backend
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
     cls = get_backend(backend)
@@ -277,7 +267,7 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
         be.build(ckpt, progress=progress)
         return Index(ckpt, be)
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite, error=_index_error) as tmp:
+    with atomic_directory(out, overwrite=overwrite, error=BackendError) as tmp:
         be.build(ckpt, progress=progress)
         ckpt.save(tmp / "checkpoint")
         be.save(tmp / "backend")
@@ -298,16 +288,16 @@ def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.Pat
     from .indexers.base import Backend
 
     path = Path(path)
-    m = read_manifest(path, "index.json", INDEX_DIR_FORMAT, INDEX_DIR_VERSION, "index", _index_error)
+    m = read_manifest(path, "index.json", INDEX_DIR_FORMAT, INDEX_DIR_VERSION, "index", BackendError)
     if checkpoint is None:
         try:
             ckpt = Checkpoint.load(path / "checkpoint")
         except CheckpointError as exc:
-            raise _index_error(f"{path}: its checkpoint copy is unusable: {exc}") from None
+            raise BackendError(f"{path}: its checkpoint copy is unusable: {exc}") from None
     else:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
     if ckpt.fingerprint != m.get("checkpoint_fingerprint"):
-        raise _index_error(
+        raise BackendError(
             f"{path} was built from checkpoint {m.get('checkpoint_fingerprint')}, but the checkpoint given is "
             f"{ckpt.fingerprint}; rebuild the index for this checkpoint"
         )

@@ -82,7 +82,7 @@ from . import __version__
 from ._io import array_digest, atomic_directory, load_array, read_manifest, save_array, write_json
 from .checkpoint import Checkpoint
 from .data import IdMap
-from .errors import ElsaIndexError
+from .errors import ElsaIndexError, SegmentError, SegmentFallbackWarning
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +104,6 @@ __all__ = [
     "explain_item",
     "TOP_ROW_LABEL",
 ]
-
-
-class SegmentError(ElsaIndexError):
-    """Segments cannot be built, loaded or used with the given input."""
-
-
-class SegmentFallbackWarning(UserWarning):
-    """A history had no known item; popularity was used instead of the user vector."""
 
 
 # ===================================================================== Segments
@@ -1051,7 +1043,7 @@ def _check_int(value, name: str, low: int) -> int:
 
 
 def _history_indices(ckpt: Checkpoint, history_ids) -> np.ndarray:
-    from .search import UnknownItemsWarning
+    from .errors import UnknownItemsWarning
 
     if isinstance(history_ids, (str, bytes)) or not isinstance(history_ids, (Sequence, np.ndarray)):
         raise SegmentError(f"history_ids must be a list of item ids, got {type(history_ids).__name__}")

@@ -19,7 +19,8 @@ from .models import ELSA, CompressedELSA
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataSpec", "load_split", "make_model", "train_checkpoint", "evaluate_checkpoint", "DEFAULT_METRICS"]
+__all__ = ["DataSpec", "load_split", "make_model", "train_checkpoint", "with_epochs", "evaluate_checkpoint", "align_to",
+           "DEFAULT_METRICS"]
 
 DEFAULT_METRICS = ("recall@20", "recall@50", "ndcg@100")
 
@@ -29,7 +30,7 @@ class DataSpec:
     """Where the interactions come from and how they are filtered and split.
 
     ``source`` is a Parquet/CSV path, a dataset name known to
-    :func:`elsa_index.datasets.load_dataset` (e.g. ``"ml-1m"``), or
+    :func:`elsa_index.data.datasets.load_dataset` (e.g. ``"ml-1m"``), or
     ``"synthetic"`` (the built-in generator; ``synthetic_*`` settings apply).
     With ``split_col`` set, the file's own train/test split is used; otherwise
     ``n_heldout_users`` users are held out (strong generalisation).
@@ -67,7 +68,7 @@ def load_log(spec: DataSpec):
     """The raw interaction log named by ``spec`` (before filtering)."""
     src = spec.source
     if src == "synthetic":
-        from .synthetic import make_synthetic
+        from .data.synthetic import make_synthetic
 
         return make_synthetic(spec.synthetic_users, spec.synthetic_items, spec.synthetic_clusters, seed=spec.seed)
     path = Path(src)
@@ -75,7 +76,7 @@ def load_log(spec: DataSpec):
         cols = dict(user_col=spec.user_col, item_col=spec.item_col, rating_col=spec.rating_col,
                     timestamp_col=spec.timestamp_col, split_col=spec.split_col)
         return read_log(path, **cols)
-    from .datasets import DATASETS, load_dataset
+    from .data.datasets import DATASETS, load_dataset
 
     if src in DATASETS:
         return load_dataset(src)
@@ -136,7 +137,7 @@ def train_checkpoint(model, split: Split, *, data: dict | None = None, validatio
         config["validation_history"] = model.history_
         if refit:
             config["selection_seconds"] = round(time.perf_counter() - t0, 3)
-            model = _with_epochs(model, best)
+            model = with_epochs(model, best)
             t0 = time.perf_counter()
             model.fit(train.matrix)
         else:
@@ -152,7 +153,7 @@ def train_checkpoint(model, split: Split, *, data: dict | None = None, validatio
     return ckpt
 
 
-def _with_epochs(model, epochs: int):
+def with_epochs(model, epochs: int):
     """A fresh copy of ``model`` set to train ``epochs`` epochs (fine-tuning shortened for Compressed ELSA)."""
     params = model.get_params()
     if "finetune_epochs" in params:

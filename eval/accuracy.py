@@ -97,9 +97,9 @@ def metric_names(dataset: str):
 
 
 def run_one(kind, params, split, metrics, validation_users, *, refit=True, patience=3):
-    from elsa_index.baselines import EASE, Popularity
+    from elsa_index.models.baselines import EASE, Popularity
     from elsa_index.metrics import evaluate
-    from elsa_index.workflow import _with_epochs, evaluate_checkpoint, make_model, train_checkpoint
+    from elsa_index.workflow import with_epochs, evaluate_checkpoint, make_model, train_checkpoint
 
     if kind in ("popularity", "ease"):
         t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def run_one(kind, params, split, metrics, validation_users, *, refit=True, patie
         selection = {"candidates": [{"val_recall@20": v, **c, "best_epoch": b} for v, c, _, b in tried],
                      "chosen": cand, "seconds": round(time.perf_counter() - t0, 2)}
         if refit:
-            model = _with_epochs(m, best_epoch)
+            model = with_epochs(m, best_epoch)
             ckpt = train_checkpoint(model, split, metrics=metrics)
         else:
             model, ckpt = m, kept[id(m)]

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from elsa_index.errors import ElsaIndexError
+from elsa_index.errors import ElsaIndexError, ConfigError
 
 __all__ = [
     "ConfigError",
@@ -98,10 +98,6 @@ HARNESS_PARAMS = ("threads",)
 _QUICK_CAPS = {"queries": 100, "warmup": 10, "throughput_repeats": 1}
 _MEMORY_MODES = ("build", "each", "off")
 _MODEL_KINDS = {"elsa": "dense", "dense": "dense", "compressed_elsa": "sparse", "compressed": "sparse"}
-
-
-class ConfigError(ElsaIndexError):
-    """A benchmark configuration is malformed: the message names the key and what was expected."""
 
 
 # ------------------------------------------------------------------ dataclasses

@@ -60,7 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._io import write_json
-from elsa_index.errors import ElsaIndexError
+from elsa_index.errors import ElsaIndexError, BenchError
 
 from .config import KNOWN_BACKENDS, BackendSpec, BenchConfig, ConfigError, DatasetSpec, load_config
 from .machine import machine_info, measure_bandwidth, thread_limits
@@ -78,10 +78,6 @@ _INSTALL_HINTS = {
 }
 # Exact reference scoring: rows of a dense score block (bounds memory to ~128 MB).
 _REF_BLOCK_ELEMENTS = 1 << 25
-
-
-class BenchError(ElsaIndexError):
-    """A benchmark run cannot proceed (data, checkpoints, output directory)."""
 
 
 # ---------------------------------------------------------------------- plan
@@ -158,7 +154,7 @@ def resolve_backends(cfg: BenchConfig) -> tuple[dict[str, type | None], dict[str
         A name that is neither registered nor one of the project's backends,
         or parameters the backend does not know.
     """
-    from elsa_index.indexers.base import get_backend
+    from elsa_index.indexers import get_backend
 
     classes: dict[str, type | None] = {}
     reasons: dict[str, str] = {}

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from elsa_index.errors import ElsaIndexError
+from elsa_index.errors import ElsaIndexError, ProbeError
 
 __all__ = [
     "peak_rss_bytes",
@@ -52,10 +52,6 @@ __all__ = [
     "ProbeError",
     "pinned_env",
 ]
-
-
-class ProbeError(ElsaIndexError):
-    """A probe child process failed; the message carries its stderr."""
 
 
 # ---------------------------------------------------------------- measuring
@@ -211,29 +207,26 @@ def standalone_latency(index_dir: str | os.PathLike, queries_file: str | os.Path
 # ------------------------------------------------------------------- child
 
 
-# Module of each shipped backend: a probe imports only the one it serves, so that
+# A probe imports only the backend it serves (the registry imports lazily), so that
 # one backend's runtime (numba for ``sparse``, faiss, the JVM) is not charged to another.
 _OPEN_STATS: dict = {}
-_MODULE_OF = {"sparse": "sparse", "faiss-flat": "faiss_dense", "faiss-hnsw": "faiss_dense",
-              "faiss-ivf": "faiss_dense", "lucene": "lucene"}
 
 
 def _open(index_dir: str, params: dict):
-    from elsa_index.indexers import base
+    from elsa_index.indexers import get_backend
+    from elsa_index.indexers.base import Backend
 
     try:
         name = json.loads((Path(index_dir) / "backend.json").read_text()).get("backend")
     except (OSError, ValueError):
         name = None
-    if name in _MODULE_OF:
-        base._BACKEND_MODULES = (_MODULE_OF[name],)
     if name is not None:
         try:
-            base.get_backend(name)  # import the backend's module (its runtime) before its arrays
+            get_backend(name)  # import the backend's module (its runtime) before its arrays
         except Exception:  # noqa: BLE001 - Backend.load below reports the problem properly
             pass
     _OPEN_STATS["rss_after_import"] = current_rss_bytes()
-    be = base.Backend.load(index_dir)
+    be = Backend.load(index_dir)
     if "threads" in be.search_params:
         params = {**params, "threads": 1}
     if params:

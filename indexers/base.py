@@ -25,18 +25,14 @@ import scipy.sparse as sp
 
 from elsa_index import __version__
 from elsa_index._io import atomic_directory, read_manifest, write_json
-from elsa_index.errors import ElsaIndexError
+from elsa_index.errors import BackendError, ElsaIndexError
 
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = "elsa-index-backend"
 INDEX_FORMAT_VERSION = 1
 
-__all__ = ["Results", "Backend", "IndexError_", "register", "get_backend", "BACKENDS", "INDEX_FORMAT_VERSION"]
-
-
-class IndexError_(ElsaIndexError):
-    """A problem with an index: bad parameters, bad queries, a corrupt directory."""
+__all__ = ["Results", "Backend", "BackendError", "INDEX_FORMAT_VERSION"]
 
 
 class Results(NamedTuple):
@@ -47,36 +43,6 @@ class Results(NamedTuple):
 
     ids: np.ndarray
     scores: np.ndarray
-
-
-BACKENDS: dict[str, type["Backend"]] = {}
-
-
-def register(cls):
-    BACKENDS[cls.name] = cls
-    return cls
-
-
-def get_backend(name: str) -> type["Backend"]:
-    _import_all()
-    if name not in BACKENDS:
-        raise IndexError_(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
-    return BACKENDS[name]
-
-
-def _import_all() -> None:
-    # Backends register themselves on import; heavy dependencies are imported lazily inside them.
-    import importlib
-
-    import importlib.util
-
-    for mod in _BACKEND_MODULES:
-        name = f"{__package__}.{mod}"
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
-
-
-_BACKEND_MODULES = ("sparse", "faiss_dense", "lucene")
 
 
 class Backend:
@@ -97,6 +63,42 @@ class Backend:
     accepts: ClassVar[str] = "any"
     #: whether scores equal the exact inner products (False: approximate candidates)
     exact: ClassVar[bool] = True
+    #: top-level modules the backend needs beyond the core install
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: how to install what ``requires`` names
+    install_hint: ClassVar[str] = ""
+    #: one line per build and search parameter, shown by ``elsa-index build --help``
+    param_docs: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def missing_dependency(cls) -> str | None:
+        """None when the backend can run here, else a message naming what is missing and how to install it."""
+        import importlib.util
+
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if not missing:
+            return None
+        hint = f"; install it with {cls.install_hint}" if cls.install_hint else ""
+        return f"backend {cls.name!r} needs {', '.join(missing)}, which is not installed{hint}"
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """Bytes one query must read at least (the backend's cost model), for the physical lower bound.
+
+        Parameters
+        ----------
+        info : the index's ``info()`` (``n_items``, ``dims``, ``build_params``).
+        search_params : the configuration's search parameters.
+        k : results per query.
+        posting : float64 (n_queries,) bytes of the postings of each query's dimensions
+            (8 per posting: float32 value + int32 id), or None for dense checkpoints.
+        n_queries : number of queries.
+
+        Returns
+        -------
+        (bytes, model) : float64 (n_queries,) (NaN where no model applies) and a short description.
+        """
+        return np.full(n_queries, np.nan), "n/a"
 
     def __init__(self, **params):
         self.params = dict(self.build_params)
@@ -107,7 +109,7 @@ class Backend:
             elif k in self._search_params:
                 self._search_params[k] = v
             else:
-                raise IndexError_(
+                raise BackendError(
                     f"unknown parameter {k!r} for backend {self.name!r}; build parameters: "
                     f"{sorted(self.build_params)}, search parameters: {sorted(self.search_params)}"
                 )
@@ -121,13 +123,13 @@ class Backend:
     # ------------------------------------------------------------ parameters
 
     def _check_params(self) -> None:
-        """Validate ``self.params`` and ``self._search_params``; raise IndexError_."""
+        """Validate ``self.params`` and ``self._search_params``; raise BackendError."""
 
     def set_search_params(self, **params) -> "Backend":
         """Change search-time parameters (no rebuild)."""
         for k in params:
             if k not in self._search_params:
-                raise IndexError_(
+                raise BackendError(
                     f"unknown search parameter {k!r} for backend {self.name!r}; expected some of {sorted(self.search_params)}"
                 )
         old = dict(self._search_params)
@@ -152,12 +154,12 @@ class Backend:
         """Index the item embeddings of ``checkpoint`` (a :class:`~elsa_index.checkpoint.Checkpoint`)."""
         emb = checkpoint.embeddings
         if self.accepts == "dense" and sp.issparse(emb):
-            raise IndexError_(
+            raise BackendError(
                 f"backend {self.name!r} indexes dense embeddings, but this checkpoint is sparse "
                 f"({checkpoint.kind}); use the 'sparse' or 'lucene' backend, or a dense ELSA checkpoint"
             )
         if self.accepts == "sparse" and not sp.issparse(emb):
-            raise IndexError_(
+            raise BackendError(
                 f"backend {self.name!r} indexes sparse embeddings, but this checkpoint is dense "
                 f"({checkpoint.kind}, {checkpoint.dims} dims, every entry active); use a faiss backend or 'sparse'"
             )
@@ -220,11 +222,11 @@ class Backend:
 
     def _check_built(self) -> None:
         if self.n_items_ is None:
-            raise IndexError_(f"the {self.name!r} index is not built or loaded yet; call build(checkpoint) or load(path)")
+            raise BackendError(f"the {self.name!r} index is not built or loaded yet; call build(checkpoint) or load(path)")
 
     def _check_k(self, k) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise IndexError_(f"k must be a positive integer, got {k!r}")
+            raise BackendError(f"k must be a positive integer, got {k!r}")
         if k > self.n_items_:
             logger.debug("k=%d exceeds the catalogue (%d items); rows are padded with id -1", k, self.n_items_)
         return int(k)
@@ -237,12 +239,12 @@ class Backend:
             if Q.ndim == 1:
                 Q = Q[None, :]
             if Q.ndim != 2:
-                raise IndexError_(f"queries must be a 2-D (n_queries, dims) array, got shape {Q.shape}")
+                raise BackendError(f"queries must be a 2-D (n_queries, dims) array, got shape {Q.shape}")
         if Q.shape[1] != self.dims_:
-            raise IndexError_(f"queries have {Q.shape[1]} dims; the index was built with {self.dims_}-dim embeddings")
+            raise BackendError(f"queries have {Q.shape[1]} dims; the index was built with {self.dims_}-dim embeddings")
         data = Q.data if sp.issparse(Q) else Q
         if data.size and not np.isfinite(data).all():
-            raise IndexError_("queries contain NaN or inf values; expected finite vectors")
+            raise BackendError("queries contain NaN or inf values; expected finite vectors")
         return Q
 
     def _as_exclude(self, exclude, n: int):
@@ -251,15 +253,15 @@ class Backend:
         if sp.issparse(exclude):
             ex = sp.csr_matrix(exclude)
             if ex.shape != (n, self.n_items_):
-                raise IndexError_(f"exclude has shape {ex.shape}; expected ({n}, {self.n_items_})")
+                raise BackendError(f"exclude has shape {ex.shape}; expected ({n}, {self.n_items_})")
             return ex
         if len(exclude) != n:
-            raise IndexError_(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
+            raise BackendError(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
         rows = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
         lens = [len(r) for r in rows]
         cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         if len(cols) and (cols.min() < 0 or cols.max() >= self.n_items_):
-            raise IndexError_(f"exclude holds item indices outside [0, {self.n_items_})")
+            raise BackendError(f"exclude holds item indices outside [0, {self.n_items_})")
         indptr = np.concatenate([[0], np.cumsum(lens)])
         ex = sp.csr_matrix((np.ones(len(cols), bool), cols, indptr), shape=(n, self.n_items_))
         return ex
@@ -270,7 +272,7 @@ class Backend:
         """Write the index to a directory (atomically)."""
         self._check_built()
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=IndexError_) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=BackendError) as tmp:
             self._save(tmp)
             write_json(tmp / "backend.json", {
                 "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
@@ -288,10 +290,12 @@ class Backend:
     def load(cls, path: str | os.PathLike) -> "Backend":
         """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name)."""
         path = Path(path)
-        m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", IndexError_)
+        m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", BackendError)
+        from . import get_backend
+
         target = get_backend(m.get("backend", "?"))
         if cls is not Backend and not issubclass(target, cls):
-            raise IndexError_(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")
+            raise BackendError(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")
         obj = target(**{**m.get("build_params", {}), **m.get("search_params", {})})
         obj.n_items_, obj.dims_ = int(m["n_items"]), int(m["dims"])
         obj.fingerprint_ = m.get("checkpoint_fingerprint")
@@ -301,7 +305,7 @@ class Backend:
         except ElsaIndexError:
             raise
         except Exception as exc:  # corrupted files: report which index
-            raise IndexError_(f"could not load the {target.name!r} index in {path}: {exc}") from None
+            raise BackendError(f"could not load the {target.name!r} index in {path}: {exc}") from None
         obj._on_search_params()
         obj.path_ = path
         return obj

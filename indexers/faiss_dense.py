@@ -56,7 +56,9 @@ from typing import Any, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from .base import Backend, IndexError_, register
+from elsa_index.errors import BackendError
+
+from .base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +70,11 @@ MIN_POINTS_PER_CENTROID = 39
 
 
 def _faiss():
-    """Import faiss, or raise an IndexError_ with the install hint."""
+    """Import faiss, or raise an BackendError with the install hint."""
     try:
         import faiss
     except ImportError as exc:
-        raise IndexError_(
+        raise BackendError(
             f"the faiss backends need the faiss library, which could not be imported ({exc}); "
             "install it with: pip install 'elsa-index[faiss]'  (or: pip install 'faiss-cpu>=1.8')"
         ) from None
@@ -106,7 +108,7 @@ def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False, hin
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         extra = f" {hint}" if hint else ""
-        raise IndexError_(f"{name} must be an integer >= {low}{extra}, got {value!r}")
+        raise BackendError(f"{name} must be an integer >= {low}{extra}, got {value!r}")
 
 
 class _FaissBackend(Backend):
@@ -183,19 +185,19 @@ class _FaissBackend(Backend):
         faiss = _faiss()
         file = directory / INDEX_FILE
         if not file.is_file():
-            raise IndexError_(f"{directory} lacks {INDEX_FILE}; expected a directory written by the {self.name!r} backend")
+            raise BackendError(f"{directory} lacks {INDEX_FILE}; expected a directory written by the {self.name!r} backend")
         try:
             index = faiss.read_index(str(file))
         except Exception as exc:  # faiss raises RuntimeError with a C++ message
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IndexError_(f"{file} is not a readable faiss index (corrupted or truncated?): {first}") from None
+            raise BackendError(f"{file} is not a readable faiss index (corrupted or truncated?): {first}") from None
         got = type(index).__name__
         if got != self._faiss_class:
-            raise IndexError_(f"{file} holds a faiss {got}; the {self.name!r} backend expects {self._faiss_class}")
+            raise BackendError(f"{file} holds a faiss {got}; the {self.name!r} backend expects {self._faiss_class}")
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise IndexError_(f"{file} uses faiss metric {index.metric_type}; expected inner product")
+            raise BackendError(f"{file} uses faiss metric {index.metric_type}; expected inner product")
         if (index.ntotal, index.d) != (self.n_items_, self.dims_):
-            raise IndexError_(
+            raise BackendError(
                 f"{file} holds {index.ntotal} vectors of {index.d} dims; the manifest says "
                 f"{self.n_items_} items of {self.dims_} dims"
             )
@@ -210,11 +212,11 @@ class _FaissBackend(Backend):
     def _versions(self) -> dict[str, str]:
         try:
             return {"faiss": _faiss().__version__}
-        except IndexError_:
+        except BackendError:
             return {"faiss": "not installed"}
 
 
-@register
+
 class FaissFlat(_FaissBackend):
     """Exact top-k by inner product with faiss ``IndexFlatIP``.
 
@@ -233,7 +235,7 @@ class FaissFlat(_FaissBackend):
         return faiss.IndexFlatIP(dims)
 
 
-@register
+
 class FaissHNSW(_FaissBackend):
     """Approximate top-k by inner product with faiss ``IndexHNSWFlat``.
 
@@ -280,7 +282,7 @@ class FaissHNSW(_FaissBackend):
         return faiss.SearchParametersHNSW(efSearch=max(int(self._search_params["ef_search"]), int(k)))
 
 
-@register
+
 class FaissIVF(_FaissBackend):
     """Approximate top-k by inner product with faiss ``IndexIVFFlat``.
 
@@ -325,7 +327,7 @@ class FaissIVF(_FaissBackend):
             nlist = default_nlist(n_items)
         nlist = int(nlist)
         if nlist > n_items:
-            raise IndexError_(
+            raise BackendError(
                 f"nlist must be at most the number of items ({n_items}) because k-means trains on the items; "
                 f"got nlist={nlist} (default for this catalogue: {default_nlist(n_items)})"
             )

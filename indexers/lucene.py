@@ -133,9 +133,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._io import load_array, read_json, save_array, write_json
+from elsa_index.errors import BackendError
 
 from . import _jvm
-from .base import Backend, IndexError_, Results, register
+from .base import Backend, Results
 
 logger = logging.getLogger(__name__)
 
@@ -159,15 +160,15 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None, *, allo
             or (high is not None and value > high)):
         rng = f">= {low}" if high is None else f"in [{low}, {high}]"
         none = " or None" if allow_none else ""
-        raise IndexError_(f"{name} must be an integer {rng}{none}{hint}, got {value!r}")
+        raise BackendError(f"{name} must be an integer {rng}{none}{hint}, got {value!r}")
 
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
-        raise IndexError_(f"{name} must be True or False, got {value!r}")
+        raise BackendError(f"{name} must be True or False, got {value!r}")
 
 
-@register
+
 class LuceneImpact(Backend):
     """Approximate top-k inner products from a Lucene impact index, re-ranked exactly.
 
@@ -199,7 +200,7 @@ class LuceneImpact(Backend):
         sc = p["scale"]
         if sc is not None and (isinstance(sc, bool) or not isinstance(sc, (int, float, np.integer, np.floating))
                                or not math.isfinite(sc) or sc <= 0):
-            raise IndexError_(f"scale must be a positive finite number or None (fitted from the data), got {sc!r}")
+            raise BackendError(f"scale must be a positive finite number or None (fitted from the data), got {sc!r}")
         _check_int("threads", p["threads"], 1, hint=" (Anserini indexing threads)")
         _check_bool("optimize", p["optimize"])
         _check_int("depth", s["depth"], 1, hint=" (candidates fetched from Lucene per query)")
@@ -228,7 +229,7 @@ class LuceneImpact(Backend):
             counters = self._run_indexer(rt, docs, index, n - n_empty, progress)
             shutil.rmtree(docs)
             if counters["indexed"] != n - n_empty or counters["errors"] or counters["unindexable"]:
-                raise IndexError_(
+                raise BackendError(
                     f"Anserini indexed {counters['indexed']} of {n - n_empty} non-empty item rows "
                     f"(counters {counters}); the index is incomplete"
                 )
@@ -250,7 +251,7 @@ class LuceneImpact(Backend):
             return max_impact / top
         scale = float(scale)
         if round(top * scale) > max_impact:
-            raise IndexError_(
+            raise BackendError(
                 f"scale={scale:g} maps the largest |value| {top:.6g} to impact {round(top * scale)}, above "
                 f"max_impact={max_impact}; lower scale, raise max_impact (at most {MAX_IMPACT}), or leave scale=None "
                 f"(then {max_impact / top:.6g})"
@@ -275,7 +276,7 @@ class LuceneImpact(Backend):
             with _IndexingProgress(counters, expected, progress):
                 indexer.run()  # pyjnius releases the GIL while Java runs
         except rt.JavaException as exc:
-            raise IndexError_(f"Anserini failed to build the Lucene index: {_jvm.java_error(exc)}") from None
+            raise BackendError(f"Anserini failed to build the Lucene index: {_jvm.java_error(exc)}") from None
         return {f: int(getattr(counters, f).get()) for f in ("indexed", "empty", "unindexable", "skipped", "errors")}
 
     # ------------------------------------------------------------- index state
@@ -300,7 +301,7 @@ class LuceneImpact(Backend):
     def _search(self, queries, k: int):
         searcher = self._searcher
         if searcher is None:
-            raise IndexError_("the 'lucene' index was closed; build or load it again")
+            raise BackendError("the 'lucene' index was closed; build or load it again")
         rt = _jvm.runtime()
         cache = _jvm.attach_current_thread()
         parser = cache.get("query_parser")
@@ -358,7 +359,7 @@ class LuceneImpact(Backend):
         scores = np.full((1, k), -np.inf, np.float32)
         if not len(cand) or Q.shape[0] != 1:
             if Q.shape[0] != 1:
-                raise IndexError_(f"search_within takes one query, got {Q.shape[0]}")
+                raise BackendError(f"search_within takes one query, got {Q.shape[0]}")
             return Results(ids, scores)
         emb = self.emb_
         rows = emb[cand]
@@ -393,7 +394,7 @@ class LuceneImpact(Backend):
             found = rt.ScoredDocs.fromTopDocs(top, self._searcher)
             got = np.array(found.docids, dtype=np.int64) if len(found.docids) else np.zeros(0, np.int64)
         except rt.JavaException as exc:
-            raise IndexError_(f"Lucene search failed: {_jvm.java_error(exc)}") from None
+            raise BackendError(f"Lucene search failed: {_jvm.java_error(exc)}") from None
         got = got[np.isin(got, cand)]
         if not len(got):
             return Results(ids, scores)
@@ -416,7 +417,7 @@ class LuceneImpact(Backend):
             docids = found.docids
             lscores = found.scores
         except rt.JavaException as exc:
-            raise IndexError_(f"Lucene search failed: {_jvm.java_error(exc)}") from None
+            raise BackendError(f"Lucene search failed: {_jvm.java_error(exc)}") from None
         if not len(docids):
             return np.zeros(0, np.int64), np.zeros(0)
         cand = np.array(docids, dtype=np.int64)
@@ -448,7 +449,7 @@ class LuceneImpact(Backend):
 
     def _save(self, directory: Path) -> None:
         if self._index_dir is None:
-            raise IndexError_("the 'lucene' index was closed; build or load it again before saving")
+            raise BackendError("the 'lucene' index was closed; build or load it again before saving")
         shutil.copytree(self._index_dir, directory / LUCENE_DIR, ignore=shutil.ignore_patterns("write.lock"))
         e = self.emb_
         save_array(directory / "embeddings_data.npy", e.data)
@@ -461,23 +462,23 @@ class LuceneImpact(Backend):
         })
 
     def _load(self, directory: Path) -> None:
-        m = read_json(directory / MANIFEST, IndexError_)
+        m = read_json(directory / MANIFEST, BackendError)
         scale, n_indexed = m.get("scale"), m.get("n_indexed")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0 or not math.isfinite(scale):
-            raise IndexError_(f"{directory / MANIFEST}: invalid quantisation scale {scale!r}")
+            raise BackendError(f"{directory / MANIFEST}: invalid quantisation scale {scale!r}")
         if isinstance(n_indexed, bool) or not isinstance(n_indexed, int) or not 0 <= n_indexed <= self.n_items_:
-            raise IndexError_(f"{directory / MANIFEST}: invalid n_indexed {n_indexed!r}")
-        data = load_array(directory / "embeddings_data.npy", IndexError_)
-        indices = load_array(directory / "embeddings_indices.npy", IndexError_)
-        indptr = load_array(directory / "embeddings_indptr.npy", IndexError_)
+            raise BackendError(f"{directory / MANIFEST}: invalid n_indexed {n_indexed!r}")
+        data = load_array(directory / "embeddings_data.npy", BackendError)
+        indices = load_array(directory / "embeddings_indices.npy", BackendError)
+        indptr = load_array(directory / "embeddings_indptr.npy", BackendError)
         if (indptr.ndim != 1 or len(indptr) != self.n_items_ + 1 or len(data) != len(indices) or indptr[-1] != len(data)
                 or (len(indices) and (indices.min() < 0 or indices.max() >= self.dims_))):
-            raise IndexError_(
+            raise BackendError(
                 f"{directory}: embedding arrays are inconsistent with {self.n_items_} items x {self.dims_} dims")
         emb = sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr), shape=(self.n_items_, self.dims_))
         index = directory / LUCENE_DIR
         if not index.is_dir():
-            raise IndexError_(f"{directory} lacks the Lucene index folder {LUCENE_DIR}/; "
+            raise BackendError(f"{directory} lacks the Lucene index folder {LUCENE_DIR}/; "
                               "expected a directory written by the 'lucene' backend")
         rt = _jvm.runtime()
         _jvm.attach_current_thread()
@@ -485,7 +486,7 @@ class LuceneImpact(Backend):
         reader, searcher = _open(rt, index, self.dims_)
         if int(reader.numDocs()) != n_indexed:
             reader.close()
-            raise IndexError_(
+            raise BackendError(
                 f"{index} holds {int(reader.numDocs())} documents; the manifest says {n_indexed} indexed item rows")
         self.close()
         self.emb_, self.scale_, self.n_indexed_ = emb, float(scale), n_indexed
@@ -522,7 +523,7 @@ def _clean_rows(embeddings) -> sp.csr_matrix:
     emb.eliminate_zeros()
     emb.sort_indices()
     if emb.nnz and not np.isfinite(emb.data).all():
-        raise IndexError_("the embeddings contain NaN or inf values; expected finite numbers")
+        raise BackendError("the embeddings contain NaN or inf values; expected finite numbers")
     return emb
 
 
@@ -580,7 +581,7 @@ def _open(rt, index: Path, dims: int):
         searcher.setSimilarity(rt.ImpactSimilarity())
         searcher.setQueryCache(None)  # every query is new; keep timings free of cache effects
     except rt.JavaException as exc:
-        raise IndexError_(
+        raise BackendError(
             f"cannot open the Lucene index in {index} (missing or corrupted files?): {_jvm.java_error(exc)}") from None
     # A query has at most one term per dimension; Lucene's default limit is 1,024 clauses (process-wide).
     if rt.IndexSearcher.getMaxClauseCount() < dims:
@@ -595,7 +596,7 @@ def _verify_checksums(rt, index: Path) -> None:
         try:
             names = [str(f) for f in directory.listAll()]
             if not any(f.startswith("segments_") for f in names):
-                raise IndexError_(f"{index} holds no Lucene commit (segments_N file); the index is incomplete")
+                raise BackendError(f"{index} holds no Lucene commit (segments_N file); the index is incomplete")
             for name in names:
                 if name == "write.lock":
                     continue
@@ -607,7 +608,7 @@ def _verify_checksums(rt, index: Path) -> None:
         finally:
             directory.close()
     except rt.JavaException as exc:
-        raise IndexError_(f"the Lucene index in {index} is corrupted or incomplete: {_jvm.java_error(exc)}") from None
+        raise BackendError(f"the Lucene index in {index} is corrupted or incomplete: {_jvm.java_error(exc)}") from None
 
 
 def _release(reader, owned: Path | None) -> None:

@@ -20,15 +20,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._io import load_array, save_array
-from elsa_index.metrics import _topk
+from elsa_index.errors import BackendError
+from elsa_index.topk import topk_unchecked
 
 from . import _kernels
-from .base import Backend, IndexError_, register
+from .base import Backend
 
 __all__ = ["ExactSparse"]
 
 
-@register
+
 class ExactSparse(Backend):
     """Exact top-k by inner product over sparse (or dense) item embeddings.
 
@@ -49,7 +50,7 @@ class ExactSparse(Backend):
     def _check_params(self) -> None:
         b = self._search_params["batch_size"]
         if not isinstance(b, (int, np.integer)) or b <= 0:
-            raise IndexError_(f"batch_size must be a positive integer, got {b!r}")
+            raise BackendError(f"batch_size must be a positive integer, got {b!r}")
 
     def _build(self, embeddings, *, progress: bool) -> None:
         if sp.issparse(embeddings):
@@ -85,7 +86,7 @@ class ExactSparse(Backend):
         for start in range(0, n, step):
             stop = min(n, start + step)
             S = np.asarray(self._scores(queries[start:stop]), dtype=np.float32)
-            ids[start:stop], scores[start:stop] = _topk(S, k, None, copy=False)
+            ids[start:stop], scores[start:stop] = topk_unchecked(S, k, None, copy=False)
         return ids, scores
 
     def _save(self, directory: Path) -> None:
@@ -99,17 +100,17 @@ class ExactSparse(Backend):
 
     def _load(self, directory: Path) -> None:
         if (directory / "embeddings.npy").exists():
-            self.dense_ = load_array(directory / "embeddings.npy", IndexError_)
+            self.dense_ = load_array(directory / "embeddings.npy", BackendError)
             self.postings_ = None
             shape = self.dense_.shape
         else:
-            data = load_array(directory / "postings_data.npy", IndexError_)
-            indices = load_array(directory / "postings_indices.npy", IndexError_)
-            indptr = load_array(directory / "postings_indptr.npy", IndexError_)
+            data = load_array(directory / "postings_data.npy", BackendError)
+            indices = load_array(directory / "postings_indices.npy", BackendError)
+            indptr = load_array(directory / "postings_indptr.npy", BackendError)
             if len(indptr) != self.dims_ + 1 or len(data) != len(indices) or indptr[-1] != len(data):
-                raise IndexError_(f"{directory}: posting arrays are inconsistent with {self.dims_} dims")
+                raise BackendError(f"{directory}: posting arrays are inconsistent with {self.dims_} dims")
             self.postings_ = sp.csr_matrix((data, indices, indptr), shape=(self.dims_, self.n_items_))
             self.dense_ = None
             shape = (self.n_items_, self.dims_)
         if shape != (self.n_items_, self.dims_):
-            raise IndexError_(f"{directory}: arrays have shape {shape}, expected ({self.n_items_}, {self.dims_})")
+            raise BackendError(f"{directory}: arrays have shape {shape}, expected ({self.n_items_}, {self.dims_})")

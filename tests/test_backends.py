@@ -7,10 +7,10 @@ import pytest
 import scipy.sparse as sp
 
 from elsa_index.errors import ElsaIndexError
-from elsa_index.indexers.base import BACKENDS, Backend, _import_all, get_backend
+from elsa_index.indexers import BACKENDS, get_backend
+from elsa_index.indexers.base import Backend
 from elsa_index.metrics import retrieval_recall
 
-_import_all()
 NAMES = sorted(BACKENDS)
 
 

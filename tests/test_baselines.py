@@ -1,4 +1,4 @@
-"""Tests for elsa_index.baselines: Popularity and closed-form EASE."""
+"""Tests for elsa_index.models.baselines: Popularity and closed-form EASE."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from elsa_index.baselines import EASE, Popularity
+from elsa_index.models.baselines import EASE, Popularity
 from elsa_index.errors import ElsaIndexError
-from elsa_index.metrics import evaluate, topk
+from elsa_index.metrics import evaluate
+from elsa_index.topk import topk
 
 
 def random_binary(seed, n_users=40, n_items=9, density=0.35):

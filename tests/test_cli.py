@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from elsa_index.checkpoint import Checkpoint
 from elsa_index.cli import main
-from elsa_index.synthetic import make_synthetic
+from elsa_index.data.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for elsa_index.datasets: tiny files in the official formats, no network.
+"""Tests for elsa_index.data.datasets: tiny files in the official formats, no network.
 
 Every fixture is written into ``tmp_path`` exactly as the dataset ships it
 (zip layout, separators, headers); downloads use ``file://`` URLs.
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from elsa_index import datasets
+from elsa_index.data import datasets
 from elsa_index.data import Log
-from elsa_index.datasets import (
+from elsa_index.data.datasets import (
     DATASETS,
     Source,
     download_dataset,

@@ -9,7 +9,9 @@ import scipy.sparse as sp
 
 faiss = pytest.importorskip("faiss")
 
-from elsa_index.indexers.base import Backend, IndexError_, get_backend  # noqa: E402
+from elsa_index.errors import BackendError  # noqa: E402
+from elsa_index.indexers import get_backend  # noqa: E402
+from elsa_index.indexers.base import Backend  # noqa: E402
 from elsa_index.indexers.faiss_dense import default_nlist  # noqa: E402
 from elsa_index.metrics import retrieval_recall  # noqa: E402
 
@@ -134,16 +136,16 @@ def test_save_load_round_trip(built, queries, tmp_path, dense_checkpoint):
 def test_corrupt_or_missing_index_file(built, tmp_path):
     built.save(tmp_path / "ix")
     (tmp_path / "ix" / "faiss.index").write_bytes(b"not a faiss index at all")
-    with pytest.raises(IndexError_, match="not a readable faiss index"):
+    with pytest.raises(BackendError, match="not a readable faiss index"):
         Backend.load(tmp_path / "ix")
     (tmp_path / "ix" / "faiss.index").unlink()
-    with pytest.raises(IndexError_, match="lacks faiss.index"):
+    with pytest.raises(BackendError, match="lacks faiss.index"):
         Backend.load(tmp_path / "ix")
 
 
 def test_sparse_checkpoint_refused(sparse_checkpoint):
     for name in NAMES:
-        with pytest.raises(IndexError_, match="dense embeddings"):
+        with pytest.raises(BackendError, match="dense embeddings"):
             get_backend(name)().build(sparse_checkpoint)
 
 
@@ -160,20 +162,20 @@ def test_sparse_checkpoint_refused(sparse_checkpoint):
     ("faiss-flat", {"nprobe": 4}, "unknown parameter 'nprobe'"),
 ])
 def test_bad_params(name, params, match):
-    with pytest.raises(IndexError_, match=match):
+    with pytest.raises(BackendError, match=match):
         get_backend(name)(**params)
 
 
 def test_bad_search_params_keep_old_ones(built):
     key = {"faiss-flat": "threads", "faiss-hnsw": "ef_search", "faiss-ivf": "nprobe"}[built.name]
     before = built.get_search_params()
-    with pytest.raises(IndexError_, match=key):
+    with pytest.raises(BackendError, match=key):
         built.set_search_params(**{key: 0})
     assert built.get_search_params() == before
 
 
 def test_nlist_larger_than_catalogue(dense_checkpoint):
-    with pytest.raises(IndexError_, match="nlist must be at most the number of items"):
+    with pytest.raises(BackendError, match="nlist must be at most the number of items"):
         get_backend("faiss-ivf")(nlist=dense_checkpoint.n_items + 1).build(dense_checkpoint)
 
 
@@ -183,7 +185,7 @@ def test_default_nlist():
 
 
 def test_wrong_query_width(built):
-    with pytest.raises(IndexError_, match="dims"):
+    with pytest.raises(BackendError, match="dims"):
         built.search(np.ones((2, built.dims_ + 1), np.float32), 5)
 
 
@@ -219,6 +221,6 @@ def test_concurrent_searches_match_sequential(built, queries):
 def test_missing_faiss_gives_install_hint(dense_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     be = get_backend("faiss-flat")()
-    with pytest.raises(IndexError_, match=r"pip install 'elsa-index\[faiss\]'"):
+    with pytest.raises(BackendError, match=r"pip install 'elsa-index\[faiss\]'"):
         be.build(dense_checkpoint)
     assert be.info()["versions"]["faiss"] == "not installed"

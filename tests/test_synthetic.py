@@ -1,4 +1,4 @@
-"""Tests for elsa_index.synthetic: determinism, ranges, planted structure, speed."""
+"""Tests for elsa_index.data.synthetic: determinism, ranges, planted structure, speed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from elsa_index.data import Interactions, Log, filter_log
 from elsa_index.errors import DataError, ElsaIndexError
-from elsa_index.synthetic import MIN_HISTORY, make_synthetic, synthetic_index
+from elsa_index.data.synthetic import MIN_HISTORY, make_synthetic, synthetic_index
 
 
 @pytest.fixture(scope="module")

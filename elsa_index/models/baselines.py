@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from .errors import ElsaIndexError
+from ..errors import ElsaIndexError
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from typing import Literal, overload
 
 import numpy as np
 
-from .data import Log
-from .errors import DataError
+from .log import Log
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from typing import IO, Iterator, Sequence
 
 import numpy as np
 
-from .data import Log
-from .errors import DataError
+from .log import Log
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import TrainingError
+from ..errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _check_validation(validation, n_items: int):
 
 
 def _validation_recall(A: np.ndarray, fold_in: sp.csr_matrix, targets: sp.csr_matrix) -> float:
-    from .metrics import evaluate
+    from ..metrics import evaluate
 
     res = evaluate(lambda Xb: score_items(Xb, A), fold_in, targets, ks=(), metrics=("recall@20",))
     return float(res["recall@20"])

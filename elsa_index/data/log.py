@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import DataError
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
