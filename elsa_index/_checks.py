@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ElsaIndexError
 
-__all__ = ["check_int", "check_float", "check_k"]
+__all__ = ["check_int", "check_float", "check_k", "check_csr"]
 
 
 def check_int(value: Any, name: str, low: int | None = None, high: int | None = None, *,
@@ -52,6 +52,17 @@ def check_k(k: Any, name: str = "k", *, error: Callable[[str], Exception] = Elsa
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise error(f"{name} must be a positive integer, got {k!r}")
     return int(k)
+
+
+def check_csr(m: Any, name: str, *, error: Callable[[str], Exception] = ElsaIndexError):
+    """``m`` (any scipy sparse matrix) as a 2-D CSR matrix (users x items)."""
+    import scipy.sparse as sp
+
+    if not sp.issparse(m):
+        raise error(f"{name} must be a scipy sparse matrix (users x items), got {type(m).__name__}")
+    if m.ndim != 2:
+        raise error(f"{name} must be 2-D (users x items), got shape {m.shape}")
+    return sp.csr_matrix(m)
 
 
 def _range(low, high) -> str:

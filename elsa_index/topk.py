@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._checks import check_k
+from ._checks import check_csr, check_k
 from .errors import ElsaIndexError
 
 __all__ = ["topk", "topk_unchecked"]
@@ -53,7 +53,7 @@ def topk(
     k = check_k(k, "k")
     excl = None
     if exclude is not None:
-        excl = _as_csr(exclude, "exclude")
+        excl = check_csr(exclude, "exclude")
         if excl.shape != scores.shape:
             raise ElsaIndexError(
                 f"exclude must have the shape of scores {scores.shape}, got {excl.shape}"
@@ -124,13 +124,3 @@ def _as_score_matrix(scores, name: str) -> np.ndarray:
     if arr.dtype.kind == "f" and arr.dtype.itemsize >= 4:
         return arr
     return arr.astype(np.float32 if arr.dtype.kind == "f" else np.float64)
-
-
-def _as_csr(m, name: str) -> sp.csr_matrix:
-    if not sp.issparse(m):
-        raise ElsaIndexError(
-            f"{name} must be a scipy sparse matrix (users x items), got {type(m).__name__}"
-        )
-    if m.ndim != 2:
-        raise ElsaIndexError(f"{name} must be 2-D (users x items), got shape {m.shape}")
-    return sp.csr_matrix(m)
