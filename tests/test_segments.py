@@ -13,6 +13,7 @@ from elsa_index.indexers.sparse import ExactSparse
 from elsa_index.indexers.base import Results
 from elsa_index.search import Index, UnknownItemsWarning, build_index
 from elsa_index.segments import (
+    FORMAT_VERSION,
     TOP_ROW_LABEL,
     SegmentError,
     SegmentFallbackWarning,
@@ -209,7 +210,7 @@ def test_save_load_round_trip(toy, tmp_path):
     seg = discover_segments(ckpt, merge_to=4, metadata=_metadata(ckpt, groups), n_central=2)
     path = seg.save(tmp_path / "segments")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "elsa-index-segments" and manifest["format_version"] == 1
+    assert manifest["format"] == "elsa-index-segments" and manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["checkpoint_fingerprint"] == ckpt.fingerprint and manifest["n_segments"] == 4
     assert not list(tmp_path.glob(".segments.tmp-*"))
     back = Segments.load(path, checkpoint=ckpt)
