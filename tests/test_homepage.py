@@ -447,8 +447,3 @@ def test_make_homepage_finds_segments_renders_and_writes(site, tmp_path):
     with pytest.raises(ElsaIndexError, match="segments=None needs a directory"):
         make_homepage(site["ckpt"], HISTORY)
 
-
-def test_template_autoescapes():
-    from elsa_index.homepage import _template
-
-    assert _template().environment.autoescape is True
