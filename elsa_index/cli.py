@@ -505,31 +505,10 @@ def cmd_demo(args) -> int:
 
 
 def _open_source(path: str):
-    """(index or None, checkpoint) of an index or a checkpoint directory."""
-    from .checkpoint import Checkpoint
-    from .search import open_index
+    """(index or None, checkpoint) of a sparse index or checkpoint directory."""
+    from .segments import open_source
 
-    if (Path(path) / "index.json").is_file():
-        index = open_index(path)
-        return index, index.checkpoint
-    return None, Checkpoint.load(path)
-
-
-def _segment_dirs(source: str) -> list[Path]:
-    """Where segments of SOURCE live by default: SOURCE/segments for an index, SOURCE.segments for a checkpoint."""
-    path = Path(source)
-    sibling = path.resolve().parent / f"{path.resolve().name}.segments"
-    if (path / "index.json").is_file():
-        return [path / "segments", sibling]
-    return [sibling, path / "segments"]
-
-
-def _require_sparse(ckpt, source: str) -> None:
-    from .segments import SegmentError
-
-    if not ckpt.sparse:
-        raise SegmentError(f"{source} holds dense embeddings ({ckpt.kind}, {ckpt.dims} dims); segments need the "
-                           "sparse embeddings of a Compressed ELSA checkpoint")
+    return open_source(path)
 
 
 def _table(rows: list[list[str]], right: set[int] = frozenset()) -> None:
@@ -543,19 +522,19 @@ def _table(rows: list[list[str]], right: set[int] = frozenset()) -> None:
 def cmd_segments(args) -> int:
     import numpy as np
 
+    from .data.tables import read_table
     from .homepage import item_metadata
-    from .segments import SegmentError, _read_table, discover_segments
+    from .segments import SegmentError, default_segments_dirs, discover_segments
 
     index, ckpt = _open_source(args.source)
-    _require_sparse(ckpt, args.source)
-    out = Path(args.out) if args.out else _segment_dirs(args.source)[0]
+    out = Path(args.out) if args.out else default_segments_dirs(args.source)[0]
     if out.exists() and not args.overwrite:
         raise SegmentError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if args.show < 0:
         raise SegmentError(f"--show must be >= 0, got {args.show}")
     meta = titles = None
     if args.items:
-        meta = _read_table(args.items)
+        meta = read_table(args.items, string_columns=(args.id_col,), error=SegmentError)  # read once, used twice
     seg = discover_segments(ckpt, merge_to=args.merge_to, min_size=args.min_size, metadata=meta, id_col=args.id_col,
                             label_cols=args.label_col, n_central=args.central)
     if meta is not None and args.title_col in meta:
@@ -606,37 +585,23 @@ def cmd_segments(args) -> int:
 def cmd_homepage(args) -> int:
     import warnings
 
-    from .homepage import item_metadata, render_homepage, write_homepage
-    from .errors import UnknownItemsWarning
-    from .segments import SegmentError, SegmentFallbackWarning, Segments, recommend_segments
+    from .errors import SegmentFallbackWarning, UnknownItemsWarning
+    from .homepage import make_homepage
 
-    index, ckpt = _open_source(args.index)
-    _require_sparse(ckpt, args.index)
-    if args.segments:
-        seg_dir = Path(args.segments)
-    else:
-        candidates = _segment_dirs(args.index)
-        seg_dir = next((c for c in candidates if (c / "manifest.json").is_file()), None)
-        if seg_dir is None:
-            raise SegmentError(f"no segments found for {args.index} (looked in {', '.join(map(str, candidates))}); "
-                               f"run 'elsa-index segments {args.index}' first or pass --segments DIR")
-    seg = Segments.load(seg_dir, checkpoint=ckpt)
-    info = item_metadata(args.items, ckpt.item_ids.ids, id_col=args.id_col, title_col=args.title_col) \
-        if args.items else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownItemsWarning)
         warnings.simplefilter("always", SegmentFallbackWarning)
-        page = recommend_segments(index if index is not None else ckpt, seg, args.history, rows=args.rows, k=args.k)
+        made = make_homepage(args.index, args.history, segments=args.segments, rows=args.rows, k=args.k,
+                             metadata=args.items, id_col=args.id_col, title_col=args.title_col, out=args.out,
+                             heading=args.title)
     for w in caught:
         if issubclass(w.category, (UnknownItemsWarning, SegmentFallbackWarning)):
             print(f"warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    source = f"the {index.backend.name} index {args.index}" if index is not None else f"checkpoint {args.index}"
-    text = render_homepage(page, history=args.history, items=info, segments=seg, heading=args.title, source=source)
-    write_homepage(args.out, text)
+    page = made.rows
     n_items = sum(len(r.items) for r in page)
-    _say(f"wrote {args.out}: {len(page)} rows, {n_items} items (segments from {seg_dir})"
+    _say(f"wrote {args.out}: {len(page)} rows, {n_items} items (segments from {made.segments_dir})"
          + (" [popularity fallback]" if page and page[0].fallback else ""))
     for r in page:
         _say(f"  {r.label}: {len(r.items)} items")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from elsa_index.cli import main
+from elsa_index.errors import ElsaIndexError
 from elsa_index.homepage import HomepageError, ItemInfo, item_metadata, render_homepage, write_homepage
 from elsa_index.search import build_index, open_index
 from elsa_index.segments import TOP_ROW_LABEL, SegmentRow, Segments, recommend_segments
@@ -421,3 +422,28 @@ def test_cli_unknown_history_falls_back_with_warning(site, tmp_path, capsys):
     assert main(["homepage", str(site["root"] / "index"), "--history", "item0001", "nope", "--out", str(out)]) == 0
     cap = capsys.readouterr()
     assert "not in the catalogue" in cap.err and "popularity fallback" not in cap.out
+
+
+# ------------------------------------------------------------------ library
+
+
+def test_make_homepage_finds_segments_renders_and_writes(site, tmp_path):
+    from elsa_index.homepage import Homepage, make_homepage
+
+    root = site["root"]
+    out = tmp_path / "lib.html"
+    made = make_homepage(str(root / "index"), HISTORY, rows=ROWS, k=K, metadata=root / "items.parquet", out=out)
+    assert isinstance(made, Homepage) and made.path == out and out.read_text(encoding="utf-8") == made.html
+    assert made.segments_dir == root / "index" / "segments"
+    assert [r.items.tolist() for r in made.rows] == [r.items.tolist() for r in site["expected"]]
+    rows = page_rows(parse(made.html))
+    assert [r[2] for r in rows] == [r.items.tolist() for r in site["expected"]]
+    assert rows[1][3][0].startswith("Film ") and "the sparse index" in made.html
+    # an opened index and a Segments object: nothing to look up, nothing written
+    index = open_index(root / "index")
+    again = make_homepage(index, HISTORY, segments=site["segments"], rows=ROWS, k=K)
+    assert again.segments_dir is None and again.path is None
+    assert [r.items.tolist() for r in again.rows] == [r.items.tolist() for r in made.rows]
+    with pytest.raises(ElsaIndexError, match="segments=None needs a directory"):
+        make_homepage(site["ckpt"], HISTORY)
+

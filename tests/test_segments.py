@@ -1,6 +1,7 @@
 """Segments: discovery on planted structure, merging, persistence, homepage rows, explanations, bad input."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from elsa_index.indexers.sparse import ExactSparse
 from elsa_index.indexers.base import Results
 from elsa_index.search import Index, UnknownItemsWarning, build_index
 from elsa_index.segments import (
+    FORMAT_VERSION,
     TOP_ROW_LABEL,
     SegmentError,
     SegmentFallbackWarning,
@@ -189,7 +191,6 @@ def test_labels_from_metadata_table_frame_mapping_and_file(toy, tmp_path):
 
 
 def test_labels_whitespace_genres_and_real_ml1m_items():
-    path = Path("/work/shared/data/ml-1m.items.parquet")
     titles = ["Toy Story (1995)", "Aladdin (1992)", "Heat (1995)", "Casino (1995)"]
     emb = sp.csr_matrix(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32))
     ckpt = Checkpoint(emb, titles, np.ones(4), kind="imported")
@@ -197,8 +198,28 @@ def test_labels_whitespace_genres_and_real_ml1m_items():
                                           "Action Crime Thriller", "Drama Thriller"]}
     seg = discover_segments(ckpt, metadata=meta, n_label=3)
     assert list(seg.labels) == ["Animation, Children's, Comedy", "Thriller, Action, Crime"]
-    if path.is_file():  # the shared ML-1M metadata joins on titles
+    data = os.environ.get("ELSA_INDEX_DATA")
+    path = Path(data) / "ml-1m.items.parquet" if data else None
+    if path is not None and path.is_file():  # the real ML-1M metadata joins on titles
         assert list(discover_segments(ckpt, metadata=path, n_label=3).labels) == list(seg.labels)
+
+
+def test_metadata_tables_csv_ids_stay_text_and_missing_cells(tmp_path):
+    from elsa_index.data.tables import cell_text, is_missing, item_tokens, read_table
+
+    (tmp_path / "items.csv").write_text("item_id,genres\n007,Drama|War\n7,\n010,Comedy\n")
+    cols = read_table(tmp_path / "items.csv", string_columns=("item_id",))
+    assert cols["item_id"] == ["007", "7", "010"]
+    assert item_tokens(tmp_path / "items.csv", ["7", "007", "x"]) == [(), ("Drama", "War"), None]
+    (tmp_path / "items.tsv").write_text("item_id\tgenres\n1\tA B\n")
+    assert item_tokens(tmp_path / "items.tsv", ["1"]) == [("A", "B")]
+    assert is_missing(None) and is_missing(float("nan")) and not is_missing("") and not is_missing(0)
+    assert cell_text(["a", None, "b"]) == "a, b" and cell_text(float("nan")) == "" and cell_text(" x ") == "x"
+    with pytest.raises(ElsaIndexError, match="different lengths"):
+        read_table({"item_id": ["a"], "genres": []})
+    with pytest.raises(ElsaIndexError, match="unsupported metadata file"):
+        (tmp_path / "items.json").write_text("{}")
+        read_table(tmp_path / "items.json")
 
 
 # ------------------------------------------------------------------ persistence
@@ -209,7 +230,7 @@ def test_save_load_round_trip(toy, tmp_path):
     seg = discover_segments(ckpt, merge_to=4, metadata=_metadata(ckpt, groups), n_central=2)
     path = seg.save(tmp_path / "segments")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "elsa-index-segments" and manifest["format_version"] == 1
+    assert manifest["format"] == "elsa-index-segments" and manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["checkpoint_fingerprint"] == ckpt.fingerprint and manifest["n_segments"] == 4
     assert not list(tmp_path.glob(".segments.tmp-*"))
     back = Segments.load(path, checkpoint=ckpt)
@@ -221,6 +242,24 @@ def test_save_load_round_trip(toy, tmp_path):
     with pytest.raises(SegmentError, match="already exists"):
         seg.save(path)
     seg.save(path, overwrite=True)
+
+
+def test_format_1_directories_still_load(toy, tmp_path):
+    """Format 1 stored the vector indices as int64 (format 2: int32 through _io.save_csr); both load."""
+    ckpt, _ = toy
+    seg = discover_segments(ckpt, merge_to=4)
+    path = seg.save(tmp_path / "segments")
+    assert np.load(path / "vector_indices.npy").dtype == np.int32
+    np.save(path / "vector_indices.npy", seg.vectors.indices.astype(np.int64))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    back = Segments.load(path, checkpoint=ckpt)
+    assert (back.vectors != seg.vectors).nnz == 0 and back.labels.tolist() == seg.labels.tolist()
+    manifest["format_version"] = FORMAT_VERSION + 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SegmentError, match="newer than this elsa-index supports"):
+        Segments.load(path)
 
 
 def test_load_rejects_bad_directories(toy, tmp_path, sparse_checkpoint):

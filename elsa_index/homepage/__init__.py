@@ -4,11 +4,13 @@
 :func:`~elsa_index.segments.recommend_segments` into one self-contained HTML
 page (inline CSS, no script, no external asset; a Content-Security-Policy
 forbids loading any), :func:`write_homepage` writes it atomically, and
-:func:`make_homepage` does both for a history. Item titles and details (e.g.
-genres) come from item metadata through :func:`item_metadata`; without it the
-cards show the external item ids.
+:func:`make_homepage` does everything for one history: opens the index or
+checkpoint and its segments, recommends the rows, reads the metadata, renders
+and writes. Item titles and details (e.g. genres) come from item metadata
+through :func:`item_metadata`; without it the cards show the external item ids.
 
-Every text and attribute value is escaped with :func:`html.escape`. The page
+The page is rendered from the jinja2 template ``templates/homepage.html``
+with autoescaping: every text and attribute value is HTML-escaped. The page
 has stable hooks for tests and tools::
 
     <body data-fallback="false" data-rows="6">
@@ -29,7 +31,7 @@ training popularity, and ``data-fallback="true"`` on the body).
 from __future__ import annotations
 
 import datetime as _dt
-import html
+import functools
 import logging
 import math
 import os
@@ -38,10 +40,9 @@ import zlib
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-import numpy as np
-
-from . import __version__
-from .errors import ElsaIndexError, HomepageError
+from .. import __version__
+from ..data.tables import cell_text, is_missing, read_table
+from ..errors import HomepageError, SegmentError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def item_metadata(
     ----------
     metadata : a pyarrow Table, a pandas DataFrame, a mapping of column name
         to values, or a ``.parquet`` / ``.csv`` / ``.tsv`` path (as for
-        :func:`~elsa_index.segments.discover_segments`).
+        :func:`~elsa_index.data.tables.read_table`).
     item_ids : the catalogue's external ids; only these are kept, and at
         least one of them must appear in ``id_col``. None: keep every row.
     id_col : column holding the external item ids.
@@ -91,12 +92,7 @@ def item_metadata(
         Unreadable metadata, a missing id, title or detail column, or no id
         of ``item_ids`` in the table.
     """
-    from .segments import SegmentError, _is_missing, _read_table
-
-    try:
-        columns = _read_table(metadata)
-    except SegmentError as exc:
-        raise HomepageError(str(exc)) from None
+    columns = read_table(metadata, string_columns=(id_col,), error=HomepageError)
     names = sorted(columns)
     if id_col not in columns:
         raise HomepageError(f"item metadata has no id column {id_col!r}; its columns are {names}; pass the column "
@@ -110,27 +106,20 @@ def item_metadata(
     if missing:
         raise HomepageError(f"item metadata lacks the detail column(s) {missing}; its columns are {names}")
 
-    def text(v) -> str:
-        if _is_missing(v):
-            return ""
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return ", ".join(str(x) for x in v if not _is_missing(x))
-        return str(v).strip()
-
     wanted = None if item_ids is None else {str(i) for i in item_ids}
     out: dict[str, ItemInfo] = {}
     for r, raw in enumerate(columns[id_col]):
-        if _is_missing(raw):
+        if is_missing(raw):
             continue
         key = str(raw)
         if key in out or (wanted is not None and key not in wanted):
             continue
-        title = text(columns[title_col][r]) if title_col is not None else ""
-        detail = " · ".join(t for t in (text(columns[c][r]) for c in detail_cols) if t)
+        title = cell_text(columns[title_col][r]) if title_col is not None else ""
+        detail = " · ".join(t for t in (cell_text(columns[c][r]) for c in detail_cols) if t)
         out[key] = ItemInfo(title, detail)
     if wanted is not None:
         if not out:
-            ids = [text(v) for v in columns[id_col][:3]]
+            ids = [cell_text(v) for v in columns[id_col][:3]]
             raise HomepageError(
                 f"no item id of the catalogue appears in the metadata column {id_col!r} (catalogue ids e.g. "
                 f"{sorted(wanted)[:3]}, metadata ids e.g. {ids}); check --id-col and that both use the same ids"
@@ -144,47 +133,17 @@ def item_metadata(
 # ===================================================================== render
 
 
-_CSS = """
-:root { color-scheme: light; --ink: #1d2230; --muted: #5d6478; --line: #dfe3ec; --bg: #f5f6fa; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
-       color: var(--ink); background: var(--bg); }
-#page-header { padding: 20px 32px 12px; background: #fff; border-bottom: 1px solid var(--line); }
-#page-header h1 { margin: 0 0 4px; font-size: 22px; }
-.meta, .row-meta { color: var(--muted); font-size: 12px; }
-.notice { margin: 12px 32px 0; padding: 10px 14px; border-radius: 6px; background: #fff4d6;
-          border: 1px solid #f0d58a; }
-#history { padding: 8px 32px 0; }
-#history h2 { font-size: 13px; margin: 8px 0 6px; color: var(--muted); text-transform: uppercase;
-              letter-spacing: .04em; }
-#history ul { list-style: none; margin: 0; padding: 0; display: flex; flex-wrap: wrap; gap: 6px; }
-.history-item { background: #fff; border: 1px solid var(--line); border-radius: 12px; padding: 2px 10px;
-                font-size: 12px; max-width: 260px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-#rows { padding: 8px 32px 32px; }
-.row { margin-top: 18px; }
-.row-head { display: flex; align-items: baseline; gap: 12px; flex-wrap: wrap; margin-bottom: 8px; }
-.row-label { margin: 0; font-size: 18px; }
-.row[data-kind="top"] .row-label { color: #8a1c3b; }
-.row-score { font-size: 12px; font-variant-numeric: tabular-nums; background: #e8ebf3; border-radius: 10px;
-             padding: 1px 8px; }
-.items { list-style: none; margin: 0; padding: 0; display: flex; flex-wrap: wrap; gap: 12px; }
-.item { width: 100px; background: #fff; border: 1px solid var(--line); border-radius: 8px; overflow: hidden;
-        display: flex; flex-direction: column; }
-.poster { height: 130px; display: flex; align-items: center; justify-content: center; color: #fff;
-          font-size: 30px; font-weight: 700; text-shadow: 0 1px 3px rgba(0, 0, 0, .35);
-          background: linear-gradient(150deg, hsl(var(--hue) 62% 58%), hsl(calc(var(--hue) + 45) 55% 32%)); }
-.card-text { padding: 6px 7px 8px; display: flex; flex-direction: column; gap: 2px; }
-.title { font-size: 12px; font-weight: 600; line-height: 1.25; overflow-wrap: anywhere;
-         display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
-.detail { font-size: 11px; color: var(--muted); overflow-wrap: anywhere; }
-.score { font-size: 11px; color: var(--muted); font-variant-numeric: tabular-nums; }
-.empty { color: var(--muted); font-style: italic; }
-#page-footer { padding: 12px 32px 24px; color: var(--muted); font-size: 11px; }
-"""
+@functools.lru_cache(maxsize=1)
+def _template():
+    """The page template; every ``{{ value }}`` is HTML-escaped (autoescape)."""
+    import jinja2
 
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("homepage.html")
 
 
 def _hue(item_id: str) -> int:
@@ -229,7 +188,8 @@ def render_homepage(
 
     Returns
     -------
-    str, the HTML document (UTF-8 text).
+    str, the HTML document (UTF-8 text), rendered from
+    ``templates/homepage.html`` with every value autoescaped.
     """
     items = items or {}
     fallback = any(bool(getattr(r, "fallback", False)) for r in page)
@@ -238,75 +198,30 @@ def render_homepage(
         info = items.get(item_id)
         return info.title if info is not None and info.title else item_id
 
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f'<meta name="generator" content="elsa-index {_e(__version__)}">',
-        f"<title>{_e(heading)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        f'<body data-fallback="{"true" if fallback else "false"}" data-rows="{len(page)}">',
-        '<header id="page-header">',
-        f"<h1>{_e(heading)}</h1>",
-        f'<p class="meta">{len(page)} row{"s" if len(page) != 1 else ""} for a history of '
-        f'{len(history)} item{"s" if len(history) != 1 else ""}</p>',
-        "</header>",
-    ]
-    if fallback:
-        out.append('<p class="notice" id="fallback-notice">No item of this history is in the catalogue: '
-                   "showing the most popular segments and items instead.</p>")
-    if len(history):
-        out += ['<section id="history">', "<h2>Because of your history</h2>", "<ul>"]
-        for h in history:
-            h = str(h)
-            out.append(f'<li class="history-item" data-item-id="{_e(h)}" title="{_e(h)}">{_e(name(h))}</li>')
-        out += ["</ul>", "</section>"]
-    out.append('<main id="rows">')
-    for n, row in enumerate(page):
+    rows = []
+    for row in page:
         seg = int(row.segment)
-        kind = "top" if seg < 0 else "segment"
         score = float(row.score)
-        data_score = repr(score) if math.isfinite(score) else ""
-        out.append(f'<section class="row" id="row-{n}" data-row="{n}" data-kind="{kind}" data-segment="{seg}" '
-                   f'data-label="{_e(row.label)}" data-score="{_e(data_score)}">')
-        out.append('<div class="row-head">')
-        out.append(f'<h2 class="row-label">{_e(row.label)}</h2>')
-        if math.isfinite(score):
-            out.append(f'<span class="row-score">{_e(_fmt_score(score, bool(row.fallback)))}</span>')
-        meta = _row_meta(segments, seg)
-        if meta:
-            out.append(f'<span class="row-meta">{_e(meta)}</span>')
-        out.append("</div>")
-        if len(row.items):
-            out.append('<ol class="items">')
-            for rank, (item_id, s) in enumerate(zip(row.items, row.item_scores), 1):
-                item_id = str(item_id)
-                info = items.get(item_id)
-                title = name(item_id)
-                detail = info.detail if info is not None else ""
-                out.append(
-                    f'<li class="item" data-item-id="{_e(item_id)}" data-rank="{rank}" data-score="{float(s)!r}" '
-                    f'title="{_e(item_id)}">'
-                    f'<div class="poster" style="--hue:{_hue(item_id)}" aria-hidden="true">{_e(_initials(title))}</div>'
-                    f'<div class="card-text"><span class="title">{_e(title)}</span>'
-                    + (f'<span class="detail">{_e(detail)}</span>' if detail else "")
-                    + f'<span class="score">{_e(_fmt_score(float(s), bool(row.fallback)))}</span></div></li>'
-                )
-            out.append("</ol>")
-        else:
-            out.append('<p class="empty">No items left for this row.</p>')
-        out.append("</section>")
-    out.append("</main>")
-    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    src = f" from {_e(source)}" if source else ""
-    out.append(f'<footer id="page-footer">Generated by elsa-index {_e(__version__)}{src} at {_e(stamp)}. '
-               "Segment rows follow the user's segment scores; no item appears twice.</footer>")
-    out += ["</body>", "</html>", ""]
-    return "\n".join(out)
+        cards = []
+        for item_id, s in zip(row.items, row.item_scores):
+            item_id = str(item_id)
+            info = items.get(item_id)
+            title = name(item_id)
+            cards.append({
+                "id": item_id, "data_score": repr(float(s)), "hue": _hue(item_id), "initials": _initials(title),
+                "title": title, "detail": info.detail if info is not None else "",
+                "score_text": _fmt_score(float(s), bool(row.fallback)),
+            })
+        rows.append({
+            "kind": "top" if seg < 0 else "segment", "segment": seg, "label": str(row.label),
+            "data_score": repr(score) if math.isfinite(score) else "",
+            "score_text": _fmt_score(score, bool(row.fallback)), "meta": _row_meta(segments, seg), "cards": cards,
+        })
+    return _template().render(
+        version=__version__, heading=heading, fallback=fallback, rows=rows, source=source,
+        history=[{"id": str(h), "name": name(str(h))} for h in history],
+        stamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _row_meta(segments, seg: int) -> str:
@@ -359,11 +274,27 @@ def write_homepage(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+class Homepage(NamedTuple):
+    """What :func:`make_homepage` made.
+
+    html : the page text.
+    rows : the :class:`~elsa_index.segments.SegmentRow` list shown, top to bottom.
+    segments_dir : the directory the segments were loaded from (None when a
+        :class:`~elsa_index.segments.Segments` object was given).
+    path : where the page was written (None without ``out``).
+    """
+
+    html: str
+    rows: list
+    segments_dir: Path | None
+    path: Path | None
+
+
 def make_homepage(
-    index_or_checkpoint,
-    segments,
+    source,
     history_ids: Sequence[str],
     *,
+    segments=None,
     rows: int = 5,
     k: int = 10,
     metadata=None,
@@ -371,29 +302,65 @@ def make_homepage(
     title_col: str | None = "title",
     out: str | os.PathLike | None = None,
     heading: str = "Homepage preview",
-) -> tuple[str, list]:
-    """Recommend homepage rows for one history and render them (and write them with ``out``).
+) -> Homepage:
+    """Recommend homepage rows for one history, render them, and write the page with ``out``.
 
     Parameters
     ----------
-    index_or_checkpoint, segments, history_ids, rows, k : as for
-        :func:`~elsa_index.segments.recommend_segments` (its warnings, e.g.
-        :class:`~elsa_index.segments.SegmentFallbackWarning`, pass through).
-    metadata, id_col, title_col : item metadata for titles (:func:`item_metadata`).
-    out : write the page here (atomically).
+    source : an :class:`~elsa_index.search.Index`, a sparse
+        :class:`~elsa_index.checkpoint.Checkpoint`, or the directory of
+        either (what :func:`~elsa_index.segments.recommend_segments` takes).
+    history_ids : the user's external item ids (unknown ones are ignored with
+        an :class:`~elsa_index.errors.UnknownItemsWarning`; none known: a
+        :class:`~elsa_index.errors.SegmentFallbackWarning` and popular rows).
+    segments : a :class:`~elsa_index.segments.Segments`, a segments
+        directory, or None: the segments kept next to ``source``
+        (:func:`~elsa_index.segments.find_segments`; ``source`` must then be
+        a directory or an index opened from one).
+    rows, k : segment rows and items per row.
+    metadata, id_col, title_col : item metadata for titles and details
+        (:func:`item_metadata`).
+    out : write the page here (atomically; an existing file is replaced).
+    heading : the page title.
 
     Returns
     -------
-    (html, rows): the page text and the :class:`~elsa_index.segments.SegmentRow` list.
-    """
-    from .segments import _resolve, recommend_segments
+    Homepage
 
-    index, ckpt = _resolve(index_or_checkpoint)
-    page = recommend_segments(index if index is not None else ckpt, segments, history_ids, rows=rows, k=k)
+    Raises
+    ------
+    SegmentError
+        Dense embeddings, no segments found, segments of another checkpoint,
+        or ``rows``/``k`` out of range.
+    HomepageError
+        Unusable metadata, or ``out`` cannot be written.
+    """
+    from ..segments import Segments, find_segments, open_source, recommend_segments, serving_index
+
+    index, ckpt = open_source(source)
+    segments_dir = None
+    if not isinstance(segments, Segments):
+        if segments is None:
+            where = index.path if index is not None and index.path is not None else source
+            if not isinstance(where, (str, os.PathLike)):
+                raise SegmentError("segments=None needs a directory to look next to; pass segments= (a Segments or "
+                                   "a segments directory) with an in-memory index or checkpoint")
+            segments_dir = find_segments(where)
+        else:
+            segments_dir = Path(segments)
+        segments = Segments.load(segments_dir, checkpoint=ckpt)
     info = None if metadata is None else item_metadata(metadata, ckpt.item_ids.ids, id_col=id_col, title_col=title_col)
-    source = "" if index is None else f"the {index.backend.name} index"
+    page = recommend_segments(index if index is not None else serving_index(ckpt), segments, history_ids,
+                              rows=rows, k=k)
     text = render_homepage(page, history=[str(h) for h in history_ids], items=info, segments=segments,
-                           heading=heading, source=source)
-    if out is not None:
-        write_homepage(out, text)
-    return text, page
+                           heading=heading, source=_describe(source, index))
+    path = None if out is None else write_homepage(out, text)
+    return Homepage(text, page, segments_dir, path)
+
+
+def _describe(source, index) -> str:
+    """Where the rows come from, for the page footer."""
+    where = f" {source}" if isinstance(source, (str, os.PathLike)) else ""
+    if index is not None:
+        return f"the {index.backend.name} index{where}"
+    return f"checkpoint{where}" if where else ""
