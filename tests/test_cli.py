@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -76,7 +77,7 @@ def test_demo_small(tmp_path, capsys):
     "argv,message",
     [
         (["--rating-col", "nope", "--min-rating", "4"], "no column(s) ['nope']"),
-        (["--model", "compressed", "--dims", "16", "--nnz", "32"], "nnz must be an integer in [1, dims=16]"),
+        (["--model", "compressed", "--dims", "16", "--nnz", "32"], "nnz must be an integer in [1, 16], got 32 (dims=16)"),
         (["--heldout-users", "100000"], "n_heldout_users=100000"),
         (["--min-user-support", "100000"], "empty after filtering"),
     ],
@@ -101,10 +102,57 @@ def test_existing_output_and_missing_inputs(tmp_path, log_csv, capsys):
     assert "neither a file nor a known dataset" in capsys.readouterr().err
 
 
-def test_module_entry_point_help():
-    r = subprocess.run([sys.executable, "-m", "elsa_index", "train", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0
-    assert "--nnz" in r.stdout and "--schedule" in r.stdout
+def test_train_help_lists_model_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--nnz" in out and "--schedule" in out
+
+
+def test_build_help_lists_backends_without_heavy_imports():
+    """``python -m elsa_index build --help``: every registered backend with its parameters and defaults.
+
+    ``-X importtime`` lists every module the process imported: listing the
+    backends must not start a JVM or load faiss, pyserini or torch.
+    """
+    from elsa_index.indexers import backend_names
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "elsa_index", "build", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    help_text = r.stdout
+    for name in backend_names():
+        assert f"\n  {name} (" in help_text
+    assert "search  batch_size=256" in help_text and "build   M=32" in help_text
+    assert "search  dynamic_pruning=False" in help_text
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    assert "elsa_index" in imported
+    assert not imported & {"faiss", "pyserini", "jnius", "torch"}
+
+
+def test_build_help_and_choices_follow_the_registry(tmp_path, monkeypatch, capsys, sparse_checkpoint):
+    from elsa_index import indexers
+
+    monkeypatch.setattr(indexers, "BACKENDS", dict(indexers.BACKENDS))  # restored after the test
+    indexers.register_backend("toy", "toy_backend:ToyBackend")
+    indexers.register_backend("broken", "no_such_module_here:Nothing")
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    out = capsys.readouterr().out
+    assert "toy (exact, dense embeddings): Brute-force dense scores, for tests only" in out
+    assert re.search(r"\n    build +shards=2 +how many pieces the toy index has\n", out)
+    assert "search  probe=3" in out and "search  mode='fast'" in out  # no doc: the default alone
+    assert "broken: cannot be loaded: " in out and "no_such_module_here" in out
+    assert "sparse (exact, sparse or dense embeddings)" in out
+    # --backend accepts the new name (and reaches the backend, which refuses sparse embeddings) ...
+    sparse_checkpoint.save(tmp_path / "ck")
+    assert main(["build", str(tmp_path / "ck"), "--backend", "toy", "--out", str(tmp_path / "ix"), "--quiet"]) == 2
+    assert "toy" in capsys.readouterr().err
+    # ... and still refuses names that are not registered.
+    with pytest.raises(SystemExit):
+        main(["build", str(tmp_path / "ck"), "--backend", "nope", "--out", str(tmp_path / "ix")])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_build_and_recommend(tmp_path, sparse_checkpoint, capsys):
