@@ -17,7 +17,7 @@ from elsa_index.data.synthetic import make_synthetic
 
 @pytest.fixture(scope="module")
 def log_csv(tmp_path_factory):
-    log = make_synthetic(n_users=500, n_items=120, n_clusters=6, seed=2)
+    log = make_synthetic(n_users=300, n_items=80, n_clusters=6, seed=2)
     path = tmp_path_factory.mktemp("data") / "log.csv"
     rating = np.where(np.arange(len(log)) % 5 == 0, 2.0, 5.0)  # some negatives to filter out
     pcsv.write_csv(pa.table({"uid": log.user, "iid": log.item, "stars": rating}), path)
@@ -26,12 +26,12 @@ def log_csv(tmp_path_factory):
 
 def _train(log_csv, out, *extra):
     return main(["train", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--rating-col", "stars",
-                 "--min-rating", "4", "--heldout-users", "80", "--out", str(out), "--quiet", *extra])
+                 "--min-rating", "4", "--heldout-users", "50", "--out", str(out), "--quiet", *extra])
 
 
 def test_train_evaluate_info(tmp_path, log_csv, capsys):
     out = tmp_path / "ck"
-    assert _train(log_csv, out, "--model", "compressed", "--dims", "32", "--nnz", "4", "--epochs", "4",
+    assert _train(log_csv, out, "--model", "compressed", "--dims", "32", "--nnz", "4", "--epochs", "3",
                   "--finetune-epochs", "1") == 0
     ck = Checkpoint.load(out)
     assert ck.kind == "compressed_elsa" and (ck.nnz_per_row() == 4).all()
@@ -64,11 +64,32 @@ def test_import_npz(tmp_path, capsys):
     assert list(ck.item_ids.ids) == list("abcdef") and abs(ck.embeddings - m).max() == 0
 
 
-def test_demo_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "400", "--items", "100", "--quiet", "--no-bench"]) == 0
+def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch):
+    # The CLI's part: parse, run the demo, print. Tiny models under the demo's names keep it fast;
+    # tests/test_demo.py trains the real ones.
+    from elsa_index import demo
+    from elsa_index.workflow import make_model
+
+    monkeypatch.setattr(demo, "demo_models", lambda progress: [
+        ("elsa-256", make_model("elsa", dims=8, epochs=2, progress=progress)),
+        ("elsa-32", make_model("elsa", dims=4, epochs=2, progress=progress)),
+        ("compressed-1024-nnz16", make_model("compressed", dims=32, nnz=16, epochs=3, warmup_epochs=0,
+                                              finetune_epochs=1, progress=progress)),
+    ])
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "200", "--items", "60", "--quiet",
+                 "--no-bench"]) == 0
     out = capsys.readouterr().out
     for name in ("popularity", "elsa-256", "elsa-32", "compressed-1024-nnz16", "recall@20", "held-out user"):
         assert name in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    assert lines[header].split() == ["model", "nnz/item", "train", "s", "embedding", "bytes", "recall@20",
+                                     "recall@50", "ndcg@100"]
+    assert set(lines[header + 1]) == {"-", " "} and len(lines[header + 1]) == len(lines[header])
+    assert lines[header + 2].split()[:2] == ["popularity", "-"] and lines[header + 5].split()[:2] == [
+        "compressed-1024-nnz16", "16"]
+    assert f"checkpoints written under {tmp_path / 'demo'}/" in out
+    assert "benchmark" not in out
     ck = Checkpoint.load(tmp_path / "demo" / "compressed-1024-nnz16")
     assert (ck.nnz_per_row() == 16).all()
 
