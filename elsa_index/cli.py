@@ -1,40 +1,22 @@
-"""Command-line interface: ``elsa-index <command> ...`` (also ``python -m elsa_index``)."""
+"""Command-line interface: ``elsa-index <command> ...`` (also ``python -m elsa_index``).
+
+Each command parses its arguments (defined in :mod:`elsa_index._cli_parser`),
+calls the library and prints the outcome; user mistakes are printed as one
+``error: ...`` line with exit status 2.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._cli_parser import build_parser, columns
 from .errors import ElsaIndexError
 
 __all__ = ["main", "build_parser"]
-
-
-# ------------------------------------------------------------------ arguments
-
-
-def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, metavar="SOURCE",
-                   help="interaction log (.parquet/.csv), a dataset name (ml-100k, ml-1m, ml-20m, "
-                        "goodbooks-10k, netflix) or 'synthetic'")
-    g.add_argument("--user-col", default="user_id", help="user id column (default: user_id)")
-    g.add_argument("--item-col", default="item_id", help="item id column (default: item_id)")
-    g.add_argument("--rating-col", default=None, help="rating column, needed for --min-rating")
-    g.add_argument("--timestamp-col", default=None, help="timestamp column (optional)")
-    g.add_argument("--split-col", default=None,
-                   help="column with train/test values: use the file's own split instead of held-out users")
-    g.add_argument("--min-rating", type=float, default=None,
-                   help="keep rows with rating >= this as positives (default: every row is a positive)")
-    g.add_argument("--min-user-support", type=int, default=5, help="drop users with fewer positives (default: 5)")
-    g.add_argument("--min-item-support", type=int, default=1, help="drop items with fewer positives (default: 1)")
-    g.add_argument("--heldout-users", type=int, default=1000, help="users held out for evaluation (default: 1000)")
-    g.add_argument("--split-seed", type=int, default=42, help="seed of the held-out user draw (default: 42)")
 
 
 def _data_spec(args):
@@ -46,181 +28,6 @@ def _data_spec(args):
         min_user_support=args.min_user_support, min_item_support=args.min_item_support,
         n_heldout_users=args.heldout_users, seed=args.split_seed,
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="elsa-index",
-        description="Train ELSA / Compressed ELSA item embeddings and serve recommendations from them.",
-    )
-    parser.add_argument("--version", action="version", version=f"elsa-index {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    # train
-    p = sub.add_parser("train", help="train a model and save a checkpoint",
-                       description="Train dense ELSA or Compressed ELSA on an interaction log and save a checkpoint.")
-    _add_data_args(p, required=True)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", choices=["elsa", "compressed"], default="compressed",
-                   help="dense ELSA or Compressed ELSA (default: compressed)")
-    g.add_argument("--dims", type=int, default=None,
-                   help="embedding width; for compressed, the dense start width (default: 256 elsa, 1024 compressed)")
-    g.add_argument("--nnz", type=int, default=16, help="compressed: active dims per item at the end (default: 16)")
-    g.add_argument("--schedule", choices=["constant", "step", "linear", "exponential"], default="exponential",
-                   help="compressed: pruning schedule (default: exponential)")
-    g.add_argument("--restart", action="store_true", help="compressed: reset surviving weights after each pruning event")
-    g.add_argument("--prune-steps", type=int, default=10, help="compressed: pruning events of linear/exponential")
-    g.add_argument("--warmup-epochs", type=int, default=1, help="compressed: dense epochs before pruning")
-    g.add_argument("--finetune-epochs", type=int, default=2, help="compressed: epochs at the target nnz")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: 20 elsa, 8 compressed)")
-    g.add_argument("--batch-size", type=int, default=512, help="users per step (default: 512)")
-    g.add_argument("--lr", type=float, default=0.01, help="Nadam learning rate (default: 0.01)")
-    g.add_argument("--negatives", type=int, default=None,
-                   help="sampled outputs: score batch positives plus this many random items (default: all items)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    g.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out users")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
-
-    # evaluate
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out users",
-                       description="Recall@k (normalised by min(k, |targets|)) and NDCG@k of a checkpoint. "
-                                   "Without --data, the data settings recorded in the checkpoint are used.")
-    p.add_argument("checkpoint", help="checkpoint directory")
-    _add_data_args(p, required=False)
-    p.add_argument("--metrics", nargs="+", default=["recall@20", "recall@50", "ndcg@100"],
-                   help="metric names, e.g. recall@20 hit_recall@20 ndcg@100")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=cmd_evaluate)
-
-    # import-npz
-    p = sub.add_parser("import-npz", help="make a checkpoint from a scipy .npz sparse matrix (or a .npy array)",
-                       description="Import item embeddings produced by another tool: a scipy.sparse.save_npz "
-                                   "matrix (CSR/CSC/COO) or a dense .npy array, one row per item.")
-    p.add_argument("embeddings", help=".npz sparse matrix or .npy array, shape (n_items, dims)")
-    p.add_argument("--item-ids", default=None, help="text file with one item id per line (default: row numbers)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
-    p.set_defaults(func=cmd_import)
-
-    # info
-    p = sub.add_parser("info", help="describe a checkpoint", description="Print a checkpoint's manifest summary.")
-    p.add_argument("checkpoint", help="checkpoint directory")
-    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
-    p.set_defaults(func=cmd_info)
-
-    # build
-    p = sub.add_parser("build", help="build an index from a checkpoint",
-                       description="Index a checkpoint's item embeddings with one backend and write a "
-                                   "self-contained index directory (checkpoint copy + backend files).")
-    p.add_argument("checkpoint", help="checkpoint directory")
-    p.add_argument("--backend", required=True, choices=["sparse", "lucene", "faiss-flat", "faiss-hnsw", "faiss-ivf"],
-                   help="sparse: exact in-process; lucene: Lucene impact index; faiss-*: dense baselines")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="backend build or search parameter, e.g. --param M=32 --param depth=200 (repeatable)")
-    p.add_argument("--out", required=True, help="index directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=cmd_build)
-
-    # recommend
-    p = sub.add_parser("recommend", help="recommend items for user histories",
-                       description="Top-k items for one history (--history) or for a JSON-lines file of "
-                                   "histories (--input), written as JSON lines.")
-    p.add_argument("index", help="index directory (from 'elsa-index build')")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--history", nargs="+", metavar="ITEM_ID", help="the items of one user's history")
-    g.add_argument("--input", metavar="FILE",
-                   help="JSON lines: each a list of item ids or an object {\"user\": ..., \"history\": [...]}")
-    p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
-    p.add_argument("--allow", nargs="+", metavar="ITEM_ID", help="only recommend these items")
-    p.add_argument("--deny", nargs="+", metavar="ITEM_ID", help="never recommend these items")
-    p.add_argument("--include-history", action="store_true", help="allow items of the history in the results")
-    p.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE",
-                   help="backend search parameter, e.g. --search-param ef_search=256 (repeatable)")
-    p.add_argument("--output", metavar="FILE", help="write JSON lines here (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=1000, help="histories per batch (default: 1000)")
-    p.set_defaults(func=cmd_recommend)
-
-    # segments
-    p = sub.add_parser("segments", help="discover item segments of a sparse checkpoint or index",
-                       description="Group the items of a Compressed ELSA (sparse) checkpoint by their dominant "
-                                   "signed dimension, merge near-duplicate segments, label them from item metadata "
-                                   "and save the segments directory. Default output: SOURCE/segments for an index "
-                                   "directory, the sibling SOURCE.segments for a checkpoint directory; 'elsa-index "
-                                   "homepage' looks in both places.")
-    p.add_argument("source", metavar="CHECKPOINT_OR_INDEX", help="sparse checkpoint or index directory")
-    p.add_argument("--merge-to", type=int, default=None, metavar="N",
-                   help="fold the smallest segment into its most similar one until N remain (default: no merging)")
-    p.add_argument("--min-size", type=int, default=1, metavar="N",
-                   help="first merge segments with fewer than N items into their most similar one (default: 1)")
-    p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) for labels and titles")
-    p.add_argument("--id-col", default="item_id", help="metadata column with the item ids (default: item_id)")
-    p.add_argument("--label-col", nargs="+", default=["genres"], metavar="COL",
-                   help="metadata column(s) whose tokens label the segments (default: genres)")
-    p.add_argument("--title-col", default="title",
-                   help="metadata column shown for central items in the summary, if present (default: title)")
-    p.add_argument("--central", type=int, default=10, metavar="N",
-                   help="central items kept (and labelled) per segment (default: 10)")
-    p.add_argument("--out", default=None, metavar="DIR", help="segments directory to write (default: see above)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing segments directory")
-    p.add_argument("--show", type=int, default=20, metavar="N", help="segments listed in the summary (default: 20; 0: all)")
-    p.set_defaults(func=cmd_segments)
-
-    # homepage
-    p = sub.add_parser("homepage", help="write a static HTML homepage preview for one history",
-                       description="Recommend the plain 'Recommended for you' row plus one row per recommended "
-                                   "segment for one history and write them as a self-contained HTML page. A history "
-                                   "with no item of the catalogue falls back to popular segments and items (with a "
-                                   "warning on stderr).")
-    p.add_argument("index", metavar="INDEX", help="sparse index directory (or checkpoint directory)")
-    p.add_argument("--history", nargs="+", required=True, metavar="ITEM_ID", help="the items of the user's history")
-    p.add_argument("--rows", type=int, default=5, help="segment rows (default: 5)")
-    p.add_argument("--k", type=int, default=10, help="items per row (default: 10)")
-    p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) with titles")
-    p.add_argument("--id-col", default="item_id", help="metadata column with the item ids (default: item_id)")
-    p.add_argument("--title-col", default="title", help="metadata column with the titles (default: title)")
-    p.add_argument("--segments", metavar="DIR",
-                   help="segments directory (default: INDEX/segments, else the sibling INDEX.segments)")
-    p.add_argument("--title", default="Homepage preview", help="page heading")
-    p.add_argument("--out", required=True, metavar="FILE", help="HTML file to write (replaced if it exists)")
-    p.set_defaults(func=cmd_homepage)
-
-    # demo
-    p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data (offline, a few minutes)",
-                       description="Generate synthetic interactions with planted structure, train popularity, "
-                                   "dense ELSA and Compressed ELSA, save checkpoints, print a results table, serve "
-                                   "recommendations from an index and run a small benchmark of the backends.")
-    p.add_argument("--out", default="elsa-demo", help="output directory (default: ./elsa-demo)")
-    p.add_argument("--users", type=int, default=5000, help="synthetic users (default: 5000)")
-    p.add_argument("--items", type=int, default=2000, help="synthetic items (default: 2000)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--no-bench", action="store_true", help="skip the small backend benchmark at the end")
-    p.set_defaults(func=cmd_demo)
-
-    # bench
-    p = sub.add_parser("bench", help="benchmark index backends (latency, memory, recall) from a config",
-                       description="Run (or resume) the benchmark described by a TOML config: build every index, "
-                                   "sweep its search parameters over the same queries, store raw per-query results "
-                                   "and write OUT/report.md with PNG plots. Configurations already measured in OUT "
-                                   "are skipped unless --force.")
-    p.add_argument("config", help="benchmark config (.toml), e.g. eval/configs/quick.toml")
-    p.add_argument("--out", required=True, help="output directory (reused to resume)")
-    p.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides: a minutes-long smoke run")
-    p.add_argument("--force", action="store_true", help="re-measure configurations already measured; rebuild indexes")
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--report-only", action="store_true", help="only re-render the report from stored results")
-    only.add_argument("--prepare-only", action="store_true",
-                   help="only train the checkpoints and prepare the query sets (e.g. on a GPU machine); "
-                        "a later run with the same --out measures")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
-    p.set_defaults(func=cmd_bench)
-    return parser
 
 
 # ------------------------------------------------------------------ commands
@@ -306,9 +113,7 @@ def cmd_info(args) -> int:
     ]
     if ckpt.metrics:
         rows.append(("metrics", _metrics_line(ckpt.metrics)))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    _table([[k, str(v)] for k, v in rows], header=False)
     return 0
 
 
@@ -435,72 +240,27 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .models.baselines import Popularity
-    from .metrics import evaluate
-    from .workflow import DEFAULT_METRICS, DataSpec, load_split, make_model, train_checkpoint
+    from .demo import bench_demo, run_demo
+    from .workflow import DEFAULT_METRICS
 
-    out = Path(args.out)
-    spec = DataSpec(source="synthetic", synthetic_users=args.users, synthetic_items=args.items,
-                    n_heldout_users=max(1, min(1000, args.users // 5)))
-    _say(f"generating synthetic interactions: {args.users} users x {args.items} items ...")
-    split = load_split(spec)
-    _say(f"training on {split.train.n_users} users ({split.train.nnz} interactions); "
-         f"evaluating on {split.fold_in.shape[0]} held-out users")
-    rows = []
-    t0 = time.perf_counter()
-    pop = Popularity().fit(split.train.matrix)
-    res = evaluate(pop.score, split.fold_in, split.targets, ks=(), metrics=DEFAULT_METRICS)
-    rows.append(("popularity", "-", time.perf_counter() - t0, 0, res))
-    runs = [
-        ("elsa-256", make_model("elsa", dims=256, epochs=20, lr=0.01, progress=not args.quiet)),
-        ("elsa-32", make_model("elsa", dims=32, epochs=20, lr=0.01, progress=not args.quiet)),
-        ("compressed-1024-nnz16", make_model("compressed", dims=1024, nnz=16, epochs=12, lr=0.01, warmup_epochs=0,
-                                              finetune_epochs=9, prune_steps=50, progress=not args.quiet)),
-    ]
-    for name, model in runs:
-        _say(f"training {name} ...")
-        ckpt = train_checkpoint(model, split, data={"spec": spec.to_dict()},
-                                validation_users=max(1, min(500, split.train.n_users // 10)))
-        ckpt.save(out / name, overwrite=True)
-        nnz = ckpt.nnz_per_row().mean()
-        rows.append((name, f"{nnz:.0f}", ckpt.config["train_seconds"], ckpt.nbytes(), ckpt.metrics))
-    _say("")
-    header = ["model", "nnz/item", "train s", "embedding bytes", *DEFAULT_METRICS]
-    table = [header] + [
-        [n, nz, f"{s:.1f}", f"{b:,}", *(f"{m[k]:.4f}" for k in DEFAULT_METRICS)] for n, nz, s, b, m in rows
-    ]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    _say(f"\ncheckpoints written under {out}/")
+    def show_models(models) -> None:
+        _say("")
+        rows = [["model", "nnz/item", "train s", "embedding bytes", *DEFAULT_METRICS]]
+        rows += [[m.name, "-" if m.nnz_per_item is None else f"{m.nnz_per_item:.0f}", f"{m.train_seconds:.1f}",
+                  f"{m.embedding_bytes:,}", *(f"{m.metrics[k]:.4f}" for k in DEFAULT_METRICS)] for m in models]
+        _table(rows, right=set(range(1, len(rows[0]))))
+        _say(f"\ncheckpoints written under {args.out}/")
 
-    # Serve the compressed checkpoint from the exact sparse index and show one user's rows.
-    from .search import build_index
-
-    index = build_index(out / "compressed-1024-nnz16", "sparse", out / "index-sparse", overwrite=True)
-    row = split.fold_in[0]
-    history = index.item_ids[row.indices].tolist()
-    rec = index.recommend([history], k=5)
-    _say(f"\nheld-out user {split.heldout_user_ids.ids[0]} ({len(history)} history items) -> "
-         f"{', '.join(rec.ids[0])}")
+    res = run_demo(args.out, users=args.users, items=args.items, bench=False, progress=not args.quiet, say=_say,
+                   on_models=show_models)
+    _say(f"\nheld-out user {res.user} ({len(res.history)} history items) -> {', '.join(res.recommended)}")
     if args.no_bench:
         return 0
-    # A small benchmark of every installed backend on synthetic data (eval/configs/quick.toml).
-    from .eval.config import load_config
-    from .eval.harness import run_bench
-
-    config = Path(__file__).resolve().parent / "eval" / "configs" / "quick.toml"
-    if not config.is_file():
-        from . import eval as _eval
-
-        config = Path(_eval.__file__).parent / "configs" / "quick.toml"
-    _say(f"\nbenchmarking the backends ({config.name}) ...")
-    res = run_bench(load_config(config), out / "bench", force=True, progress=not args.quiet, say=lambda m: None)
-    for s in res["skips"]:
+    _say("\nbenchmarking the backends (quick.toml) ...")
+    bench = bench_demo(args.out, progress=not args.quiet)
+    for s in bench["skips"]:
         _say(f"  skipped {s['label']} ({s['scope']}): {s['reason']}")
-    _say(f"benchmark report: {res['report']}")
+    _say(f"benchmark report: {bench['report']}")
     return 0
 
 
@@ -511,12 +271,9 @@ def _open_source(path: str):
     return open_source(path)
 
 
-def _table(rows: list[list[str]], right: set[int] = frozenset()) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for n, r in enumerate(rows):
-        print("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+def _table(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool = True) -> None:
+    """Print ``rows`` of strings as aligned columns (:func:`columns`): the one table printer of the CLI."""
+    print("\n".join(columns(rows, right, header=header)))
 
 
 def cmd_segments(args) -> int:
@@ -619,13 +376,20 @@ def _metrics_line(metrics: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
+COMMANDS = {
+    "train": cmd_train, "evaluate": cmd_evaluate, "import-npz": cmd_import, "info": cmd_info, "build": cmd_build,
+    "recommend": cmd_recommend, "segments": cmd_segments, "homepage": cmd_homepage, "demo": cmd_demo,
+    "bench": cmd_bench,
+}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except ElsaIndexError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

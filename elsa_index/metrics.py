@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._checks import check_k
+from ._checks import check_int, check_k
 from .errors import ElsaIndexError
 from .topk import topk_unchecked
 
@@ -223,8 +223,7 @@ def evaluate(
             "fold_in and targets must have the same shape (n_users, n_items); "
             f"got fold_in {fold_in.shape} and targets {targets.shape}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ElsaIndexError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int(batch_size, "batch_size", 1)
     requested = _parse_metrics(metrics, ks)
     n_users, n_items = fold_in.shape
     k_max = max(k for _, k in requested)

@@ -123,8 +123,12 @@ def test_ease_errors():
     X = random_binary(5, n_items=8)
     with pytest.raises(ElsaIndexError, match=r"8 items.*max_items=5"):
         EASE(max_items=5).fit(X)
-    with pytest.raises(ElsaIndexError, match="l2"):
+    with pytest.raises(ElsaIndexError, match=r"l2 must be a finite number >= 0.0, got -1.0"):
         EASE(l2=-1.0).fit(X)
+    with pytest.raises(ElsaIndexError, match=r"l2 must be a finite number >= 0.0, got 'big'"):
+        EASE(l2="big").fit(X)
+    with pytest.raises(ElsaIndexError, match=r"max_items must be an integer >= 1, got 0"):
+        EASE(max_items=0).fit(X)
     with pytest.raises(ElsaIndexError, match="not fitted"):
         EASE().score(X)
     with pytest.raises(ElsaIndexError, match=r"\(n_users, 8\)"):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from elsa_index.data.synthetic import make_synthetic
 
 @pytest.fixture(scope="module")
 def log_csv(tmp_path_factory):
-    log = make_synthetic(n_users=500, n_items=120, n_clusters=6, seed=2)
+    log = make_synthetic(n_users=300, n_items=80, n_clusters=6, seed=2)
     path = tmp_path_factory.mktemp("data") / "log.csv"
     rating = np.where(np.arange(len(log)) % 5 == 0, 2.0, 5.0)  # some negatives to filter out
     pcsv.write_csv(pa.table({"uid": log.user, "iid": log.item, "stars": rating}), path)
@@ -25,12 +26,12 @@ def log_csv(tmp_path_factory):
 
 def _train(log_csv, out, *extra):
     return main(["train", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--rating-col", "stars",
-                 "--min-rating", "4", "--heldout-users", "80", "--out", str(out), "--quiet", *extra])
+                 "--min-rating", "4", "--heldout-users", "50", "--out", str(out), "--quiet", *extra])
 
 
 def test_train_evaluate_info(tmp_path, log_csv, capsys):
     out = tmp_path / "ck"
-    assert _train(log_csv, out, "--model", "compressed", "--dims", "32", "--nnz", "4", "--epochs", "4",
+    assert _train(log_csv, out, "--model", "compressed", "--dims", "32", "--nnz", "4", "--epochs", "3",
                   "--finetune-epochs", "1") == 0
     ck = Checkpoint.load(out)
     assert ck.kind == "compressed_elsa" and (ck.nnz_per_row() == 4).all()
@@ -63,11 +64,32 @@ def test_import_npz(tmp_path, capsys):
     assert list(ck.item_ids.ids) == list("abcdef") and abs(ck.embeddings - m).max() == 0
 
 
-def test_demo_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "400", "--items", "100", "--quiet", "--no-bench"]) == 0
+def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch):
+    # The CLI's part: parse, run the demo, print. Tiny models under the demo's names keep it fast;
+    # tests/test_demo.py trains the real ones.
+    from elsa_index import demo
+    from elsa_index.workflow import make_model
+
+    monkeypatch.setattr(demo, "demo_models", lambda progress: [
+        ("elsa-256", make_model("elsa", dims=8, epochs=2, progress=progress)),
+        ("elsa-32", make_model("elsa", dims=4, epochs=2, progress=progress)),
+        ("compressed-1024-nnz16", make_model("compressed", dims=32, nnz=16, epochs=3, warmup_epochs=0,
+                                              finetune_epochs=1, progress=progress)),
+    ])
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--users", "200", "--items", "60", "--quiet",
+                 "--no-bench"]) == 0
     out = capsys.readouterr().out
     for name in ("popularity", "elsa-256", "elsa-32", "compressed-1024-nnz16", "recall@20", "held-out user"):
         assert name in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    assert lines[header].split() == ["model", "nnz/item", "train", "s", "embedding", "bytes", "recall@20",
+                                     "recall@50", "ndcg@100"]
+    assert set(lines[header + 1]) == {"-", " "} and len(lines[header + 1]) == len(lines[header])
+    assert lines[header + 2].split()[:2] == ["popularity", "-"] and lines[header + 5].split()[:2] == [
+        "compressed-1024-nnz16", "16"]
+    assert f"checkpoints written under {tmp_path / 'demo'}/" in out
+    assert "benchmark" not in out
     ck = Checkpoint.load(tmp_path / "demo" / "compressed-1024-nnz16")
     assert (ck.nnz_per_row() == 16).all()
 
@@ -76,7 +98,7 @@ def test_demo_small(tmp_path, capsys):
     "argv,message",
     [
         (["--rating-col", "nope", "--min-rating", "4"], "no column(s) ['nope']"),
-        (["--model", "compressed", "--dims", "16", "--nnz", "32"], "nnz must be an integer in [1, dims=16]"),
+        (["--model", "compressed", "--dims", "16", "--nnz", "32"], "nnz must be an integer in [1, 16], got 32 (dims=16)"),
         (["--heldout-users", "100000"], "n_heldout_users=100000"),
         (["--min-user-support", "100000"], "empty after filtering"),
     ],
@@ -101,10 +123,57 @@ def test_existing_output_and_missing_inputs(tmp_path, log_csv, capsys):
     assert "neither a file nor a known dataset" in capsys.readouterr().err
 
 
-def test_module_entry_point_help():
-    r = subprocess.run([sys.executable, "-m", "elsa_index", "train", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0
-    assert "--nnz" in r.stdout and "--schedule" in r.stdout
+def test_train_help_lists_model_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--nnz" in out and "--schedule" in out
+
+
+def test_build_help_lists_backends_without_heavy_imports():
+    """``python -m elsa_index build --help``: every registered backend with its parameters and defaults.
+
+    ``-X importtime`` lists every module the process imported: listing the
+    backends must not start a JVM or load faiss, pyserini or torch.
+    """
+    from elsa_index.indexers import backend_names
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "elsa_index", "build", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    help_text = r.stdout
+    for name in backend_names():
+        assert f"\n  {name} (" in help_text
+    assert "search  batch_size=256" in help_text and "build   M=32" in help_text
+    assert "search  dynamic_pruning=False" in help_text
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    assert "elsa_index" in imported
+    assert not imported & {"faiss", "pyserini", "jnius", "torch"}
+
+
+def test_build_help_and_choices_follow_the_registry(tmp_path, monkeypatch, capsys, sparse_checkpoint):
+    from elsa_index import indexers
+
+    monkeypatch.setattr(indexers, "BACKENDS", dict(indexers.BACKENDS))  # restored after the test
+    indexers.register_backend("toy", "toy_backend:ToyBackend")
+    indexers.register_backend("broken", "no_such_module_here:Nothing")
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    out = capsys.readouterr().out
+    assert "toy (exact, dense embeddings): Brute-force dense scores, for tests only" in out
+    assert re.search(r"\n    build +shards=2 +how many pieces the toy index has\n", out)
+    assert "search  probe=3" in out and "search  mode='fast'" in out  # no doc: the default alone
+    assert "broken: cannot be loaded: " in out and "no_such_module_here" in out
+    assert "sparse (exact, sparse or dense embeddings)" in out
+    # --backend accepts the new name (and reaches the backend, which refuses sparse embeddings) ...
+    sparse_checkpoint.save(tmp_path / "ck")
+    assert main(["build", str(tmp_path / "ck"), "--backend", "toy", "--out", str(tmp_path / "ix"), "--quiet"]) == 2
+    assert "toy" in capsys.readouterr().err
+    # ... and still refuses names that are not registered.
+    with pytest.raises(SystemExit):
+        main(["build", str(tmp_path / "ck"), "--backend", "nope", "--out", str(tmp_path / "ix")])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_build_and_recommend(tmp_path, sparse_checkpoint, capsys):

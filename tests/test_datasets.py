@@ -1,4 +1,4 @@
-"""Tests for elsa_index.data.datasets: tiny files in the official formats, no network.
+"""Tests for elsa_index.data.datasets and .download: tiny files in the official formats, no network.
 
 Every fixture is written into ``tmp_path`` exactly as the dataset ships it
 (zip layout, separators, headers); downloads use ``file://`` URLs.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from elsa_index.data import datasets
 from elsa_index.data import Log
@@ -125,7 +126,11 @@ def offline_and_isolated(monkeypatch, tmp_path):
         assert full.startswith("file:"), f"network access attempted: {full}"
         return real(url, *args, **kwargs)
 
+    def no_http(self, method, url, *args, **kwargs):
+        raise AssertionError(f"network access attempted: {method} {url}")
+
     monkeypatch.setattr(urllib.request, "urlopen", file_only)
+    monkeypatch.setattr(requests.sessions.Session, "request", no_http)
     monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "default-cache"))
 
 
@@ -411,6 +416,33 @@ def test_download_missing_source_or_checksum_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"could not fetch the checksum file .*ml-1m\.zip\.md5"):
         download_dataset("ml-1m", cache_dir=cache)
     assert list(cache.iterdir()) == []
+
+
+def test_download_network_failure_is_data_error(tmp_path, monkeypatch):
+    """An https source that cannot be reached (simulated: no socket is opened) gives a clear DataError."""
+    calls = []
+
+    def unreachable(self, method, url, *args, **kwargs):
+        calls.append(url)
+        raise requests.ConnectionError(f"Failed to resolve {url}")
+
+    monkeypatch.setattr(requests.sessions.Session, "request", unreachable)
+    cache = tmp_path / "cache"
+    url = "https://example.invalid/ml-1m.zip"
+    monkeypatch.setitem(datasets.SOURCES, "ml-1m", Source(url, "ml-1m.zip", md5="0" * 32))
+    with pytest.raises(DataError, match=r"could not download https://example\.invalid/ml-1m\.zip.*pass path="):
+        download_dataset("ml-1m", cache_dir=cache)
+    assert calls == [url] and list(cache.iterdir()) == []
+    monkeypatch.setitem(datasets.SOURCES, "ml-1m", Source(url, "ml-1m.zip", md5_url=url + ".md5"))
+    with pytest.raises(DataError, match=r"could not fetch the checksum file https://example\.invalid/ml-1m\.zip\.md5"):
+        load_movielens("1m", cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_download_unsupported_scheme(tmp_path, monkeypatch):
+    monkeypatch.setitem(datasets.SOURCES, "ml-1m", Source("gopher://old.example/ml-1m.zip", "ml-1m.zip"))
+    with pytest.raises(DataError, match="unsupported URL scheme 'gopher'"):
+        download_dataset("ml-1m", cache_dir=tmp_path / "cache")
 
 
 def test_download_checksum_file_without_digest(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from elsa_index.models.baselines import Popularity
 from elsa_index.data import Interactions, strong_generalization_split
 from elsa_index.errors import TrainingError
 from elsa_index.metrics import evaluate
-from elsa_index.models import ELSA, SCHEDULES, CompressedELSA, nnz_schedule
+from elsa_index.models import ELSA, SCHEDULES, CompressedELSA
 from elsa_index.data.synthetic import make_synthetic
 
 
@@ -18,34 +18,6 @@ def planted():
 
 def _recall(split, model):
     return evaluate(model.score, split.fold_in, split.targets, ks=(), metrics=("recall@20",))["recall@20"]
-
-
-# ---------------------------------------------------------------- schedules
-
-
-@pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("start,target", [(1024, 16), (64, 1), (100, 99), (32, 32)])
-def test_schedule_reaches_target_monotonically(schedule, start, target):
-    levels = nnz_schedule(schedule, start, target, prune_steps=7)
-    assert levels[-1] == target
-    assert all(a >= b for a, b in zip(levels, levels[1:]))
-    assert all(target <= n <= start for n in levels)
-
-
-def test_schedule_shapes():
-    assert nnz_schedule("constant", 1024, 16) == [16]
-    assert nnz_schedule("step", 1024, 16) == [512, 256, 128, 64, 32, 16]
-    assert nnz_schedule("step", 100, 30) == [50, 30]
-    lin = nnz_schedule("linear", 1000, 100, prune_steps=9)
-    assert lin == [900, 800, 700, 600, 500, 400, 300, 200, 100]
-    exp = nnz_schedule("exponential", 1024, 16, prune_steps=6)
-    assert exp == [512, 256, 128, 64, 32, 16]
-
-
-@pytest.mark.parametrize("args", [("linear", 10, 0), ("linear", 10, 11), ("bogus", 10, 5)])
-def test_schedule_bad_arguments(args):
-    with pytest.raises(TrainingError):
-        nnz_schedule(*args)
 
 
 # ---------------------------------------------------------------- training
@@ -128,15 +100,19 @@ def _tiny():
 @pytest.mark.parametrize(
     "model,match",
     [
-        (lambda: CompressedELSA(16, 32), r"nnz must be an integer in \[1, dims=16\]"),
+        (lambda: CompressedELSA(16, 32), r"nnz must be an integer in \[1, 16\], got 32 \(dims=16\)"),
         (lambda: CompressedELSA(16, 0), "nnz must be"),
         (lambda: CompressedELSA(16, 4, schedule="cosine"), "unknown pruning schedule"),
         (lambda: CompressedELSA(16, 4, epochs=3, warmup_epochs=2, finetune_epochs=1), "warmup_epochs"),
-        (lambda: ELSA(0), "dims must be a positive integer"),
+        (lambda: ELSA(0), r"dims must be an integer >= 1, got 0"),
         (lambda: ELSA(8, epochs=0), "epochs must be"),
         (lambda: ELSA(8, lr=-1.0), "lr must be"),
         (lambda: ELSA(8, lr=float("nan")), "lr must be"),
-        (lambda: ELSA(8, n_negatives=-3), "n_negatives"),
+        (lambda: ELSA(8, n_negatives=-3), r"n_negatives must be an integer >= 0, got -3 \(or None\)"),
+        (lambda: ELSA(8, batch_size=2.5), r"batch_size must be an integer >= 1, got 2.5"),
+        (lambda: ELSA(8, epochs=True), r"epochs must be an integer >= 1, got True"),
+        (lambda: CompressedELSA(16, 4, epochs=3, prune_steps=0), r"prune_steps must be an integer >= 1, got 0"),
+        (lambda: CompressedELSA(16, 4, epochs=3, warmup_epochs=-1), r"warmup_epochs must be an integer >= 0"),
     ],
 )
 def test_bad_parameters(model, match):

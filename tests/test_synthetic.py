@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -160,20 +159,20 @@ def test_extreme_but_valid_arguments():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"n_users": 0}, r"n_users must be an integer >= 1"),
-        ({"n_users": 2.5}, r"n_users must be an integer"),
-        ({"n_users": True}, r"n_users must be an integer"),
+        ({"n_users": 0}, r"n_users must be an integer >= 1, got 0"),
+        ({"n_users": 2.5}, r"n_users must be an integer >= 1, got 2.5"),
+        ({"n_users": True}, r"n_users must be an integer >= 1, got True"),
         ({"n_items": -3}, r"n_items must be an integer >= 1"),
         ({"n_clusters": 0}, r"n_clusters must be an integer >= 1"),
         ({"n_items": 100, "n_clusters": 101}, r"n_clusters must be in \[1, n_items=100\]"),
-        ({"mean_history": 0.0}, r"mean_history must be in \(0, inf\)"),
-        ({"mean_history": float("nan")}, r"mean_history"),
-        ({"popularity_exponent": -0.5}, r"popularity_exponent must be in \[0, 10\]"),
-        ({"cluster_affinity": 1.5}, r"cluster_affinity must be in \[0, 1\]"),
-        ({"cluster_affinity": "high"}, r"cluster_affinity must be a number"),
-        ({"history_sigma": -1.0}, r"history_sigma must be in \[0, 5\]"),
-        ({"max_history_fraction": 0.0}, r"max_history_fraction must be in \(0, 0.5\]"),
-        ({"max_history_fraction": 0.9}, r"max_history_fraction must be in \(0, 0.5\]"),
+        ({"mean_history": 0.0}, r"mean_history must be a finite number > 0.0, got 0.0"),
+        ({"mean_history": float("nan")}, r"mean_history must be a finite number > 0.0, got nan"),
+        ({"popularity_exponent": -0.5}, r"popularity_exponent must be a finite number >= 0.0 and <= 10.0, got -0.5"),
+        ({"cluster_affinity": 1.5}, r"cluster_affinity must be a finite number >= 0.0 and <= 1.0, got 1.5"),
+        ({"cluster_affinity": "high"}, r"cluster_affinity must be a finite number .*, got 'high'"),
+        ({"history_sigma": -1.0}, r"history_sigma must be a finite number >= 0.0 and <= 5.0"),
+        ({"max_history_fraction": 0.0}, r"max_history_fraction must be a finite number > 0.0 and <= 0.5, got 0.0"),
+        ({"max_history_fraction": 0.9}, r"max_history_fraction must be a finite number > 0.0 and <= 0.5, got 0.9"),
         ({"seed": -1}, r"seed must be an integer >= 0"),
         ({"n_items": 40, "n_clusters": 4}, r"n_items=40 is too small.*n_items >= 50"),
     ],
@@ -193,14 +192,15 @@ def test_synthetic_index_parses_and_rejects():
         synthetic_index(["x"])
 
 
-# -------------------------------------------------------------------- speed
+# ------------------------------------------------------------ large catalogues
 
 
-def test_200k_items_runs_in_a_couple_of_seconds():
-    t0 = time.perf_counter()
-    log, clusters = make_synthetic(20_000, 200_000, 200, seed=0, return_clusters=True)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 5.0, f"took {elapsed:.1f}s"
-    assert 20_000 * 25 < len(log) < 20_000 * 36
-    assert clusters.shape == (200_000,)
+def test_large_catalogue_keeps_history_bounds_and_cluster_labels():
+    # Many more items than interactions: most items are never drawn, and the
+    # sampler must still complete every history within the catalogue.
+    log, clusters = make_synthetic(2_000, 200_000, 200, seed=0, return_clusters=True)
+    _, per_user = np.unique(log.user, return_counts=True)
+    assert per_user.min() >= 5 and len(np.unique(log.user)) == 2_000
+    assert 2_000 * 25 < len(log) < 2_000 * 36
+    assert clusters.shape == (200_000,) and set(np.unique(clusters)) == set(range(200))
     assert synthetic_index(log.item).max() < 200_000

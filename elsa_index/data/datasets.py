@@ -14,39 +14,33 @@ name                      official file                                   downlo
 ``netflix``               ``combined_data_*.txt`` or ``mv_*.txt``         local only
 ========================  ==============================================  ============
 
-Downloads go to a cache directory (the ``cache_dir`` argument, else the
-``ELSA_INDEX_CACHE`` environment variable, else ``~/.cache/elsa-index``). A file
-is written to a temporary sibling and renamed into place only after its
-checksum (where the source publishes one: GroupLens ``.md5`` files) matched,
-so the cache never holds a partial or corrupt download; a cached file is
-reused without any network access.
+Downloads, the cache directory and checksums are handled by
+:mod:`elsa_index.data.download` (re-exported here: ``SOURCES``, ``Source``,
+``CACHE_ENV``, ``resolve_cache_dir``, ``download_dataset``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
-import secrets
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
 import numpy as np
 
-from .log import Log
 from ..errors import DataError
+from .download import CACHE_ENV, SOURCES, Source, download_dataset, locate_dataset, resolve_cache_dir
+from .log import Log
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
+    "CACHE_ENV",
     "SOURCES",
     "Source",
     "list_datasets",
@@ -61,191 +55,10 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("ml-100k", "ml-1m", "ml-20m", "goodbooks-10k", "netflix")
 """Names accepted by :func:`load_dataset`."""
 
-CACHE_ENV = "ELSA_INDEX_CACHE"
-_CHUNK = 1 << 20  # download read size, bytes
-_TIMEOUT_S = 60.0
-
-
-# ---------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a downloadable dataset file lives.
-
-    Attributes
-    ----------
-    url : the file's URL (``https://`` or, for tests, ``file://``).
-    filename : the name it gets in the cache directory.
-    md5_url : URL of a published checksum file (any text holding one
-        32-digit hex md5), or None.
-    md5 : a known md5 hex digest, or None. Takes precedence over ``md5_url``.
-    """
-
-    url: str
-    filename: str
-    md5_url: str | None = None
-    md5: str | None = None
-
-
-_GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
-
-SOURCES: dict[str, Source] = {
-    f"ml-{v}": Source(f"{_GROUPLENS}ml-{v}.zip", f"ml-{v}.zip", md5_url=f"{_GROUPLENS}ml-{v}.zip.md5")
-    for v in ("100k", "1m", "20m")
-}
-# The goodbooks-10k repository publishes no checksum.
-SOURCES["goodbooks-10k"] = Source(
-    "https://raw.githubusercontent.com/zygmuntz/goodbooks-10k/master/ratings.csv",
-    "goodbooks-10k-ratings.csv",
-)
-
 
 def list_datasets() -> list[str]:
     """Names of the datasets :func:`load_dataset` knows, in a fixed order."""
     return list(DATASETS)
-
-
-# --------------------------------------------------------------------- download
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache directory: the argument, else ``$ELSA_INDEX_CACHE``, else ``~/.cache/elsa-index``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "elsa-index"
-
-
-def download_dataset(name: str, *, cache_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Download a dataset's official file into the cache, verifying its checksum.
-
-    Parameters
-    ----------
-    name : a key of :data:`SOURCES` (``"ml-100k"``, ``"ml-1m"``, ``"ml-20m"``,
-        ``"goodbooks-10k"``).
-    cache_dir : see :func:`resolve_cache_dir`.
-    force : download again even if the file is cached.
-
-    Returns
-    -------
-    Path of the cached file.
-
-    Raises
-    ------
-    DataError
-        Unknown name, the cache directory is not writable, the download
-        failed, or the checksum did not match (the downloaded file is removed).
-    """
-    source = _source(name)
-    dest = resolve_cache_dir(cache_dir) / source.filename
-    if dest.is_file() and not force:
-        logger.info("using cached %s", dest)
-        return dest
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(_unwritable_cache(dest.parent, exc)) from None
-    expected = source.md5 or (_fetch_md5(source.md5_url) if source.md5_url else None)
-    _fetch(source.url, dest, expected_md5=expected)
-    return dest
-
-
-def _source(name: str) -> Source:
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise DataError(
-            f"no download source for dataset {name!r}; downloadable: {sorted(SOURCES)}"
-        ) from None
-
-
-def _fetch_md5(url: str) -> str:
-    """The md5 digest published at ``url`` (e.g. ``MD5 (ml-1m.zip) = <hex>``)."""
-    try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
-            text = resp.read(64 * 1024).decode("ascii", errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise DataError(
-            f"could not fetch the checksum file {url}: {exc}; download the dataset yourself "
-            "and pass path="
-        ) from None
-    match = re.search(r"\b[0-9a-fA-F]{32}\b", text)
-    if match is None:
-        raise DataError(f"the checksum file {url} holds no md5 digest; got {text[:100]!r}")
-    return match.group(0).lower()
-
-
-def _unwritable_cache(directory: Path, exc: OSError) -> str:
-    return f"cannot write to the cache directory {directory}: {exc}; pass cache_dir= or set {CACHE_ENV}"
-
-
-def _fetch(url: str, dest: Path, *, expected_md5: str | None) -> None:
-    """Stream ``url`` to a temporary sibling of ``dest``; rename after the md5 check.
-
-    The temporary file is created with ``open(..., "xb")`` rather than
-    ``tempfile.mkstemp`` so that the cached file gets the usual permissions
-    (``0o666`` less the umask), not mkstemp's owner-only ``0o600``, which would
-    make a shared cache unreadable to other users.
-    """
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-    try:
-        out = open(tmp, "xb")
-    except OSError as exc:
-        raise DataError(_unwritable_cache(dest.parent, exc)) from None
-    try:
-        with out:
-            digest = _copy_url(url, out)
-        if expected_md5 is not None and digest != expected_md5.lower():
-            raise DataError(
-                f"checksum mismatch for {url}: expected md5 {expected_md5}, got {digest}; "
-                "the download was removed, try again or pass path= to a verified copy"
-            )
-        os.replace(tmp, dest)
-        logger.info("saved %s (%s)", dest, "md5 verified" if expected_md5 else "no published checksum")
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _copy_url(url: str, out: IO[bytes]) -> str:
-    """Copy ``url`` into ``out``, logging progress; return the md5 hex digest."""
-    md5 = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            logger.info("downloading %s (%s)", url, f"{total / 1e6:.1f} MB" if total else "size unknown")
-            done, next_report = 0, 0.1
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                md5.update(chunk)
-                done += len(chunk)
-                if total and done / total >= next_report:
-                    logger.info("downloaded %.0f%% of %s", 100 * done / total, url)
-                    next_report += 0.1
-    except (urllib.error.URLError, OSError) as exc:
-        raise DataError(f"could not download {url}: {exc}; download it yourself and pass path=") from None
-    return md5.hexdigest()
-
-
-def _locate(name: str, path, cache_dir, download: bool) -> Path:
-    """A given path (must exist), else the cached file, else a fresh download."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise DataError(f"{name}: no such file or directory: {p}")
-        return p
-    source = _source(name)
-    cached = resolve_cache_dir(cache_dir) / source.filename
-    if cached.is_file():
-        return cached
-    if not download:
-        raise DataError(
-            f"{name} is not in the cache ({cached}) and download=False; pass path= to a local "
-            f"copy of {source.url} or allow the download"
-        )
-    return download_dataset(name, cache_dir=cache_dir)
 
 
 # ------------------------------------------------------------------- MovieLens
@@ -299,7 +112,7 @@ def load_movielens(
     if key not in _MOVIELENS:
         raise DataError(f"unknown MovieLens variant {variant!r}; expected one of {sorted(_MOVIELENS)}")
     folder, filename, expected = _MOVIELENS[key]
-    where = _locate(folder, path, cache_dir, download)
+    where = locate_dataset(folder, path, cache_dir, download)
     with _open_ratings(where, folder, filename) as (stream, desc):
         if key == "20m":
             header = ("userId", "movieId", "rating", "timestamp")
@@ -378,7 +191,7 @@ def load_goodbooks(
     DataError
         Missing file or a file not in the official format.
     """
-    where = _locate("goodbooks-10k", path, cache_dir, download)
+    where = locate_dataset("goodbooks-10k", path, cache_dir, download)
     if where.is_dir():
         where = where / "ratings.csv"
         if not where.is_file():

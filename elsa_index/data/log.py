@@ -1,8 +1,9 @@
-"""Interaction logs: reading, filtering, id maps, user-item matrices, splits.
+"""Interaction logs: reading, filtering, id maps, user-item matrices.
 
 The flow is ``read_log`` (a file) or ``Log.from_arrays`` (memory) ->
 ``filter_log`` (positives, duplicates, min support) -> ``Interactions`` (a
-binary CSR user x item matrix with its id maps) -> a ``Split`` for evaluation.
+binary CSR user x item matrix with its id maps) -> a ``Split`` for evaluation
+(:mod:`elsa_index.data.split`).
 External ids are always strings; internal indices are contiguous int64 and
 sorted by external id, so the same set of ids always maps the same way.
 """
@@ -17,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .._checks import check_float, check_int
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -25,11 +27,8 @@ __all__ = [
     "Log",
     "IdMap",
     "Interactions",
-    "Split",
     "read_log",
     "filter_log",
-    "strong_generalization_split",
-    "column_split",
 ]
 
 
@@ -259,6 +258,9 @@ def filter_log(
     DataError
         Nothing is left, or ``min_rating`` is given for a log without ratings.
     """
+    min_rating = check_float(min_rating, "min_rating", allow_none=True, error=DataError)
+    check_int(min_user_support, "min_user_support", 0, error=DataError)
+    check_int(min_item_support, "min_item_support", 0, error=DataError)
     n0 = len(log)
     if min_rating is not None:
         if log.rating is None:
@@ -410,118 +412,3 @@ class Interactions:
         for ids in (self.user_ids.ids, self.item_ids.ids):
             h.update("\x1f".join(ids.tolist()).encode())
         return h.hexdigest()[:32]
-
-
-@dataclass
-class Split:
-    """Training matrix plus held-out users for evaluation.
-
-    Attributes
-    ----------
-    train : Interactions
-        What models are fitted on.
-    fold_in : csr_matrix, shape (n_heldout, n_items)
-        The held-out users' input histories (same item space as ``train``).
-    targets : csr_matrix, shape (n_heldout, n_items)
-        The held-out users' items to retrieve; disjoint from ``fold_in``.
-    heldout_user_ids : IdMap
-    """
-
-    train: Interactions
-    fold_in: sp.csr_matrix
-    targets: sp.csr_matrix
-    heldout_user_ids: IdMap
-
-    @property
-    def item_ids(self) -> IdMap:
-        return self.train.item_ids
-
-
-def strong_generalization_split(
-    interactions: Interactions,
-    n_heldout_users: int,
-    *,
-    fold_in_fraction: float = 0.8,
-    seed: int = 42,
-) -> Split:
-    """Hold out whole users; split each one's items into fold-in and targets.
-
-    A seeded random set of ``n_heldout_users`` users is removed from the
-    training matrix. Each held-out user's items are shuffled and split:
-    ``round(fold_in_fraction * n)`` (at least 1, at most n - 1) become the
-    fold-in history, the rest the targets.
-    """
-    n = interactions.n_users
-    if not 0 < n_heldout_users < n:
-        raise DataError(f"n_heldout_users must be in [1, {n - 1}] for {n} users, got {n_heldout_users}")
-    if not 0.0 < fold_in_fraction < 1.0:
-        raise DataError(f"fold_in_fraction must be in (0, 1), got {fold_in_fraction}")
-    rng = np.random.default_rng(seed)
-    heldout = np.sort(rng.choice(n, size=n_heldout_users, replace=False))
-    is_train = np.ones(n, bool)
-    is_train[heldout] = False
-    X = interactions.matrix
-    H = X[heldout]
-    fi_rows, fi_cols, t_rows, t_cols = [], [], [], []
-    too_short = 0
-    for r in range(H.shape[0]):
-        items = H.indices[H.indptr[r] : H.indptr[r + 1]]
-        if len(items) < 2:
-            too_short += 1
-            continue
-        perm = rng.permutation(items)
-        n_in = int(min(max(round(fold_in_fraction * len(items)), 1), len(items) - 1))
-        fi_rows.append(np.full(n_in, r)), fi_cols.append(perm[:n_in])
-        t_rows.append(np.full(len(items) - n_in, r)), t_cols.append(perm[n_in:])
-    if too_short:
-        logger.warning("%d held-out users have fewer than 2 items and get no targets", too_short)
-    shape = H.shape
-
-    def build(rows, cols):
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
-        m.sort_indices()
-        return m
-
-    train_ids = IdMap(interactions.user_ids.ids[is_train])
-    train = Interactions(X[is_train].tocsr(), train_ids, interactions.item_ids)
-    return Split(train, build(fi_rows, fi_cols), build(t_rows, t_cols), IdMap(interactions.user_ids.ids[heldout]))
-
-
-def column_split(log: Log, *, train_value: str = "train", test_value: str = "test") -> Split:
-    """Split by a given ``split`` column, as datasets with a fixed split ship it.
-
-    The model trains on the train rows. Every user with test rows is evaluated:
-    their train items are the fold-in history, their test items the targets.
-    Test items never seen in training are dropped (no embedding exists), and
-    users left with an empty history or no targets are skipped.
-    """
-    if log.split is None:
-        raise DataError("the log has no split column; pass split_col (e.g. 'split')")
-    values = set(np.unique(log.split).tolist())
-    if not {train_value, test_value} <= values:
-        raise DataError(
-            f"split column must contain {train_value!r} and {test_value!r}, found {sorted(values)[:10]}"
-        )
-    train_log = log.take(log.split == train_value)
-    test_log = log.take(log.split == test_value)
-    train = Interactions.from_log(train_log)
-    test_users = IdMap.from_values(test_log.user)
-    tgt = Interactions.from_log(test_log, item_ids=train.item_ids, user_ids=test_users).matrix
-    # Fold-in: the test users' rows of the train matrix (empty if unknown in train).
-    rows = train.user_ids.index(test_users.ids, missing="ignore")
-    known = np.nonzero(rows >= 0)[0]
-    select = sp.csr_matrix(
-        (np.ones(len(known), np.float32), (known, rows[known])), shape=(len(test_users), train.n_users)
-    )
-    fold = select @ train.matrix
-    fold = fold.tocsr()
-    fold.sort_indices()
-    # Targets must be disjoint from the fold-in history.
-    tgt = (tgt - tgt.multiply(fold)).tocsr()
-    tgt.eliminate_zeros()
-    keep = (np.diff(fold.indptr) > 0) & (np.diff(tgt.indptr) > 0)
-    if not keep.any():
-        raise DataError("no test user has both train history and test items in the training item space")
-    return Split(train, fold[keep], tgt[keep].astype(np.float32), IdMap(test_users.ids[keep]))

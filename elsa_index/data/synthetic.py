@@ -33,11 +33,11 @@ Generative model
 from __future__ import annotations
 
 import logging
-import numbers
 from typing import Literal, overload
 
 import numpy as np
 
+from .._checks import check_float, check_int
 from .log import Log
 from ..errors import DataError
 
@@ -155,17 +155,17 @@ def make_synthetic(
         An argument is out of range or of the wrong type; the message names
         it and the expected range.
     """
-    n_users = _check_int("n_users", n_users, 1)
-    n_items = _check_int("n_items", n_items, 1)
-    n_clusters = _check_int("n_clusters", n_clusters, 1)
+    n_users = check_int(n_users, "n_users", 1, error=DataError)
+    n_items = check_int(n_items, "n_items", 1, error=DataError)
+    n_clusters = check_int(n_clusters, "n_clusters", 1, error=DataError)
     if n_clusters > n_items:
         raise DataError(f"n_clusters must be in [1, n_items={n_items}], got {n_clusters}")
-    mean_history = _check_float("mean_history", mean_history, 0.0, None, low_open=True)
-    popularity_exponent = _check_float("popularity_exponent", popularity_exponent, 0.0, 10.0)
-    cluster_affinity = _check_float("cluster_affinity", cluster_affinity, 0.0, 1.0)
-    history_sigma = _check_float("history_sigma", history_sigma, 0.0, 5.0)
-    max_history_fraction = _check_float("max_history_fraction", max_history_fraction, 0.0, 0.5, low_open=True)
-    seed = _check_int("seed", seed, 0)
+    mean_history = check_float(mean_history, "mean_history", 0.0, low_open=True, error=DataError)
+    popularity_exponent = check_float(popularity_exponent, "popularity_exponent", 0.0, 10.0, error=DataError)
+    cluster_affinity = check_float(cluster_affinity, "cluster_affinity", 0.0, 1.0, error=DataError)
+    history_sigma = check_float(history_sigma, "history_sigma", 0.0, 5.0, error=DataError)
+    max_history_fraction = check_float(max_history_fraction, "max_history_fraction", 0.0, 0.5, low_open=True, error=DataError)
+    seed = check_int(seed, "seed", 0, error=DataError)
     max_history = int(max_history_fraction * n_items)
     if max_history < MIN_HISTORY:
         need = int(np.ceil(MIN_HISTORY / max_history_fraction))
@@ -274,25 +274,6 @@ def synthetic_index(ids) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise DataError(f"{name} must be an integer >= {low}, got {value}")
-    return int(value)
-
-
-def _check_float(name: str, value, low: float, high: float | None, *, low_open: bool = False) -> float:
-    rng_txt = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DataError(f"{name} must be a number in {rng_txt}, got {value!r}")
-    v = float(value)
-    bad = not np.isfinite(v) or v < low or (low_open and v == low) or (high is not None and v > high)
-    if bad:
-        raise DataError(f"{name} must be in {rng_txt}, got {value!r}")
-    return v
 
 
 def _distinct_clusters(rng: np.random.Generator, n_users: int, n_clusters: int, k: int) -> np.ndarray:

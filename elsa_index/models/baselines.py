@@ -19,6 +19,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from .._checks import check_float, check_int
 from ..errors import ElsaIndexError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class EASE:
             ``max_items`` columns, or ``X^T X + l2 I`` is singular (only
             possible with ``l2 = 0``).
         """
-        l2 = _check_l2(self.l2)
+        l2 = check_float(self.l2, "l2", 0.0)
+        check_int(self.max_items, "max_items", 1)
         X = _as_interactions(X, "X")
         n_items = X.shape[1]
         if n_items > self.max_items:
@@ -188,16 +190,6 @@ def _spd_inverse(G: np.ndarray) -> np.ndarray:
         d[:] = np.tril(d) + np.tril(d, -1).T
         inv[i0:i1, i1:] = inv[i1:, i0:i1].T
     return inv
-
-
-def _check_l2(l2) -> float:
-    try:
-        value = float(l2)
-    except (TypeError, ValueError):
-        raise ElsaIndexError(f"l2 must be a non-negative number, got {l2!r}") from None
-    if isinstance(l2, bool) or not np.isfinite(value) or value < 0:
-        raise ElsaIndexError(f"l2 must be a finite number >= 0, got {l2!r}")
-    return value
 
 
 def _as_interactions(X, name: str) -> sp.csr_matrix:

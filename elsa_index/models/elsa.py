@@ -6,23 +6,12 @@ gets the prediction ``relu(x·A·Aᵀ − x)``; training minimises the normalise
 ``‖x̂/‖x̂‖ − x/‖x‖‖²`` with Nadam.
 
 Compressed ELSA keeps only the ``nnz`` largest-magnitude entries of each row
-(sign kept). A mask is applied in the forward pass and tightened gradually by a
-pruning schedule from the dense start (``dims`` per row) to the target:
-
-``constant``
-    one-shot: the dense model trains through the pruning phase and is pruned
-    straight to the target at its end.
-``step``
-    halve the active dims per row at evenly spaced events until the target.
-``linear``
-    nnz falls linearly with training progress, updated at ``prune_steps`` events.
-``exponential``
-    nnz falls geometrically, ``dims · (nnz/dims)^t``, at ``prune_steps`` events.
-
+(sign kept): a mask applied in the forward pass, tightened from ``dims`` to
+``nnz`` by a pruning schedule (:mod:`elsa_index.models.schedules`).
 ``restart=True`` ("with restarting", lottery-ticket style) resets the
 surviving weights to their initial values and the optimiser state after each
-pruning event. Pruning happens between ``warmup_epochs`` and
-``epochs - finetune_epochs``; the remaining epochs train at the target nnz.
+pruning event. User encoding and item scoring live in
+:mod:`elsa_index.models.scoring`.
 
 With ``n_negatives`` set, each batch scores only the batch's positive items
 plus that many uniformly sampled items (sampled outputs), so large catalogues
@@ -40,89 +29,19 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._checks import check_float, check_int
 from ..errors import TrainingError
+from .schedules import SCHEDULES, nnz_schedule, pruning_plan
+from .scoring import encode_users, score_items
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("constant", "step", "linear", "exponential")
-
+# SCHEDULES, nnz_schedule, score_items and encode_users are re-exported for
+# code that imported them from here before they got their own modules.
 __all__ = ["ELSA", "CompressedELSA", "SCHEDULES", "nnz_schedule", "score_items", "encode_users"]
 
 
-# ---------------------------------------------------------------- schedules
-
-
-def nnz_schedule(schedule: str, start: int, target: int, prune_steps: int = 10) -> list[int]:
-    """Active dims per row after each pruning event, ending exactly at ``target``.
-
-    Parameters
-    ----------
-    schedule : one of ``SCHEDULES``.
-    start : dims per row before pruning (the dense width).
-    target : dims per row at the end.
-    prune_steps : number of events for ``linear`` and ``exponential``.
-
-    Returns
-    -------
-    list of int, non-increasing, last element ``target``.
-    """
-    if schedule not in SCHEDULES:
-        raise TrainingError(f"unknown pruning schedule {schedule!r}; expected one of {SCHEDULES}")
-    if not 0 < target <= start:
-        raise TrainingError(f"target nnz must be in [1, {start}] (the dims), got {target}")
-    if prune_steps < 1:
-        raise TrainingError(f"prune_steps must be >= 1, got {prune_steps}")
-    if target == start:
-        return [target]
-    if schedule == "constant":
-        return [target]
-    if schedule == "step":
-        out, cur = [], start
-        while cur > target:
-            cur = max(target, cur // 2)
-            out.append(cur)
-        return out
-    ts = np.arange(1, prune_steps + 1) / prune_steps
-    if schedule == "linear":
-        vals = start + (target - start) * ts
-    else:
-        vals = start * (target / start) ** ts
-    out = [max(target, int(math.ceil(v - 1e-9))) for v in vals]
-    out[-1] = target
-    return out
-
-
-# ---------------------------------------------------------------- scoring
-
-
-def encode_users(X: sp.spmatrix, embeddings) -> np.ndarray:
-    """User vectors ``u = x·A``: the sum of the history's item embeddings.
-
-    Parameters
-    ----------
-    X : sparse (n_users, n_items), binary histories.
-    embeddings : ndarray (n_items, dims) or sparse CSR (n_items, dims).
-
-    Returns
-    -------
-    ndarray float32 (n_users, dims)
-    """
-    U = sp.csr_matrix(X, dtype=np.float32) @ embeddings
-    if sp.issparse(U):
-        U = U.toarray()
-    return np.asarray(U, dtype=np.float32)
-
-
-def score_items(X: sp.spmatrix, embeddings) -> np.ndarray:
-    """Scores ``(x·A)·Aᵀ`` of every item for each user, float32 (n_users, n_items).
-
-    This is ELSA's prediction without the ``− x`` and ``relu`` terms, which do
-    not change the ranking of items outside the history.
-    """
-    U = encode_users(X, embeddings)
-    if sp.issparse(embeddings):
-        return np.asarray((embeddings @ U.T).T, dtype=np.float32)
-    return U @ np.asarray(embeddings, dtype=np.float32).T
+# ---------------------------------------------------------------- validation
 
 
 def _check_validation(validation, n_items: int):
@@ -217,13 +136,10 @@ class ELSA:
     def check_params(self) -> None:
         """Raise TrainingError for invalid settings (called by ``fit``; cheap, no data needed)."""
         for name in ("dims", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v <= 0:
-                raise TrainingError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise TrainingError(f"lr must be a positive finite number, got {self.lr!r}")
-        if self.n_negatives is not None and (not isinstance(self.n_negatives, (int, np.integer)) or self.n_negatives < 0):
-            raise TrainingError(f"n_negatives must be None or an integer >= 0, got {self.n_negatives!r}")
+            check_int(getattr(self, name), name, 1, error=TrainingError)
+        check_float(self.lr, "lr", 0.0, low_open=True, error=TrainingError)
+        check_int(self.n_negatives, "n_negatives", 0, allow_none=True, error=TrainingError, hint=" (or None)")
+        check_int(self.seed, "seed", 0, error=TrainingError)
 
     def _validate(self, X) -> sp.csr_matrix:
         self.check_params()
@@ -469,34 +385,22 @@ class CompressedELSA(ELSA):
 
     def check_params(self) -> None:
         super().check_params()
-        if not isinstance(self.nnz, (int, np.integer)) or not 0 < self.nnz <= self.dims:
-            raise TrainingError(f"nnz must be an integer in [1, dims={self.dims}], got {self.nnz!r}")
+        check_int(self.nnz, "nnz", 1, self.dims, error=TrainingError, hint=f" (dims={self.dims})")
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        if self.warmup_epochs < 0 or self.finetune_epochs < 0 or self.warmup_epochs + self.finetune_epochs >= self.epochs:
+        check_int(self.prune_steps, "prune_steps", 1, error=TrainingError)
+        check_int(self.warmup_epochs, "warmup_epochs", 0, error=TrainingError)
+        check_int(self.finetune_epochs, "finetune_epochs", 0, error=TrainingError)
+        if self.warmup_epochs + self.finetune_epochs >= self.epochs:
             raise TrainingError(
                 f"warmup_epochs ({self.warmup_epochs}) + finetune_epochs ({self.finetune_epochs}) "
-                f"must be non-negative and leave at least one pruning epoch within epochs={self.epochs}"
+                f"must leave at least one pruning epoch within epochs={self.epochs}"
             )
         nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
 
     def _pruning_plan(self, n_batches: int) -> dict[int, int]:
         levels = nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
-        first = self.warmup_epochs * n_batches
-        last = (self.epochs - self.finetune_epochs) * n_batches  # exclusive: fine-tuning starts here
-        span = last - first
-        # Events evenly spaced over the pruning phase, the last one at its end.
-        # A single event (constant: one-shot pruning) comes at the end: the
-        # dense model trains through the pruning phase, is pruned once, and is
-        # then fine-tuned (with restart: the lottery-ticket procedure).
-        if len(levels) == 1:
-            at = [max(first, last - 1)]
-        else:
-            at = [first + round(i * (span - 1) / (len(levels) - 1)) for i in range(len(levels))]
-        plan: dict[int, int] = {}
-        for s, n in zip(at, levels):
-            plan[s] = min(n, plan.get(s, n))
-        return plan
+        return pruning_plan(levels, n_batches, self.warmup_epochs, self.epochs - self.finetune_epochs)
 
     def _prune(self, weight, mask, init, nnz: int) -> None:
         import torch

@@ -1,0 +1,258 @@
+"""The command line's arguments and help texts (``elsa-index --help``).
+
+:func:`build_parser` defines every command's arguments; :mod:`elsa_index.cli`
+runs the commands. ``build --help`` lists the backends registered in
+:data:`elsa_index.indexers.BACKENDS`, with their parameters, computed only
+when that help is shown (listing a backend imports its module).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import __version__
+
+__all__ = ["build_parser", "backends_help", "columns"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be computed when help is shown (``epilog_fn``).
+
+    ``build --help`` lists the registered backends, which imports their
+    modules: only when a person asks for it, never on an ordinary run.
+    """
+
+    epilog_fn = None
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="SOURCE",
+                   help="interaction log (.parquet/.csv), a dataset name (ml-100k, ml-1m, ml-20m, "
+                        "goodbooks-10k, netflix) or 'synthetic'")
+    g.add_argument("--user-col", default="user_id", help="user id column (default: user_id)")
+    g.add_argument("--item-col", default="item_id", help="item id column (default: item_id)")
+    g.add_argument("--rating-col", default=None, help="rating column, needed for --min-rating")
+    g.add_argument("--timestamp-col", default=None, help="timestamp column (optional)")
+    g.add_argument("--split-col", default=None,
+                   help="column with train/test values: use the file's own split instead of held-out users")
+    g.add_argument("--min-rating", type=float, default=None,
+                   help="keep rows with rating >= this as positives (default: every row is a positive)")
+    g.add_argument("--min-user-support", type=int, default=5, help="drop users with fewer positives (default: 5)")
+    g.add_argument("--min-item-support", type=int, default=1, help="drop items with fewer positives (default: 1)")
+    g.add_argument("--heldout-users", type=int, default=1000, help="users held out for evaluation (default: 1000)")
+    g.add_argument("--split-seed", type=int, default=42, help="seed of the held-out user draw (default: 42)")
+
+
+def backends_help() -> str:
+    """The registered backends with their build and search parameters, for ``build --help``."""
+    from .indexers import backend_names, get_backend
+
+    accepts = {"any": "sparse or dense", "sparse": "sparse", "dense": "dense"}
+    lines = ["backends (parameters: --param NAME=VALUE at build time, 'recommend --search-param' later):"]
+    for name in backend_names():
+        try:
+            cls = get_backend(name)
+        except Exception as exc:  # noqa: BLE001 - help must list every backend, importable or not
+            lines.append(f"  {name}: cannot be loaded: {exc}")
+            continue
+        doc = (cls.__doc__ or "").strip().splitlines()
+        kind = "exact" if cls.exact else "approximate"
+        lines.append(f"  {name} ({kind}, {accepts.get(cls.accepts, cls.accepts)} embeddings)"
+                     + (f": {doc[0].rstrip('.').replace('``', '')}" if doc else ""))
+        missing = cls.missing_dependency()
+        if missing:
+            lines.append(f"      not available here: {missing}")
+        rows = [[stage, f"{p}={default!r}", cls.param_docs.get(p, "")]
+                for stage, params in (("build", cls.build_params), ("search", cls.search_params))
+                for p, default in params.items()]
+        lines += ["    " + line for line in columns(rows, header=False)] if rows else ["    (no parameters)"]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .indexers import backend_names
+
+    parser = _Parser(
+        prog="elsa-index",
+        description="Train ELSA / Compressed ELSA item embeddings and serve recommendations from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"elsa-index {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # train
+    p = sub.add_parser("train", help="train a model and save a checkpoint",
+                       description="Train dense ELSA or Compressed ELSA on an interaction log and save a checkpoint.")
+    _add_data_args(p, required=True)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=["elsa", "compressed"], default="compressed",
+                   help="dense ELSA or Compressed ELSA (default: compressed)")
+    g.add_argument("--dims", type=int, default=None,
+                   help="embedding width; for compressed, the dense start width (default: 256 elsa, 1024 compressed)")
+    g.add_argument("--nnz", type=int, default=16, help="compressed: active dims per item at the end (default: 16)")
+    g.add_argument("--schedule", choices=["constant", "step", "linear", "exponential"], default="exponential",
+                   help="compressed: pruning schedule (default: exponential)")
+    g.add_argument("--restart", action="store_true", help="compressed: reset surviving weights after each pruning event")
+    g.add_argument("--prune-steps", type=int, default=10, help="compressed: pruning events of linear/exponential")
+    g.add_argument("--warmup-epochs", type=int, default=1, help="compressed: dense epochs before pruning")
+    g.add_argument("--finetune-epochs", type=int, default=2, help="compressed: epochs at the target nnz")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: 20 elsa, 8 compressed)")
+    g.add_argument("--batch-size", type=int, default=512, help="users per step (default: 512)")
+    g.add_argument("--lr", type=float, default=0.01, help="Nadam learning rate (default: 0.01)")
+    g.add_argument("--negatives", type=int, default=None,
+                   help="sampled outputs: score batch positives plus this many random items (default: all items)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    g.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out users")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # evaluate
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out users",
+                       description="Recall@k (normalised by min(k, |targets|)) and NDCG@k of a checkpoint. "
+                                   "Without --data, the data settings recorded in the checkpoint are used.")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    _add_data_args(p, required=False)
+    p.add_argument("--metrics", nargs="+", default=["recall@20", "recall@50", "ndcg@100"],
+                   help="metric names, e.g. recall@20 hit_recall@20 ndcg@100")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    # import-npz
+    p = sub.add_parser("import-npz", help="make a checkpoint from a scipy .npz sparse matrix (or a .npy array)",
+                       description="Import item embeddings produced by another tool: a scipy.sparse.save_npz "
+                                   "matrix (CSR/CSC/COO) or a dense .npy array, one row per item.")
+    p.add_argument("embeddings", help=".npz sparse matrix or .npy array, shape (n_items, dims)")
+    p.add_argument("--item-ids", default=None, help="text file with one item id per line (default: row numbers)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+
+    # info
+    p = sub.add_parser("info", help="describe a checkpoint", description="Print a checkpoint's manifest summary.")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+
+    # build
+    p = sub.add_parser("build", help="build an index from a checkpoint",
+                       description="Index a checkpoint's item embeddings with one backend and write a "
+                                   "self-contained index directory (checkpoint copy + backend files).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog_fn = backends_help
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("--backend", required=True, choices=backend_names(), metavar="BACKEND",
+                   help=f"one of {', '.join(backend_names())} (see 'backends' below)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="backend build or search parameter, e.g. --param M=32 --param depth=200 (repeatable)")
+    p.add_argument("--out", required=True, help="index directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    # recommend
+    p = sub.add_parser("recommend", help="recommend items for user histories",
+                       description="Top-k items for one history (--history) or for a JSON-lines file of "
+                                   "histories (--input), written as JSON lines.")
+    p.add_argument("index", help="index directory (from 'elsa-index build')")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--history", nargs="+", metavar="ITEM_ID", help="the items of one user's history")
+    g.add_argument("--input", metavar="FILE",
+                   help="JSON lines: each a list of item ids or an object {\"user\": ..., \"history\": [...]}")
+    p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
+    p.add_argument("--allow", nargs="+", metavar="ITEM_ID", help="only recommend these items")
+    p.add_argument("--deny", nargs="+", metavar="ITEM_ID", help="never recommend these items")
+    p.add_argument("--include-history", action="store_true", help="allow items of the history in the results")
+    p.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="backend search parameter, e.g. --search-param ef_search=256 (repeatable)")
+    p.add_argument("--output", metavar="FILE", help="write JSON lines here (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=1000, help="histories per batch (default: 1000)")
+
+    # segments
+    p = sub.add_parser("segments", help="discover item segments of a sparse checkpoint or index",
+                       description="Group the items of a Compressed ELSA (sparse) checkpoint by their dominant "
+                                   "signed dimension, merge near-duplicate segments, label them from item metadata "
+                                   "and save the segments directory. Default output: SOURCE/segments for an index "
+                                   "directory, the sibling SOURCE.segments for a checkpoint directory; 'elsa-index "
+                                   "homepage' looks in both places.")
+    p.add_argument("source", metavar="CHECKPOINT_OR_INDEX", help="sparse checkpoint or index directory")
+    p.add_argument("--merge-to", type=int, default=None, metavar="N",
+                   help="fold the smallest segment into its most similar one until N remain (default: no merging)")
+    p.add_argument("--min-size", type=int, default=1, metavar="N",
+                   help="first merge segments with fewer than N items into their most similar one (default: 1)")
+    p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) for labels and titles")
+    p.add_argument("--id-col", default="item_id", help="metadata column with the item ids (default: item_id)")
+    p.add_argument("--label-col", nargs="+", default=["genres"], metavar="COL",
+                   help="metadata column(s) whose tokens label the segments (default: genres)")
+    p.add_argument("--title-col", default="title",
+                   help="metadata column shown for central items in the summary, if present (default: title)")
+    p.add_argument("--central", type=int, default=10, metavar="N",
+                   help="central items kept (and labelled) per segment (default: 10)")
+    p.add_argument("--out", default=None, metavar="DIR", help="segments directory to write (default: see above)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing segments directory")
+    p.add_argument("--show", type=int, default=20, metavar="N", help="segments listed in the summary (default: 20; 0: all)")
+
+    # homepage
+    p = sub.add_parser("homepage", help="write a static HTML homepage preview for one history",
+                       description="Recommend the plain 'Recommended for you' row plus one row per recommended "
+                                   "segment for one history and write them as a self-contained HTML page. A history "
+                                   "with no item of the catalogue falls back to popular segments and items (with a "
+                                   "warning on stderr).")
+    p.add_argument("index", metavar="INDEX", help="sparse index directory (or checkpoint directory)")
+    p.add_argument("--history", nargs="+", required=True, metavar="ITEM_ID", help="the items of the user's history")
+    p.add_argument("--rows", type=int, default=5, help="segment rows (default: 5)")
+    p.add_argument("--k", type=int, default=10, help="items per row (default: 10)")
+    p.add_argument("--items", metavar="METADATA", help="item metadata (.parquet/.csv/.tsv) with titles")
+    p.add_argument("--id-col", default="item_id", help="metadata column with the item ids (default: item_id)")
+    p.add_argument("--title-col", default="title", help="metadata column with the titles (default: title)")
+    p.add_argument("--segments", metavar="DIR",
+                   help="segments directory (default: INDEX/segments, else the sibling INDEX.segments)")
+    p.add_argument("--title", default="Homepage preview", help="page heading")
+    p.add_argument("--out", required=True, metavar="FILE", help="HTML file to write (replaced if it exists)")
+
+    # demo
+    p = sub.add_parser("demo", help="end-to-end run on built-in synthetic data (offline, a few minutes)",
+                       description="Generate synthetic interactions with planted structure, train popularity, "
+                                   "dense ELSA and Compressed ELSA, save checkpoints, print a results table, serve "
+                                   "recommendations from an index and run a small benchmark of the backends.")
+    p.add_argument("--out", default="elsa-demo", help="output directory (default: ./elsa-demo)")
+    p.add_argument("--users", type=int, default=5000, help="synthetic users (default: 5000)")
+    p.add_argument("--items", type=int, default=2000, help="synthetic items (default: 2000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-bench", action="store_true", help="skip the small backend benchmark at the end")
+
+    # bench
+    p = sub.add_parser("bench", help="benchmark index backends (latency, memory, recall) from a config",
+                       description="Run (or resume) the benchmark described by a TOML config: build every index, "
+                                   "sweep its search parameters over the same queries, store raw per-query results "
+                                   "and write OUT/report.md with PNG plots. Configurations already measured in OUT "
+                                   "are skipped unless --force.")
+    p.add_argument("config", help="benchmark config (.toml), e.g. eval/configs/quick.toml")
+    p.add_argument("--out", required=True, help="output directory (reused to resume)")
+    p.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides: a minutes-long smoke run")
+    p.add_argument("--force", action="store_true", help="re-measure configurations already measured; rebuild indexes")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--report-only", action="store_true", help="only re-render the report from stored results")
+    only.add_argument("--prepare-only", action="store_true",
+                   help="only train the checkpoints and prepare the query sets (e.g. on a GPU machine); "
+                        "a later run with the same --out measures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    return parser
+
+
+def columns(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool = True) -> list[str]:
+    """Lines of ``rows`` (strings) as aligned columns; the first row is a header, underlined, unless ``header=False``."""
+    from tabulate import tabulate
+
+    align = ["right" if i in right else "left" for i in range(len(rows[0]))]
+    # "plain" with the header as a row: columns exactly as wide as their widest cell
+    # (tabulate pads header columns of its own formats by two characters).
+    text = tabulate(rows, tablefmt="plain", colalign=align, disable_numparse=True)
+    lines = [line.rstrip() for line in text.splitlines()]
+    if header:
+        lines.insert(1, "  ".join("-" * max(len(r[i]) for r in rows) for i in range(len(rows[0]))))
+    return lines
