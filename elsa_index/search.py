@@ -244,6 +244,11 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
     checkpoint : a Checkpoint or a checkpoint directory.
     backend : ``sparse``, ``lucene``, ``faiss-flat``, ``faiss-hnsw`` or ``faiss-ivf``.
     **params : the backend's build and search parameters.
+
+    Returns
+    -------
+    Index : with ``out``, the saved backend reopened from its directory (memory-mapped)
+        around the checkpoint given (not read back from the copy just written).
     """
     from .indexers import get_backend
 
@@ -264,8 +269,10 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
             "checkpoint_fingerprint": ckpt.fingerprint, "elsa_index_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-    be.close()  # the index is reopened from its directory (memory-mapped)
-    return open_index(out)
+    be.close()
+    # Reopen the backend from its directory (memory-mapped) with the checkpoint already in hand: it was
+    # verified when loaded (or fingerprinted when built), so the stored copy need not be read back.
+    return open_index(out, checkpoint=ckpt)
 
 
 def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.PathLike | None = None,

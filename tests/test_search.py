@@ -173,7 +173,8 @@ def _mapped(a) -> bool:
 
 def test_open_maps_arrays_and_stores_embeddings_once(index, case):
     # The stored checkpoint and the sparse backend's postings are memory-mapped, read-only.
-    E, P = index.checkpoint.embeddings, index.backend.postings_
+    opened = open_index(index.path)
+    E, P = opened.checkpoint.embeddings, opened.backend.postings_
     assert _mapped(E.data) and _mapped(E.indices) and _mapped(P.data) and _mapped(P.indices)
     assert not P.data.flags.writeable
     with pytest.raises(ValueError):
