@@ -20,7 +20,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,10 +29,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import __version__
-from ._io import array_digest, atomic_directory, load_array, read_manifest, save_array, write_json
+from ._io import array_digest, atomic_directory, load_array, load_csr, read_manifest, save_array, save_csr, write_json
 from .data import IdMap, Interactions
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError, UnknownItemsWarning
 from .models import encode_users, score_items
+from .scoring import score_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class Checkpoint:
     data : description of the training data (fingerprint, sizes, source).
     metrics : evaluation results, e.g. ``{"recall@20": 0.35}``.
     history : per-epoch training statistics.
+
+    The embedding arrays are the checkpoint's own (copied from the caller's
+    on construction) and read-only, so the :attr:`fingerprint`, computed once,
+    always describes them. Assigning new ``embeddings`` or ``item_ids``
+    validates them again and recomputes it.
     """
 
     embeddings: Any
@@ -67,11 +74,15 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     created: str = ""
+    #: the arrays are fresh and owned by this checkpoint (e.g. just loaded): no defensive copy
+    _owned: InitVar[bool] = False
 
-    def __post_init__(self):
+    def __post_init__(self, _owned: bool = False):
         if not isinstance(self.item_ids, IdMap):
             self.item_ids = IdMap(self.item_ids)
-        self.embeddings = _check_embeddings(self.embeddings, "embeddings")
+        object.__setattr__(self, "embeddings", _check_embeddings(self.embeddings, "embeddings", owned=_owned))
+        self.item_ids.ids.flags.writeable = False
+        object.__setattr__(self, "_fp", None)
         n = self.embeddings.shape[0]
         if len(self.item_ids) != n:
             raise CheckpointError(f"{len(self.item_ids)} item ids for {n} embedding rows; expected one id per row")
@@ -83,6 +94,24 @@ class Checkpoint:
             raise CheckpointError(f"unknown checkpoint kind {self.kind!r}; expected one of {KINDS}")
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def __setattr__(self, name, value):
+        if name in ("embeddings", "item_ids") and "_fp" in self.__dict__:
+            # A new array or id table: validate, freeze and fingerprint it again.
+            if name == "item_ids":
+                value = value if isinstance(value, IdMap) else IdMap(value)
+                if len(value) != self.n_items:
+                    raise CheckpointError(f"{len(value)} item ids for {self.n_items} embedding rows; expected one id per row")
+                value.ids.flags.writeable = False
+            else:
+                value = _check_embeddings(value, "embeddings")
+                if value.shape[0] != len(self.item_ids):
+                    raise CheckpointError(
+                        f"{value.shape[0]} embedding rows for {len(self.item_ids)} item ids; expected one row per id")
+            object.__setattr__(self, name, value)
+            object.__setattr__(self, "_fp", None)
+            return
+        object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------ properties
 
@@ -106,11 +135,12 @@ class Checkpoint:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 prefix of the embeddings and the item-id table."""
-        if self.sparse:
-            e = self.embeddings
-            return array_digest(e.data, e.indices.astype(np.int64), e.indptr.astype(np.int64), self.item_ids.ids)
-        return array_digest(self.embeddings, self.item_ids.ids)
+        """sha256 prefix of the embeddings and the item-id table (computed once; the arrays are read-only)."""
+        fp = self.__dict__.get("_fp")
+        if fp is None:
+            fp = _digest(self.embeddings, self.item_ids.ids)
+            object.__setattr__(self, "_fp", fp)
+        return fp
 
     def nbytes(self) -> int:
         """Bytes of the embedding arrays (values and, if sparse, int32 column indices)."""
@@ -127,6 +157,84 @@ class Checkpoint:
     def score(self, X: sp.spmatrix) -> np.ndarray:
         """Scores of every item, float32 (n_users, n_items)."""
         return score_items(_check_histories(X, self.n_items), self.embeddings)
+
+    def score_candidates(self, queries, candidates, *, dtype=np.float32) -> np.ndarray:
+        """Exact inner products of each query with its own candidate items.
+
+        Parameters
+        ----------
+        queries : ndarray (n, dims) or scipy sparse (n, dims), or one 1-D vector.
+        candidates : int array (n, c) of item rows per query (one 1-D array for
+            one query); ``-1`` marks padding.
+        dtype : dtype of the result. The sums are taken in float64 (stored
+            entries in row order) whatever ``dtype``.
+
+        Returns
+        -------
+        ndarray ``dtype`` (n, c): ``queries[r] · a_j`` for each candidate ``j``
+        of row ``r``; ``-inf`` where the candidate is ``-1``.
+
+        Raises
+        ------
+        CheckpointError
+            Shapes that do not fit, or candidates outside ``[-1, n_items)``.
+        """
+        try:
+            return score_rows(self.embeddings, queries, candidates, dtype)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+
+    def histories_to_matrix(self, histories, *, warn: bool = True,
+                            stacklevel: int = 2) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Binary user x item matrix of external-id histories.
+
+        Parameters
+        ----------
+        histories : a sequence of sequences of external item ids (one per
+            user), or a scipy sparse (n_users, n_items) matrix of item rows
+            (validated and returned as float32 CSR).
+        warn : warn with :class:`~elsa_index.errors.UnknownItemsWarning` when
+            ids are not in the catalogue (they are ignored either way).
+        stacklevel : passed to :func:`warnings.warn` (2: the caller's line).
+
+        Returns
+        -------
+        (X, empty) : float32 CSR (n_users, n_items) with a 1 per known history
+            item (duplicates counted once), and bool (n_users,), True for rows
+            without any known item.
+
+        Raises
+        ------
+        DataError
+            Not a list of lists (e.g. one string), or a matrix of the wrong width.
+        """
+        if sp.issparse(histories):
+            X = sp.csr_matrix(histories, dtype=np.float32)
+            if X.shape[1] != self.n_items:
+                raise DataError(f"history matrix has {X.shape[1]} columns; the catalogue has {self.n_items} items")
+            return X, np.diff(X.indptr) == 0
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, (Sequence, np.ndarray)):
+            raise DataError("histories must be a list of lists of item ids (one list per user) or a CSR matrix")
+        rows, cols, unknown = [], [], []
+        for r, h in enumerate(histories):
+            if isinstance(h, (str, bytes)):
+                raise DataError(f"history {r} is a single string {h!r}; expected a list of item ids")
+            h = list(h)
+            idx = self.item_ids.index(h, missing="ignore")
+            if (idx < 0).any():
+                unknown.extend(str(v) for v, i in zip(h, idx) if i < 0)
+            idx = np.unique(idx[idx >= 0])
+            rows.append(np.full(len(idx), r)), cols.append(idx)
+        if unknown and warn:
+            warnings.warn(
+                f"{len(unknown)} history item id(s) are not in the catalogue and were ignored, e.g. {unknown[:5]}",
+                UnknownItemsWarning, stacklevel=stacklevel + 1,
+            )
+        n = len(histories)
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        X = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, self.n_items))
+        return X, np.diff(X.indptr) == 0
 
     # ----------------------------------------------------------- persistence
 
@@ -159,10 +267,7 @@ class Checkpoint:
         path = Path(path)
         with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
             if self.sparse:
-                e = self.embeddings
-                save_array(tmp / "data.npy", e.data.astype(np.float32))
-                save_array(tmp / "indices.npy", e.indices.astype(np.int32))
-                save_array(tmp / "indptr.npy", e.indptr.astype(np.int64))
+                save_csr(tmp, "", self.embeddings)
             else:
                 save_array(tmp / "embeddings.npy", self.embeddings)
             save_array(tmp / "item_ids.npy", self.item_ids.ids)
@@ -172,8 +277,17 @@ class Checkpoint:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> "Checkpoint":
+    def load(cls, path: str | os.PathLike, *, verify: bool = True, mmap: bool = False) -> "Checkpoint":
         """Read a checkpoint directory written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : the checkpoint directory.
+        verify : check the arrays against the manifest's fingerprint (read once;
+            the checkpoint keeps it, so :attr:`fingerprint` costs nothing later).
+        mmap : memory-map the embedding arrays read-only instead of reading
+            them into memory (pages are read on first use and shared with the
+            page cache); the directory must stay in place while in use.
 
         Raises
         ------
@@ -188,17 +302,13 @@ class Checkpoint:
             if key not in m:
                 raise CheckpointError(f"{path}/manifest.json lacks the field {key!r}")
         n, d = m["n_items"], m["dims"]
+        for key in ("n_items", "dims"):
+            if isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < 0:
+                raise CheckpointError(f"{path}/manifest.json: {key} must be a non-negative integer, got {m[key]!r}")
         if m["storage"] == "csr":
-            data = load_array(path / "data.npy", CheckpointError)
-            indices = load_array(path / "indices.npy", CheckpointError)
-            indptr = load_array(path / "indptr.npy", CheckpointError)
-            if indptr.shape != (n + 1,) or data.shape != indices.shape or indptr[-1] != len(data):
-                raise CheckpointError(f"{path}: CSR arrays are inconsistent with {n} rows (indptr {indptr.shape}, data {data.shape}, indices {indices.shape})")
-            if len(indices) and (indices.min() < 0 or indices.max() >= d):
-                raise CheckpointError(f"{path}: column indices outside [0, {d})")
-            emb = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+            emb = load_csr(path, "", (n, d), CheckpointError, mmap=mmap)
         elif m["storage"] == "dense":
-            emb = load_array(path / "embeddings.npy", CheckpointError)
+            emb = load_array(path / "embeddings.npy", CheckpointError, mmap=mmap)
             if emb.shape != (n, d):
                 raise CheckpointError(f"{path}: embeddings.npy has shape {emb.shape}, manifest says ({n}, {d})")
         else:
@@ -206,14 +316,20 @@ class Checkpoint:
         ids = load_array(path / "item_ids.npy", CheckpointError)
         pop = load_array(path / "popularity.npy", CheckpointError)
         try:
+            ids = IdMap(ids)
+        except ValueError as exc:  # e.g. duplicate ids
+            raise CheckpointError(f"{path}: {exc}") from None
+        try:
             ckpt = cls(
-                emb, IdMap(ids), pop, kind=m["kind"], config=m.get("config", {}), data=m.get("data", {}),
+                emb, ids, pop, kind=m["kind"], config=m.get("config", {}), data=m.get("data", {}),
                 metrics=m.get("metrics", {}), history=m.get("history", []), created=m.get("created", ""),
+                _owned=True,
             )
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        except ValueError as exc:  # e.g. duplicate ids
+        except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
+        # Computed once here and kept: the arrays are read-only from now on.
         if verify and m.get("fingerprint") and m["fingerprint"] != ckpt.fingerprint:
             raise CheckpointError(f"{path}: arrays do not match the manifest fingerprint (corrupted or edited files)")
         return ckpt
@@ -330,20 +446,41 @@ def _load_npz_matrix(path: Path) -> sp.csr_matrix:
     return m.tocsr()
 
 
-def _check_embeddings(emb, name: str):
+def _digest(emb, ids: np.ndarray) -> str:
+    """The checkpoint fingerprint of embeddings and ids (the definition stored in manifests)."""
+    if sp.issparse(emb):
+        return array_digest(emb.data, emb.indices.astype(np.int64), emb.indptr.astype(np.int64), ids)
+    return array_digest(emb, ids)
+
+
+def _check_embeddings(emb, name: str, *, owned: bool = False):
+    """Validated float32 embeddings (canonical CSR or C-contiguous), read-only.
+
+    The caller's arrays are copied unless ``owned`` (fresh arrays nobody else
+    holds, e.g. just loaded), so freezing them never touches a caller's data.
+    """
     if sp.issparse(emb):
         emb = sp.csr_matrix(emb)
         if emb.dtype.kind not in "fiu":
             raise CheckpointError(f"{name} must be numeric, got dtype {emb.dtype}")
-        emb = emb.astype(np.float32)
-        emb.sum_duplicates()
+        writable = all(a.flags.writeable for a in (emb.data, emb.indices, emb.indptr))
+        if not owned or emb.dtype != np.float32 or not (writable or emb.has_canonical_format):
+            emb = emb.astype(np.float32, copy=True)
+        if not emb.has_canonical_format:
+            emb.sum_duplicates()
         emb.sort_indices()
+        for a in (emb.data, emb.indices, emb.indptr):
+            a.flags.writeable = False
         values = emb.data
     else:
         emb = np.asarray(emb)
         if emb.ndim != 2 or emb.dtype.kind not in "fiu":
             raise CheckpointError(f"{name} must be a 2-D numeric array (n_items, dims), got {emb.dtype} {emb.shape}")
-        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if owned:
+            emb = np.ascontiguousarray(emb, dtype=np.float32)
+        else:
+            emb = np.array(emb, dtype=np.float32, order="C", copy=True)
+        emb.flags.writeable = False
         values = emb
     if emb.shape[0] == 0 or emb.shape[1] == 0:
         raise CheckpointError(f"{name} is empty (shape {emb.shape}); expected at least one item and one dimension")

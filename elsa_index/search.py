@@ -10,6 +10,12 @@ Users are encoded exactly as the model scores them: ``u = x·A``, the sum of
 the item embeddings of the history; the backend then finds the items with the
 largest ``u·a_j``.
 
+An opened index memory-maps the large read-only arrays (the checkpoint's
+embeddings, the ``sparse`` backend's postings): opening is fast, pages are
+read on first use and shared with the page cache. Keep the directory in
+place while the index is open; ``Index.close()`` (or ``with open_index(p) as
+idx:``) releases what the backend holds (e.g. Lucene's reader).
+
 Thread safety: an opened :class:`Index` only reads its arrays and the
 backend's index; ``recommend``, ``similar_items`` and ``search`` may be called
 from several threads at once. ``set_search_params`` must not run concurrently
@@ -21,7 +27,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -29,9 +34,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import __version__
+from ._checks import check_k
 from ._io import atomic_directory, read_manifest, write_json
 from .checkpoint import Checkpoint
-from .errors import BackendError, CheckpointError, DataError, ElsaIndexError, UnknownItemsWarning
+from .errors import BackendError, CheckpointError, DataError, UnknownItemsWarning
 from .topk import topk_unchecked
 
 logger = logging.getLogger(__name__)
@@ -98,35 +104,25 @@ class Index:
     def __repr__(self) -> str:
         return f"Index({self.backend.name!r}, {self.checkpoint!r})"
 
+    def close(self) -> None:
+        """Release what the backend holds (e.g. Lucene's reader and temporary files); idempotent."""
+        self.backend.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
     # ------------------------------------------------------------ histories
 
     def histories_matrix(self, histories, *, warn: bool = True) -> sp.csr_matrix:
-        """Binary CSR (n_users, n_items) from lists of external ids (or a CSR matrix, validated)."""
-        if sp.issparse(histories):
-            X = sp.csr_matrix(histories, dtype=np.float32)
-            if X.shape[1] != self.n_items:
-                raise DataError(f"history matrix has {X.shape[1]} columns; the index has {self.n_items} items")
-            return X
-        if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
-            raise DataError("histories must be a list of lists of item ids (one list per user) or a CSR matrix")
-        rows, cols, unknown = [], [], []
-        for r, h in enumerate(histories):
-            if isinstance(h, (str, bytes)):
-                raise DataError(f"history {r} is a single string {h!r}; expected a list of item ids")
-            idx = self.checkpoint.item_ids.index(list(h), missing="ignore")
-            if (idx < 0).any():
-                unknown.extend(str(v) for v, i in zip(h, idx) if i < 0)
-            idx = np.unique(idx[idx >= 0])
-            rows.append(np.full(len(idx), r)), cols.append(idx)
-        if unknown and warn:
-            warnings.warn(
-                f"{len(unknown)} history item id(s) are not in the catalogue and were ignored, e.g. {unknown[:5]}",
-                UnknownItemsWarning, stacklevel=3,
-            )
-        n = len(histories)
-        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, self.n_items))
+        """Binary CSR (n_users, n_items) from lists of external ids (or a CSR matrix, validated).
+
+        See :meth:`~elsa_index.checkpoint.Checkpoint.histories_to_matrix`.
+        """
+        return self.checkpoint.histories_to_matrix(histories, warn=warn, stacklevel=3)[0]
 
     def _item_indices(self, ids, what: str, *, unique: bool = True) -> np.ndarray | None:
         """Row indices of external ids; unknown ids raise a DataError naming them."""
@@ -165,8 +161,8 @@ class Index:
         a user left with an empty history gets the most popular items
         (``fallback`` is True for that row).
         """
-        k = _check_k(k)
-        X = self.histories_matrix(histories)
+        k = check_k(k, error=BackendError)
+        X, empty = self.checkpoint.histories_to_matrix(histories, stacklevel=3)
         n = X.shape[0]
         allow_idx = self._item_indices(allow, "allow")
         deny_idx = self._item_indices(deny, "deny")
@@ -177,7 +173,6 @@ class Index:
             exclude = exclude + D
         exclude = sp.csr_matrix(exclude)
         exclude.sort_indices()
-        empty = np.diff(X.indptr) == 0
         ids = np.full((n, k), -1, np.int64)
         scores = np.full((n, k), -np.inf, np.float32)
         active = np.nonzero(~empty)[0]
@@ -193,10 +188,8 @@ class Index:
         return Recommendations(self.checkpoint.item_ids.external(ids), scores, ids, empty)
 
     def _score_subset(self, U, allowed: np.ndarray, exclude: sp.csr_matrix, k: int):
-        sub = self._emb[allowed]
-        S = U @ sub.T
-        S = S.toarray() if sp.issparse(S) else np.asarray(S)
-        S = np.asarray(S, dtype=np.float32)
+        # Exact scores of the allowed items only (no backend involved).
+        S = self.checkpoint.score_candidates(U, np.broadcast_to(allowed, (U.shape[0], len(allowed))))
         ex = exclude[:, allowed]
         local, top = topk_unchecked(S, k, ex if ex.nnz else None, copy=False)
         out = np.full((S.shape[0], k), -1, np.int64)
@@ -224,7 +217,7 @@ class Index:
 
     def similar_items(self, item_ids: Sequence[str], k: int = 20, *, include_self: bool = False) -> Recommendations:
         """Items whose embeddings have the largest inner product with each given item's embedding."""
-        k = _check_k(k)
+        k = check_k(k, error=BackendError)
         idx = self._item_indices(item_ids, "item_ids", unique=False)
         Q = self._emb[idx]
         exclude = None if include_self else [np.array([i]) for i in idx]
@@ -236,16 +229,10 @@ class Index:
 
     def search(self, query_vectors, k: int = 20, *, exclude=None) -> Recommendations:
         """Top-k items for raw query vectors (n, dims), dense or sparse."""
-        k = _check_k(k)
+        k = check_k(k, error=BackendError)
         res = self.backend.search(query_vectors, k, exclude=exclude)
         n = res.ids.shape[0]
         return Recommendations(self.checkpoint.item_ids.external(res.ids), res.scores, res.ids, np.zeros(n, bool))
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise BackendError(f"k must be a positive integer, got {k!r}")
-    return int(k)
 
 
 def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "sparse", out: str | os.PathLike | None = None,
@@ -257,6 +244,11 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
     checkpoint : a Checkpoint or a checkpoint directory.
     backend : ``sparse``, ``lucene``, ``faiss-flat``, ``faiss-hnsw`` or ``faiss-ivf``.
     **params : the backend's build and search parameters.
+
+    Returns
+    -------
+    Index : with ``out``, the saved backend reopened from its directory (memory-mapped)
+        around the checkpoint given (not read back from the copy just written).
     """
     from .indexers import get_backend
 
@@ -270,20 +262,33 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
     with atomic_directory(out, overwrite=overwrite, error=BackendError) as tmp:
         be.build(ckpt, progress=progress)
         ckpt.save(tmp / "checkpoint")
-        be.save(tmp / "backend")
+        # The checkpoint copy next to it holds the item embeddings: the backend need not store them again.
+        be.save(tmp / "backend", with_embeddings=False)
         write_json(tmp / "index.json", {
             "format": INDEX_DIR_FORMAT, "format_version": INDEX_DIR_VERSION, "backend": be.name,
             "checkpoint_fingerprint": ckpt.fingerprint, "elsa_index_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-    return open_index(out)
+    be.close()
+    # Reopen the backend from its directory (memory-mapped) with the checkpoint already in hand: it was
+    # verified when loaded (or fingerprinted when built), so the stored copy need not be read back.
+    return open_index(out, checkpoint=ckpt)
 
 
-def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.PathLike | None = None) -> Index:
+def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.PathLike | None = None,
+               mmap: bool = True) -> Index:
     """Open an index directory written by :func:`build_index`.
 
-    ``checkpoint`` replaces the stored copy (e.g. one loaded once and shared);
-    its fingerprint must match the one the index was built from.
+    Parameters
+    ----------
+    path : the index directory.
+    checkpoint : replaces the stored copy (e.g. one loaded once and shared);
+        its fingerprint must match the one the index was built from.
+    mmap : memory-map the stored checkpoint's embeddings and the backend's
+        large arrays read-only (the directory must stay in place while the
+        index is open); False reads them into memory.
+
+    The stored checkpoint is verified against its fingerprint once, here.
     """
     from .indexers.base import Backend
 
@@ -291,7 +296,7 @@ def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.Pat
     m = read_manifest(path, "index.json", INDEX_DIR_FORMAT, INDEX_DIR_VERSION, "index", BackendError)
     if checkpoint is None:
         try:
-            ckpt = Checkpoint.load(path / "checkpoint")
+            ckpt = Checkpoint.load(path / "checkpoint", mmap=mmap)
         except CheckpointError as exc:
             raise BackendError(f"{path}: its checkpoint copy is unusable: {exc}") from None
     else:
@@ -301,5 +306,5 @@ def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.Pat
             f"{path} was built from checkpoint {m.get('checkpoint_fingerprint')}, but the checkpoint given is "
             f"{ckpt.fingerprint}; rebuild the index for this checkpoint"
         )
-    backend = Backend.load(path / "backend")
+    backend = Backend.load(path / "backend", checkpoint=ckpt, mmap=mmap)
     return Index(ckpt, backend, path)

@@ -7,6 +7,11 @@ validates input, clips ``k`` to the catalogue, over-fetches so that
 exclusions still leave ``k`` results, pads short rows with id ``-1`` and score
 ``-inf``, and writes self-describing index directories atomically.
 
+A subclass implements ``_build(embeddings, progress=)``, ``_search(queries,
+k)``, ``_save(directory, *, with_embeddings=True)`` and ``_load(directory, *,
+checkpoint=None, mmap=False)``, and may override ``close`` to release what it holds. A backend
+is a context manager: ``with Backend.load(path) as be:`` closes it at the end.
+
 Thread safety: ``search`` must be safe to call from several threads at once
 on one built or loaded backend (each subclass states how it ensures this);
 ``build`` / ``set_search_params`` must not run concurrently with searches.
@@ -24,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index import __version__
+from elsa_index._checks import check_k
 from elsa_index._io import atomic_directory, read_manifest, write_json
 from elsa_index.errors import BackendError, ElsaIndexError
 
@@ -119,6 +125,22 @@ class Backend:
         self.fingerprint_: str | None = None
         self.build_seconds_: float | None = None
         self.path_: Path | None = None
+
+    # ------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Release what the backend holds beyond its arrays (files, readers); idempotent.
+
+        The default does nothing. After ``close`` a backend may refuse to search
+        until it is built or loaded again.
+        """
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
     # ------------------------------------------------------------ parameters
 
@@ -225,8 +247,7 @@ class Backend:
             raise BackendError(f"the {self.name!r} index is not built or loaded yet; call build(checkpoint) or load(path)")
 
     def _check_k(self, k) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise BackendError(f"k must be a positive integer, got {k!r}")
+        k = check_k(k, error=BackendError)
         if k > self.n_items_:
             logger.debug("k=%d exceeds the catalogue (%d items); rows are padded with id -1", k, self.n_items_)
         return int(k)
@@ -268,27 +289,51 @@ class Backend:
 
     # ------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write the index to a directory (atomically)."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False, with_embeddings: bool = True) -> Path:
+        """Write the index to a directory (atomically).
+
+        Parameters
+        ----------
+        path : the directory to create.
+        overwrite : replace an existing directory.
+        with_embeddings : False leaves out the copy of the item embeddings
+            that some backends keep (e.g. ``lucene``'s re-rank rows), because
+            the directory sits next to the checkpoint it was built from (an
+            index directory of :func:`~elsa_index.search.build_index`); such a
+            directory loads only with ``load(path, checkpoint=...)``.
+        """
         self._check_built()
         path = Path(path)
         with atomic_directory(path, overwrite=overwrite, error=BackendError) as tmp:
-            self._save(tmp)
+            self._save(tmp, with_embeddings=bool(with_embeddings))
             write_json(tmp / "backend.json", {
                 "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
                 "elsa_index_version": __version__, "build_params": self.params,
                 "search_params": self._search_params, "n_items": self.n_items_, "dims": self.dims_,
                 "checkpoint_fingerprint": self.fingerprint_, "build_seconds": self.build_seconds_,
+                "with_embeddings": bool(with_embeddings),
             })
         self.path_ = path
         return path
 
-    def _save(self, directory: Path) -> None:
+    def _save(self, directory: Path, *, with_embeddings: bool = True) -> None:
+        """Write the backend's files into ``directory`` (``with_embeddings`` as in :meth:`save`)."""
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Backend":
-        """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name)."""
+    def load(cls, path: str | os.PathLike, *, checkpoint=None, mmap: bool = False) -> "Backend":
+        """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name).
+
+        Parameters
+        ----------
+        path : the backend directory.
+        checkpoint : the :class:`~elsa_index.checkpoint.Checkpoint` the index
+            was built from (its fingerprint must match); backends that need the
+            item embeddings take them from it instead of keeping their own copy.
+            Required for directories saved with ``with_embeddings=False``.
+        mmap : memory-map large arrays read-only where the backend can (the
+            directory must then stay in place while the backend is in use).
+        """
         path = Path(path)
         m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", BackendError)
         from . import get_backend
@@ -300,8 +345,17 @@ class Backend:
         obj.n_items_, obj.dims_ = int(m["n_items"]), int(m["dims"])
         obj.fingerprint_ = m.get("checkpoint_fingerprint")
         obj.build_seconds_ = m.get("build_seconds")
+        if checkpoint is not None:
+            if checkpoint.fingerprint != obj.fingerprint_:
+                raise BackendError(
+                    f"{path} was built from checkpoint {obj.fingerprint_}, but the checkpoint given is "
+                    f"{checkpoint.fingerprint}; pass the checkpoint the index was built from")
+        elif not m.get("with_embeddings", True):
+            raise BackendError(
+                f"{path} was saved without the item embeddings (inside an index directory); open the index with "
+                "elsa_index.search.open_index, or pass checkpoint= (the checkpoint it was built from) to load")
         try:
-            obj._load(path)
+            obj._load(path, checkpoint=checkpoint, mmap=mmap)
         except ElsaIndexError:
             raise
         except Exception as exc:  # corrupted files: report which index
@@ -310,7 +364,8 @@ class Backend:
         obj.path_ = path
         return obj
 
-    def _load(self, directory: Path) -> None:
+    def _load(self, directory: Path, *, checkpoint=None, mmap: bool = False) -> None:
+        """Read the backend's files from ``directory`` (``checkpoint`` and ``mmap`` as in :meth:`load`)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ info

@@ -56,6 +56,7 @@ from typing import Any, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from elsa_index._checks import check_int
 from elsa_index.errors import BackendError
 
 from .base import Backend
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["FaissFlat", "FaissHNSW", "FaissIVF", "default_nlist"]
 
 INDEX_FILE = "faiss.index"
+INSTALL_HINT = 'pip install "elsa-index[faiss]"'
+_THREADS_DOC = "OpenMP threads used by faiss while building and searching (default 1)"
 #: faiss k-means asks for at least this many training points per centroid.
 MIN_POINTS_PER_CENTROID = 39
 
@@ -76,7 +79,7 @@ def _faiss():
     except ImportError as exc:
         raise BackendError(
             f"the faiss backends need the faiss library, which could not be imported ({exc}); "
-            "install it with: pip install 'elsa-index[faiss]'  (or: pip install 'faiss-cpu>=1.8')"
+            f"install it with: {INSTALL_HINT}  (or: pip install 'faiss-cpu>=1.8')"
         ) from None
     return faiss
 
@@ -104,11 +107,7 @@ def default_nlist(n_items: int) -> int:
 
 
 def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False, hint: str = "") -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        extra = f" {hint}" if hint else ""
-        raise BackendError(f"{name} must be an integer >= {low}{extra}, got {value!r}")
+    check_int(value, name, low, allow_none=allow_none, error=BackendError, hint=f" {hint}" if hint else "")
 
 
 class _FaissBackend(Backend):
@@ -119,6 +118,8 @@ class _FaissBackend(Backend):
     """
 
     accepts = "dense"
+    requires = ("faiss",)
+    install_hint = INSTALL_HINT
     #: the faiss index class this backend writes, checked on load
     _faiss_class = ""
 
@@ -177,11 +178,11 @@ class _FaissBackend(Backend):
 
     # ------------------------------------------------------------ persistence
 
-    def _save(self, directory: Path) -> None:
-        faiss = _faiss()
+    def _save(self, directory: Path, *, with_embeddings: bool = True) -> None:
+        faiss = _faiss()  # the vectors live inside the faiss index; nothing is shared with the checkpoint
         faiss.write_index(self.index_, str(directory / INDEX_FILE))
 
-    def _load(self, directory: Path) -> None:
+    def _load(self, directory: Path, *, checkpoint=None, mmap: bool = False) -> None:
         faiss = _faiss()
         file = directory / INDEX_FILE
         if not file.is_file():
@@ -216,7 +217,6 @@ class _FaissBackend(Backend):
             return {"faiss": "not installed"}
 
 
-
 class FaissFlat(_FaissBackend):
     """Exact top-k by inner product with faiss ``IndexFlatIP``.
 
@@ -229,11 +229,17 @@ class FaissFlat(_FaissBackend):
     exact = True
     build_params: dict[str, Any] = {}
     search_params = {"threads": 1}
+    param_docs = {"threads": _THREADS_DOC}
     _faiss_class = "IndexFlatIP"
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """Every vector: ``n_items * dims * 4`` bytes."""
+        n_items, dims = int(info.get("n_items") or 0), int(info.get("dims") or 0)
+        return np.full(n_queries, float(n_items) * dims * 4), "all vectors (n x dims x 4 B)"
 
     def _new_index(self, faiss, dims: int, n_items: int):
         return faiss.IndexFlatIP(dims)
-
 
 
 class FaissHNSW(_FaissBackend):
@@ -263,7 +269,22 @@ class FaissHNSW(_FaissBackend):
     exact = False
     build_params = {"M": 32, "ef_construction": 200}
     search_params = {"ef_search": 64, "threads": 1}
+    param_docs = {
+        "M": "graph neighbours per node (default 32; more: better recall, more memory, slower build)",
+        "ef_construction": "candidate list size while building (default 200)",
+        "ef_search": "candidate list size while searching, at least the results fetched (default 64)",
+        "threads": _THREADS_DOC,
+    }
     _faiss_class = "IndexHNSWFlat"
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """About ``max(ef_search, k) * 2M`` level-0 distance computations, each a vector and a neighbour id (an estimate)."""
+        M = {**cls.build_params, **(info.get("build_params") or {})}["M"]
+        ef = {**cls.search_params, **(search_params or {})}["ef_search"]
+        dims = int(info.get("dims") or 0)
+        visits = max(float(ef), float(k)) * 2 * float(M)
+        return np.full(n_queries, visits * (dims * 4 + 4)), "~max(ef,k) x 2M vectors (estimate)"
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -280,7 +301,6 @@ class FaissHNSW(_FaissBackend):
         # faiss keeps only efSearch candidates, so a list shorter than the k
         # results fetched (k plus the longest exclusion list) would cut them.
         return faiss.SearchParametersHNSW(efSearch=max(int(self._search_params["ef_search"]), int(k)))
-
 
 
 class FaissIVF(_FaissBackend):
@@ -313,7 +333,29 @@ class FaissIVF(_FaissBackend):
     exact = False
     build_params = {"nlist": None, "train_seed": 1234}
     search_params = {"nprobe": 32, "threads": 1}
+    param_docs = {
+        "nlist": "inverted lists (k-means centroids); None: about 4*sqrt(n_items), at least 39 items per list",
+        "train_seed": "seed of the k-means initialisation (default 1234)",
+        "nprobe": "lists scanned per query, clipped to nlist (default 32)",
+        "threads": _THREADS_DOC,
+    }
     _faiss_class = "IndexIVFFlat"
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """The centroids plus ``nprobe / nlist`` of the vectors and their 8-byte ids.
+
+        ``nlist`` is the build parameter, else the built index's
+        (``info["index"]["nlist"]``); NaN when neither is known.
+        """
+        n_items, dims = int(info.get("n_items") or 0), int(info.get("dims") or 0)
+        nlist = (info.get("build_params") or {}).get("nlist") or (info.get("index") or {}).get("nlist")
+        if not nlist:
+            return np.full(n_queries, np.nan), "n/a (nlist unknown)"
+        nprobe = {**cls.search_params, **(search_params or {})}["nprobe"]
+        frac = min(1.0, float(nprobe) / float(nlist))
+        b = float(nlist) * dims * 4 + frac * n_items * (dims * 4 + 8)
+        return np.full(n_queries, b), "centroids + nprobe/nlist of the vectors"
 
     def _check_params(self) -> None:
         super()._check_params()

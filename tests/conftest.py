@@ -1,5 +1,7 @@
 """Shared fixtures: tiny checkpoints with planted structure and known answers."""
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -72,3 +74,56 @@ def histories():
         rows += [u] * len(items)
         cols += items.tolist()
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(20, 300))
+
+
+def run_in_threads(work, n_threads: int = 4) -> dict:
+    """Run ``work(t)`` in ``n_threads`` threads at once; return ``{t: result}``; re-raise the first error."""
+    out, errors = {}, []
+
+    def body(t):
+        try:
+            out[t] = work(t)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(t,)) for t in range(n_threads)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    if errors:
+        raise errors[0]
+    return out
+
+
+@pytest.fixture(scope="session")
+def in_threads():
+    """:func:`run_in_threads`, the one thread-safety worker of the suites."""
+    return run_in_threads
+
+
+TOY_BACKEND = ("toy", "toy_backend:ToyBackend")  # tests/toy_backend.py, importable from tests/
+
+
+@pytest.fixture(scope="module")
+def toy_registered():
+    """Register the test-only ``toy`` backend for one module, then remove it again."""
+    from elsa_index.indexers import BACKENDS, register_backend
+
+    register_backend(*TOY_BACKEND)
+    yield TOY_BACKEND[0]
+    BACKENDS.pop(TOY_BACKEND[0], None)
+
+
+@pytest.fixture(scope="session")
+def backend_case(sparse_checkpoint, dense_checkpoint):
+    """``backend_case(name) -> (class, checkpoint)``: the checkpoint the backend accepts (sparse
+    unless it takes only dense ones); skips the test when the backend's optional dependency is missing."""
+    from elsa_index.indexers import get_backend
+
+    def pick(name: str):
+        cls = get_backend(name)
+        missing = cls.missing_dependency()
+        if missing:
+            pytest.skip(missing)
+        return cls, (dense_checkpoint if cls.accepts == "dense" else sparse_checkpoint)
+
+    return pick

@@ -1,24 +1,24 @@
-"""One contract suite, run against every registered backend."""
-
-import threading
+"""One contract suite, run against every registered backend (and the test-only ``toy`` backend)."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from elsa_index.errors import ElsaIndexError
-from elsa_index.indexers import BACKENDS, get_backend
+from elsa_index.indexers import BACKENDS, backend_names, get_backend, register_backend
 from elsa_index.indexers.base import Backend
 from elsa_index.metrics import retrieval_recall
 
-NAMES = sorted(BACKENDS)
+#: every registered backend, plus "toy" (tests/toy_backend.py, registered by the toy_registered fixture)
+NAMES = sorted(BACKENDS) + ["toy"]
 
 
 @pytest.fixture(scope="module", params=NAMES)
-def built(request, sparse_checkpoint, dense_checkpoint):
-    cls = get_backend(request.param)
-    ckpt = dense_checkpoint if cls.accepts == "dense" else sparse_checkpoint
-    return cls().build(ckpt), ckpt
+def built(request, toy_registered, backend_case):
+    cls, ckpt = backend_case(request.param)
+    be = cls().build(ckpt)
+    yield be, ckpt
+    be.close()
 
 
 def _queries(ckpt, histories):
@@ -120,25 +120,55 @@ def test_save_load_round_trip(built, histories, tmp_path):
     assert info["backend"] == be.name and info["bytes_on_disk"] > 0 and info["n_items"] == ckpt.n_items
 
 
-def test_thread_safety(built, histories):
+def test_thread_safety(built, histories, in_threads):
     be, ckpt = built
     Q = _queries(ckpt, histories)
-    expect = be.search(Q, 10).ids
-    out, errors = {}, []
+    expect = be.search(Q, 10)
 
     def work(t):
-        try:
-            for r in range(Q.shape[0]):
-                out[(t, r)] = be.search(Q[r : r + 1], 10).ids[0]
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(repr(exc))
+        return [be.search(Q[r : r + 1], 10) for r in range(Q.shape[0])] + [be.search(Q, 10)]
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
-    for (t, r), ids in out.items():
-        np.testing.assert_array_equal(ids, expect[r])
+    for results in in_threads(work).values():
+        for r, res in enumerate(results[:-1]):
+            np.testing.assert_array_equal(res.ids[0], expect.ids[r])
+            np.testing.assert_allclose(res.scores[0], expect.scores[r], rtol=1e-6)
+        np.testing.assert_array_equal(results[-1].ids, expect.ids)
+        np.testing.assert_array_equal(results[-1].scores, expect.scores)
+
+
+def test_facts_and_context_manager(built, tmp_path):
+    be, ckpt = built
+    cls = type(be)
+    assert cls.missing_dependency() is None
+    if cls.__module__.startswith("elsa_index."):  # shipped backends document every parameter
+        assert set(cls.param_docs) == set(cls.build_params) | set(cls.search_params)
+    assert set(cls.param_docs) <= set(cls.build_params) | set(cls.search_params)
+    assert all(isinstance(v, str) and v for v in cls.param_docs.values())
+    assert isinstance(cls.requires, tuple) and (cls.install_hint or not cls.requires)
+    tb, model = cls.touched_bytes(be.info(), be.get_search_params(), 10, None, 3)
+    assert tb.shape == (3,) and tb.dtype == np.float64 and isinstance(model, str)
+    be.save(tmp_path / "ix")
+    with Backend.load(tmp_path / "ix") as back:
+        assert back.search(np.zeros((1, ckpt.dims), np.float32), 2).ids.shape == (1, 2)
+    back.close()  # idempotent
+
+
+def test_saved_without_embeddings_loads_with_its_checkpoint(built, histories, tmp_path, nonneg_checkpoint):
+    be, ckpt = built
+    Q = _queries(ckpt, histories)
+    be.save(tmp_path / "ix", with_embeddings=False)
+    manifest = (tmp_path / "ix" / "backend.json").read_text()
+    assert '"with_embeddings": false' in manifest
+    with pytest.raises(ElsaIndexError, match="checkpoint"):
+        Backend.load(tmp_path / "ix")
+    if nonneg_checkpoint.sparse == ckpt.sparse:
+        with pytest.raises(ElsaIndexError, match="was built from checkpoint"):
+            Backend.load(tmp_path / "ix", checkpoint=nonneg_checkpoint)
+    for mmap in (False, True):
+        with Backend.load(tmp_path / "ix", checkpoint=ckpt, mmap=mmap) as back:
+            a, b = be.search(Q, 10), back.search(Q, 10)
+            np.testing.assert_array_equal(a.ids, b.ids)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
 def test_bad_queries(built):
@@ -156,7 +186,7 @@ def test_bad_queries(built):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_unknown_parameter_and_unbuilt(name):
+def test_unknown_parameter_and_unbuilt(name, toy_registered):
     cls = get_backend(name)
     with pytest.raises(ElsaIndexError, match="unknown parameter"):
         cls(no_such_param=3)
@@ -197,3 +227,49 @@ def test_batch_fetch_grows_only_for_queries_with_long_exclusions(sparse_checkpoi
     fetched.clear()
     be.search(Q, 5)
     assert fetched == [(Q.shape[0], 5)]
+
+
+def test_toy_backend_is_one_module_and_one_registry_line(toy_registered):
+    assert "toy" in backend_names() and BACKENDS["toy"] == "toy_backend:ToyBackend"
+    cls = get_backend("toy")
+    assert cls.__module__ == "toy_backend" and issubclass(cls, Backend)
+    with pytest.raises(ElsaIndexError, match="already registered"):
+        register_backend("toy", "toy_backend:Other")
+
+
+@pytest.mark.parametrize("name, info, search, k, expect", [
+    # exact sparse on a dense checkpoint and faiss-flat: every vector, n x dims x 4 B
+    ("sparse", {"n_items": 10_000, "dims": 64}, {}, 10, 10_000 * 64 * 4),
+    ("faiss-flat", {"n_items": 10_000, "dims": 64}, {"threads": 1}, 10, 10_000 * 64 * 4),
+    # IVF: centroids + nprobe/nlist of the vectors and their 8-byte ids
+    ("faiss-ivf", {"n_items": 10_000, "dims": 64, "build_params": {"nlist": 100}}, {"nprobe": 8}, 10,
+     100 * 64 * 4 + 0.08 * 10_000 * (64 * 4 + 8)),
+    ("faiss-ivf", {"n_items": 10_000, "dims": 64, "build_params": {"nlist": None}, "index": {"nlist": 50}},
+     {"nprobe": 100}, 10, 50 * 64 * 4 + 10_000 * (64 * 4 + 8)),
+    ("faiss-ivf", {"n_items": 10_000, "dims": 64, "build_params": {"nlist": 100}}, {}, 10,
+     100 * 64 * 4 + 0.32 * 10_000 * (64 * 4 + 8)),  # the default nprobe (32)
+    # HNSW: max(ef_search, k) x 2M vectors and neighbour ids
+    ("faiss-hnsw", {"n_items": 10_000, "dims": 64, "build_params": {"M": 16}}, {"ef_search": 32}, 100,
+     100 * 2 * 16 * (64 * 4 + 4)),
+    ("faiss-hnsw", {"n_items": 10_000, "dims": 64, "build_params": {"M": 16}}, {"ef_search": 256}, 100,
+     256 * 2 * 16 * (64 * 4 + 4)),
+    ("faiss-hnsw", {"n_items": 10_000, "dims": 64, "build_params": {}}, {}, 10, 64 * 2 * 32 * (64 * 4 + 4)),
+])
+def test_touched_bytes_models(name, info, search, k, expect):
+    tb, model = get_backend(name).touched_bytes(info, search, k, None, 3)
+    np.testing.assert_allclose(tb, np.full(3, float(expect)))
+    assert model and model != "n/a"
+
+
+def test_touched_bytes_of_postings_and_unknowns():
+    posting = np.array([800.0, 1600.0])
+    for name in ("sparse", "lucene"):
+        tb, model = get_backend(name).touched_bytes({"n_items": 5, "dims": 4}, {}, 10, posting, 2)
+        np.testing.assert_array_equal(tb, posting)
+        assert "postings" in model
+    tb, model = get_backend("lucene").touched_bytes({"n_items": 5, "dims": 4}, {}, 10, None, 2)
+    assert np.isnan(tb).all() and model == "n/a"
+    tb, model = get_backend("faiss-ivf").touched_bytes({"n_items": 5, "dims": 4, "build_params": {}}, {}, 10, None, 2)
+    assert np.isnan(tb).all() and "nlist unknown" in model
+    tb, model = Backend.touched_bytes({}, {}, 10, None, 2)
+    assert np.isnan(tb).all() and model == "n/a"

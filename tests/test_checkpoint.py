@@ -227,3 +227,73 @@ def test_import_bad_inputs(tmp_path):
     (tmp_path / "e.txt").write_text("1 2 3")
     with pytest.raises(CheckpointError, match="unsupported embedding file"):
         import_embeddings(tmp_path / "e.txt")
+
+
+def test_fingerprint_is_computed_once_over_read_only_own_arrays(tmp_path):
+    import elsa_index.checkpoint as cp
+
+    ck = _sparse_ckpt()
+    calls = []
+    real = cp._digest
+    cp._digest = lambda *a: calls.append(1) or real(*a)
+    try:
+        fp = ck.fingerprint
+        assert ck.fingerprint == fp and len(calls) == 1
+    finally:
+        cp._digest = real
+    for a in (ck.embeddings.data, ck.embeddings.indices, ck.embeddings.indptr, ck.item_ids.ids):
+        assert not a.flags.writeable
+    # The caller's arrays are copied, not frozen: changing them does not change the checkpoint.
+    src = np.ones((3, 2), np.float32)
+    dense = Checkpoint(src, ["a", "b", "c"], np.zeros(3))
+    before = dense.fingerprint
+    src[0, 0] = 5.0
+    assert dense.fingerprint == before and dense.embeddings[0, 0] == 1.0 and src.flags.writeable
+    # Assigning new embeddings revalidates and refingerprints.
+    dense.embeddings = np.full((3, 2), 2.0)
+    assert dense.fingerprint != before and not dense.embeddings.flags.writeable
+    with pytest.raises(CheckpointError, match="one row per id"):
+        dense.embeddings = np.ones((4, 2))
+    ck.save(tmp_path / "c")
+    for mmap in (False, True):
+        back = Checkpoint.load(tmp_path / "c", mmap=mmap)
+        assert back.fingerprint == ck.fingerprint
+        assert (back.embeddings != ck.embeddings).nnz == 0
+
+
+def test_score_candidates_matches_definition():
+    ck = _sparse_ckpt()
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(3, ck.dims)).astype(np.float32)
+    cand = np.array([[0, 5, -1], [7, 7, 2], [-1, -1, -1]])
+    S = ck.score_candidates(Q, cand)
+    full = Q.astype(np.float64) @ ck.embeddings.toarray().T.astype(np.float64)
+    expect = np.where(cand >= 0, np.take_along_axis(full, np.clip(cand, 0, None), axis=1), -np.inf)
+    assert S.dtype == np.float32 and S.shape == (3, 3)
+    np.testing.assert_allclose(S, expect, rtol=1e-6)
+    np.testing.assert_allclose(ck.score_candidates(sp.csr_matrix(Q), cand, dtype=np.float64), expect, rtol=1e-12)
+    dense = _dense_ckpt()
+    q = rng.normal(size=dense.dims)
+    np.testing.assert_allclose(dense.score_candidates(q, [1, 3])[0], dense.embeddings[[1, 3]] @ q, rtol=1e-5)
+    with pytest.raises(CheckpointError, match="outside"):
+        ck.score_candidates(Q, np.full((3, 1), ck.n_items))
+    with pytest.raises(CheckpointError, match="shape"):
+        ck.score_candidates(Q[:, :3], cand)
+
+
+def test_histories_to_matrix_warns_and_flags_empty_rows():
+    from elsa_index.errors import DataError, UnknownItemsWarning
+
+    ck = _sparse_ckpt()
+    ids = ck.item_ids.ids
+    with pytest.warns(UnknownItemsWarning, match="not in the catalogue"):
+        X, empty = ck.histories_to_matrix([[ids[1], ids[1], ids[4]], ["zzz"], []])
+    assert X.shape == (3, ck.n_items) and X.dtype == np.float32
+    assert X[0].indices.tolist() == [1, 4] and X[0].data.tolist() == [1.0, 1.0]
+    assert empty.tolist() == [False, True, True]
+    X2, empty2 = ck.histories_to_matrix(X)
+    assert (X2 != X).nnz == 0 and empty2.tolist() == empty.tolist()
+    with pytest.raises(DataError, match="list of item ids"):
+        ck.histories_to_matrix([ids[0]])
+    with pytest.raises(DataError, match="columns"):
+        ck.histories_to_matrix(sp.csr_matrix((1, 3)))

@@ -1,7 +1,7 @@
 """FAISS dense backends: real (tiny) faiss indexes checked against the exact backend."""
 
+import re
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -108,27 +108,13 @@ def test_sparse_queries_are_densified(built, queries):
     np.testing.assert_allclose(res.scores, dense.scores, rtol=1e-6)
 
 
-def test_padding_and_exclusions(built, queries):
-    n = built.n_items_
-    res = built.search(queries[:2], n + 3)
-    assert (res.ids[:, -3:] == -1).all() and np.isneginf(res.scores[:, -3:]).all()
-    plain = built.search(queries, 5)
-    ex = [plain.ids[r, :2] for r in range(len(queries))]
-    res = built.search(queries, 5, exclude=ex)
-    for r in range(len(queries)):
-        assert not set(res.ids[r]) & set(ex[r].tolist()) and (res.ids[r] >= 0).all()
-
-
 def test_save_load_round_trip(built, queries, tmp_path, dense_checkpoint):
+    # The generic round trip is in test_backends.py; here: the faiss file, bit-identical scores, versions.
     built.save(tmp_path / "ix")
     assert (tmp_path / "ix" / "faiss.index").stat().st_size > 0
     back = Backend.load(tmp_path / "ix")
-    assert type(back) is type(built) and back.fingerprint_ == dense_checkpoint.fingerprint
-    a, b = built.search(queries, 10), back.search(queries, 10)
-    np.testing.assert_array_equal(a.ids, b.ids)
-    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(built.search(queries, 10).scores, back.search(queries, 10).scores)
     info = back.info()
-    assert info["bytes_on_disk"] > 0 and info["backend"] == built.name
     assert info["build_params"] == built.params and info["search_params"] == built.get_search_params()
     assert info["versions"]["faiss"] == faiss.__version__
 
@@ -184,11 +170,6 @@ def test_default_nlist():
     assert default_nlist(1_000_000) == 4000
 
 
-def test_wrong_query_width(built):
-    with pytest.raises(BackendError, match="dims"):
-        built.search(np.ones((2, built.dims_ + 1), np.float32), 5)
-
-
 def test_threads_pinned_and_restored(dense_checkpoint, queries):
     before = faiss.omp_get_max_threads()
     one = get_backend("faiss-ivf")(threads=1).build(dense_checkpoint)
@@ -198,29 +179,9 @@ def test_threads_pinned_and_restored(dense_checkpoint, queries):
     assert faiss.omp_get_max_threads() == before
 
 
-def test_concurrent_searches_match_sequential(built, queries):
-    expect = built.search(queries, 10)
-    out, errors = {}, []
-
-    def work(t):
-        try:
-            for r in range(len(queries)):
-                out[(t, r)] = built.search(queries[r : r + 1], 10)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
-    for (t, r), res in out.items():
-        np.testing.assert_array_equal(res.ids[0], expect.ids[r])
-        np.testing.assert_allclose(res.scores[0], expect.scores[r], rtol=1e-6)
-
-
 def test_missing_faiss_gives_install_hint(dense_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     be = get_backend("faiss-flat")()
-    with pytest.raises(BackendError, match=r"pip install 'elsa-index\[faiss\]'"):
+    with pytest.raises(BackendError, match=re.escape(get_backend("faiss-flat").install_hint)):
         be.build(dense_checkpoint)
     assert be.info()["versions"]["faiss"] == "not installed"

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from elsa_index.errors import ElsaIndexError
-from elsa_index.topk import topk
+from elsa_index.topk import topk, topk_unchecked
 
 
 def csr(rows, n_items):
@@ -75,3 +75,12 @@ def test_topk_validates():
         topk(np.zeros(3), 1)
 
 
+def test_input_is_not_modified_unless_unchecked_without_copy():
+    S = np.array([[0.1, 0.9, 0.5]], np.float32)
+    ex = sp.csr_matrix(([1], ([0], [1])), shape=(1, 3))
+    before = S.copy()
+    assert topk(S, 2, ex)[0].tolist() == [[2, 0]]
+    np.testing.assert_array_equal(S, before)
+    ids, _ = topk_unchecked(S, 2, ex, copy=True)
+    assert ids.tolist() == [[2, 0]]
+    np.testing.assert_array_equal(S, before)

@@ -1,0 +1,193 @@
+"""Lucene index files of the ``lucene`` backend: writing, indexing, opening, verifying.
+
+The build side of :mod:`.lucene`: the item rows become Anserini
+``JsonVectorCollection`` documents (one term per stored value's (dimension,
+sign), with its integer impact), Anserini's ``IndexCollection`` turns them
+into a Lucene index, and an index on disk is opened for impact scoring or
+checked file by file. The term mapping and quantisation are documented in
+:mod:`.lucene`.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from elsa_index.errors import BackendError
+
+from . import _jvm
+
+__all__ = ["FIELD", "clean_rows", "impacts", "write_documents", "run_indexer", "open_searcher", "verify_checksums",
+           "release", "IndexingProgress"]
+
+FIELD = "contents"  # Anserini's default field of the pseudo-document
+
+
+def run_indexer(rt, docs: Path, index: Path, expected: int, *, threads: int, optimize: bool,
+                progress: bool) -> dict[str, int]:
+    """Run Anserini's ``IndexCollection`` over the JSON documents in ``docs``; return its counters."""
+    args = rt.IndexCollectionArgs()
+    args.input = str(docs)
+    args.index = str(index)
+    args.collectionClass = "JsonVectorCollection"
+    args.generatorClass = "DefaultLuceneDocumentGenerator"
+    args.impact = True
+    args.pretokenized = True
+    args.threads = int(threads)
+    args.optimize = bool(optimize)
+    args.memoryBuffer = _jvm.indexing_buffer_mb(rt)
+    args.quiet = True
+    try:
+        indexer = rt.IndexCollection(args)
+        counters = indexer.getCounters()
+        with IndexingProgress(counters, expected, progress):
+            indexer.run()  # pyjnius releases the GIL while Java runs
+    except rt.JavaException as exc:
+        raise BackendError(f"Anserini failed to build the Lucene index: {_jvm.java_error(exc)}") from None
+    return {f: int(getattr(counters, f).get()) for f in ("indexed", "empty", "unindexable", "skipped", "errors")}
+
+
+def clean_rows(embeddings) -> sp.csr_matrix:
+    """A float32 CSR copy with sorted indices and no stored zeros; finite values required."""
+    emb = sp.csr_matrix(embeddings, dtype=np.float32, copy=True)
+    emb.sum_duplicates()
+    emb.eliminate_zeros()
+    emb.sort_indices()
+    if emb.nnz and not np.isfinite(emb.data).all():
+        raise BackendError("the embeddings contain NaN or inf values; expected finite numbers")
+    return emb
+
+
+def impacts(data: np.ndarray, scale: float, max_impact: int) -> np.ndarray:
+    """Integer impacts of stored values: round(|v| * scale), at least 1, at most ``max_impact``."""
+    q = np.rint(np.abs(data.astype(np.float64)) * scale)
+    return np.clip(q, 1, max_impact).astype(np.int64)
+
+
+def write_documents(emb: sp.csr_matrix, scale: float, max_impact: int, folder: Path, n_files: int,
+                     progress: bool) -> int:
+    """Write one ``JsonVectorCollection`` document per item row; return the number of empty rows."""
+    n = emb.shape[0]
+    indptr = emb.indptr
+    bounds = np.linspace(0, n, n_files + 1).astype(np.int64)
+    bar = _bar(progress, n, "lucene: writing documents")
+    try:
+        for f in range(n_files):
+            lo, hi = int(bounds[f]), int(bounds[f + 1])
+            start, stop = indptr[lo], indptr[hi]
+            data = emb.data[start:stop]
+            # '"p12": 37' / '"n12": 37': the JSON entry of a stored value's (dimension, sign) term and impact.
+            sign = np.where(data > 0, '"p', '"n').astype(object)
+            entries = (sign + emb.indices[start:stop].astype(str).astype(object) + '": '
+                       + impacts(data, scale, max_impact).astype(str).astype(object)).tolist()
+            lines = []
+            for i in range(lo, hi):
+                body = ", ".join(entries[indptr[i] - start : indptr[i + 1] - start])
+                lines.append(f'{{"id": "{i}", "vector": {{{body}}}}}\n')
+            with open(folder / f"items-{f:05d}.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(lines)
+            if bar is not None:
+                bar.update(hi - lo)
+    finally:
+        if bar is not None:
+            bar.close()
+    return int(np.count_nonzero(np.diff(indptr) == 0))
+
+
+def open_searcher(rt, index: Path, dims: int):
+    """Open a Lucene index for impact scoring: (reader, searcher)."""
+    try:
+        directory = rt.FSDirectory.open(rt.Paths.get(str(index)))
+        reader = rt.DirectoryReader.open(directory)
+        searcher = rt.IndexSearcher(rt.cast("org.apache.lucene.index.IndexReader", reader))
+        searcher.setSimilarity(rt.ImpactSimilarity())
+        searcher.setQueryCache(None)  # every query is new; keep timings free of cache effects
+    except rt.JavaException as exc:
+        raise BackendError(
+            f"cannot open the Lucene index in {index} (missing or corrupted files?): {_jvm.java_error(exc)}") from None
+    # A query has at most one term per dimension; Lucene's default limit is 1,024 clauses (process-wide).
+    if rt.IndexSearcher.getMaxClauseCount() < dims:
+        rt.IndexSearcher.setMaxClauseCount(int(dims))
+    return reader, searcher
+
+
+def verify_checksums(rt, index: Path) -> None:
+    """Read every Lucene file of ``index`` and check its stored checksum."""
+    try:
+        directory = rt.FSDirectory.open(rt.Paths.get(str(index)))
+        try:
+            names = [str(f) for f in directory.listAll()]
+            if not any(f.startswith("segments_") for f in names):
+                raise BackendError(f"{index} holds no Lucene commit (segments_N file); the index is incomplete")
+            for name in names:
+                if name == "write.lock":
+                    continue
+                stream = directory.openInput(name, rt.IOContext.READONCE)
+                try:
+                    rt.CodecUtil.checksumEntireFile(stream)
+                finally:
+                    stream.close()
+        finally:
+            directory.close()
+    except rt.JavaException as exc:
+        raise BackendError(f"the Lucene index in {index} is corrupted or incomplete: {_jvm.java_error(exc)}") from None
+
+
+def release(reader, owned: Path | None) -> None:
+    """Close a Lucene reader and remove a temporary index folder (finalizer; never raises)."""
+    try:
+        if reader is not None:
+            reader.close()
+    except Exception:  # the JVM may be shutting down
+        pass
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", leave=False)
+
+
+class IndexingProgress:
+    """While Anserini indexes (GIL released), a thread polls its counters into a progress bar."""
+
+    def __init__(self, counters, total: int, progress: bool):
+        self.counters, self.total, self.progress = counters, total, progress
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.progress:
+            self._thread = threading.Thread(target=self._poll, name="elsa-lucene-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return False
+
+    def _poll(self) -> None:
+        _jvm.attach_current_thread()
+        bar = _bar(True, self.total, "lucene: indexing")
+        try:
+            done = 0
+            while True:
+                stopped = self._stop.wait(0.5)
+                now = int(self.counters.indexed.get())
+                bar.update(now - done)
+                done = now
+                if stopped:
+                    break
+        finally:
+            bar.close()
