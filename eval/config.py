@@ -207,7 +207,7 @@ _TEMPLATES = {
     "less_than_equal": "must be <= {le}, got {input!r}",
     "too_short": "must not be empty",
     "literal_error": "must be one of {expected}, got {input!r}",
-    "union_tag_invalid": "kind must be one of {expected_tags}, got {tag}",
+    "union_tag_invalid": "kind must be one of {expected_tags}, got {tag!r}",
 }
 
 
