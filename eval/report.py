@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from elsa_index.errors import ElsaIndexError
+
 from .registry import RunData, compute_metrics, get_metric, pareto_front
+from .store import load_reference, load_run_data, read_json
+from .tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +30,7 @@ __all__ = ["write_report", "collect", "fit_growth"]
 # ------------------------------------------------------------------ collect
 
 
-def _read(path: Path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
+_read = read_json
 
 
 def _metric_names(cfg) -> list[str]:
@@ -49,8 +49,6 @@ def collect(out: Path, cfg, plan) -> tuple[list[dict], dict]:
     rows : one dict per measured configuration: the run record plus ``m`` (metric -> value).
     qmeta : query-set metadata (checkpoint kind, dims, nnz, exact quality of the checkpoint).
     """
-    from .harness import _load_reference, load_run_data
-
     out = Path(out)
     machine = _read(out / "machine.json", {}) or {}
     bw = (machine.get("bandwidth") or {}).get("bound")
@@ -71,7 +69,7 @@ def collect(out: Path, cfg, plan) -> tuple[list[dict], dict]:
         if key not in qmeta:
             qdir = out / "queries" / spec.dataset / spec.checkpoint
             meta = _read(qdir / "meta.json", {}) or {}
-            ref = _load_reference(qdir)
+            ref = load_reference(qdir)
             exact = RunData(ids=ref["exact_ids"], true_scores=ref["exact_scores"], exact_scores=ref["exact_scores"],
                             latency_ns=np.zeros(0), targets=ref["targets"])
             quality = [m for m in cfg.metrics if get_metric(m)[0].kind == "quality"]
@@ -109,10 +107,31 @@ def _params(p: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in p.items()) or "-"
 
 
-def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
-    align = align or ("l" * len(header))
-    sep = ["---:" if a == "r" else "---" for a in align]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
+_table = markdown_table
+
+
+def _backend_class(name: str):
+    """The registered class of a backend name, or None (unknown here, or not importable)."""
+    from elsa_index.indexers import get_backend
+
+    try:
+        return get_backend(name)
+    except ElsaIndexError:
+        return None
+
+
+def _exact_on_sparse(rows: list[dict], label: str) -> bool | None:
+    """True/False: whether ``label``'s backend is exact (its class says so), for labels measured on sparse
+    checkpoints; None for other labels or unknown backends."""
+    rs = [r for r in rows if r["label"] == label]
+    if not rs or not any(r.get("storage") == "sparse" for r in rs):
+        return None
+    cls = _backend_class(rs[0]["backend"])
+    return None if cls is None else bool(cls.exact)
+
+
+def _title(label: str) -> str:
+    return label[:1].upper() + label[1:]
 
 
 def fit_growth(sizes, values) -> tuple[float, float] | None:
@@ -559,13 +578,13 @@ def _scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retrie
     st = _read(out / "synthetic" / g / "stats.json", {}) or {}
     s = st.get("summary") or {}
     if s:
-        spread = f" (generated over {d.scale.dims} dims, same skew)" if d.scale.dims else ""
+        spread = f" (generated over {d.dims} dims, same skew)" if d.dims else ""
         L.append(f"Statistics fitted from {s.get('source_dataset', s.get('source_path', '?'))}/"
                  f"{s.get('source_checkpoint', '')} ({s.get('source_n_items', '?')} items): {s.get('dims')} dims{spread}, "
                  f"{s.get('nnz_mean', 0):.1f} nnz/item, the top 1% of dims hold {100 * s.get('top1pct_dims_share', 0):.1f}% "
                  f"of the postings, {100 * s.get('negative_fraction', 0):.0f}% negative values, median history "
                  f"{s.get('history_median', '-')}, median query terms {s.get('query_terms_median', '-')} "
-                 f"(generated: {d.scale.query_terms or 'as fitted'}).")
+                 f"(generated: {d.query_terms or 'as fitted'}).")
         L.append("")
     sizes = {k[0]: v.get("size") for k, v in qmeta.items() if k[0].startswith(g + "-")}
     if not rows:
@@ -580,8 +599,9 @@ def _scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retrie
         for n in tuned[lbl]:
             tuned[lbl][n] = _tuned([r for r in rows if r["label"] == lbl and r["size"] == n], rmetric, cfg.recall_target)
     lat = {lbl: [(n, t[0]["m"]["latency_p50"]) for n, t in v.items() if t[0]] for lbl, v in tuned.items()}
+    exact = {lbl: _exact_on_sparse(rows, lbl) for lbl in tuned}
     bound = {f"{lbl} lower bound": [(n, t[0]["m"].get("bound_p50")) for n, t in v.items() if t[0]]
-             for lbl, v in tuned.items() if lbl in ("sparse",)}
+             for lbl, v in tuned.items() if exact[lbl]}
     disk = {f"{lbl} disk": [(n, t[0]["m"].get("bytes_on_disk")) for n, t in v.items() if t[0]] for lbl, v in tuned.items()}
     rss = {f"{lbl} RSS": [(n, t[0]["m"].get("peak_rss")) for n, t in v.items() if t[0]] for lbl, v in tuned.items()}
     opened = {f"{lbl} opened": [(n, t[0]["m"].get("index_rss")) for n, t in v.items() if t[0]]
@@ -600,7 +620,7 @@ def _scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retrie
         L += [f"![memory vs size]({p.name})", ""]
     L += _memory_table(rows)
     # Growth exponents and the extrapolation.
-    ext = list(d.scale.extrapolate)
+    ext = list(d.extrapolate)
     header = ["backend", "quantity", "exponent b"] + [f"at {n:,}" for n in ext]
     body = []
     for series, what, kind in ((lat, "p50 ms", "ms"), (disk, "disk", "bytes"), (rss, "peak RSS", "bytes"),
@@ -618,28 +638,35 @@ def _scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retrie
         L += _table(header, body, "llr" + "r" * len(ext)) + [""]
     # Targets and verdicts per size.
     largest = max(n for v in tuned.values() for n in v)
-    sp_ = tuned.get("sparse", {}).get(largest)
-    if sp_ and sp_[0]:
-        p50 = sp_[0]["m"]["latency_p50"]
-        L.append(f"- Exact sparse backend at {largest:,} items: p50 {p50:.2f} ms "
-                 f"(target <= 10 ms: {'met' if p50 <= 10 else 'missed'}; goal 2 ms: {'met' if p50 <= 2 else 'missed'}), "
-                 f"lower bound {_fmt(sp_[0]['m'].get('bound_p50'), 'ms')} ms.")
-    lu = tuned.get("lucene", {}).get(largest)
-    if lu and lu[0]:
-        L.append(f"- Lucene at {largest:,} items, fastest configuration with {rmetric} >= {cfg.recall_target}: "
-                 f"{_params(lu[0]['search']) if lu[1] else 'none reaches it; most accurate: ' + _params(lu[0]['search'])}"
-                 f", p50 {lu[0]['m']['latency_p50']:.2f} ms, {rmetric} {lu[0]['m'].get(rmetric, math.nan):.4f}.")
-        full = _tuned([r for r in rows if r["label"] == "lucene" and r["size"] == largest
-                       and r["search"].get("query_terms") is None], rmetric, cfg.recall_target)
-        if full[0] and full[1] and full[0] is not lu[0]:
-            L.append(f"- Lucene at {largest:,} items sending every query term (no `query_terms` pruning): "
-                     f"{_params(full[0]['search'])}, p50 {full[0]['m']['latency_p50']:.2f} ms, "
-                     f"{rmetric} {full[0]['m'].get(rmetric, math.nan):.4f}.")
+    target, goal = cfg.report.latency_target_ms, cfg.report.latency_goal_ms
+    for lbl in (lbl for lbl in tuned if exact[lbl]):
+        best = tuned[lbl].get(largest)
+        if best and best[0]:
+            p50 = best[0]["m"]["latency_p50"]
+            L.append(f"- Exact {lbl} backend at {largest:,} items: p50 {p50:.2f} ms "
+                     f"(target <= {target:g} ms: {'met' if p50 <= target else 'missed'}; goal {goal:g} ms: "
+                     f"{'met' if p50 <= goal else 'missed'}), lower bound {_fmt(best[0]['m'].get('bound_p50'), 'ms')} ms.")
+    for lbl in (lbl for lbl in tuned if exact[lbl] is False):
+        best = tuned[lbl].get(largest)
+        if not (best and best[0]):
+            continue
+        L.append(f"- {_title(lbl)} at {largest:,} items, fastest configuration with {rmetric} >= {cfg.recall_target}: "
+                 f"{_params(best[0]['search']) if best[1] else 'none reaches it; most accurate: ' + _params(best[0]['search'])}"
+                 f", p50 {best[0]['m']['latency_p50']:.2f} ms, {rmetric} {best[0]['m'].get(rmetric, math.nan):.4f}.")
+        # A search parameter set in some configurations only (e.g. a query-pruning cut): the best without it.
+        at_size = [r for r in rows if r["label"] == lbl and r["size"] == largest]
+        optional = [p for p in dict.fromkeys(p for r in at_size for p in r["search"])
+                    if any(r["search"].get(p) is None for r in at_size)]
+        for p in optional:
+            full = _tuned([r for r in at_size if r["search"].get(p) is None], rmetric, cfg.recall_target)
+            if full[0] and full[1] and full[0] is not best[0]:
+                L.append(f"- {_title(lbl)} at {largest:,} items without `{p}`: {_params(full[0]['search'])}, "
+                         f"p50 {full[0]['m']['latency_p50']:.2f} ms, {rmetric} {full[0]['m'].get(rmetric, math.nan):.4f}.")
     L.append("")
     sparse_lbls = [lbl for lbl, v in tuned.items() if any(t[0] and t[0]["storage"] == "sparse" for t in v.values())]
     dense_lbls = [lbl for lbl, v in tuned.items() if any(t[0] and t[0]["storage"] == "dense" for t in v.values())]
     if sparse_lbls and dense_lbls:
-        L += [f"Where the sparse inverted index wins or loses against FAISS (each at its fastest configuration with "
+        L += [f"Where the sparse inverted index wins or loses against the dense backends (each at its fastest configuration with "
               f"{rmetric} >= {cfg.recall_target}, * if none reaches it):", ""]
         for n in sorted({n for v in tuned.values() for n in v}):
             for slbl in sparse_lbls:

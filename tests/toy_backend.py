@@ -16,6 +16,9 @@ from elsa_index._io import load_array, save_array
 from elsa_index.errors import BackendError
 from elsa_index.indexers.base import Backend
 
+#: the registry target of this backend
+TARGET = "toy_backend:ToyBackend"
+
 
 class ToyBackend(Backend):
     """Exact top-k by a dense matrix product over every item (ties: lower index first)."""
