@@ -20,6 +20,8 @@ Schema (every top-level key but ``datasets`` and ``backends`` is optional)::
     recall_target = 0.99           # retrieval recall@R a configuration must reach to be
                                    # "tuned" in comparisons (R: first retrieval_recall metric)
     seed = 0
+    bandwidth_mb = 256             # size of each array of the memory-bandwidth measurement (well
+                                   # above the last-level cache; the lower bounds divide by it)
     overhead = { backend = "sparse" }   # the harness-overhead check (false: skip)
     [report]                       # what the report checks the results against
     latency_target_ms = 10.0       # p50 target of the exact backends at the largest catalogue

@@ -149,7 +149,7 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
                     bar.update(len(todo))
                     continue
                 if not machine_recorded:
-                    _record_machine(out)
+                    _record_machine(out, cfg)
                     machine_recorded = True
                 bar.set_postfix_str(f"{dataset} {ckpt} {label} build {first.build or ''}"[:60], refresh=True)
                 try:
@@ -193,7 +193,7 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
             if prepare_only:
                 return {**counts, "skips": skips, "report": None, "out": str(out)}
             if not machine_recorded and not (out / "machine.json").is_file():
-                _record_machine(out)
+                _record_machine(out, cfg)
             write_json(out / "skipped.json", skips)
             if cfg.overhead is not None:
                 overhead_check(cfg, out, plan, force=force, say=say_bar)
@@ -205,11 +205,11 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
     return result
 
 
-def _record_machine(out: Path) -> None:
+def _record_machine(out: Path, cfg: BenchConfig) -> None:
     """Write ``machine.json``: the machine the numbers come from, measured just before this invocation's first
     measurement (a resume that measures nothing keeps the record of the invocation that did)."""
     machine = machine_info()
-    machine["bandwidth"] = measure_bandwidth()
+    machine["bandwidth"] = measure_bandwidth(cfg.bandwidth_mb << 20)
     machine["measured"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_json(out / "machine.json", machine)
 

@@ -191,26 +191,24 @@ def _nanmean(a) -> float:
 # ---------------------------------------------------------------- the metrics
 
 
-@register_metric("recall", higher_is_better=True, kind="quality", needs_at=True)
-def _recall(run: RunData, at: int) -> float:
-    """Recall@k normalised by min(k, |held-out|), mean over queries with targets."""
-    if run.targets is None:
-        return math.nan
-    return _nanmean(recall_at_k(run.ids, run.targets, at))
+def _quality(score, doc: str):
+    """A recommendation-quality metric: ``score(ids, targets, at)`` per query, mean over queries with targets."""
+
+    def metric(run: RunData, at: int) -> float:
+        if run.targets is None:
+            return math.nan
+        return _nanmean(score(run.ids, run.targets, at))
+
+    metric.__doc__ = doc
+    return metric
 
 
-@register_metric("hit_recall", higher_is_better=True, kind="quality", needs_at=True)
-def _hit_recall(run: RunData, at: int) -> float:
-    if run.targets is None:
-        return math.nan
-    return _nanmean(hit_recall_at_k(run.ids, run.targets, at))
-
-
-@register_metric("ndcg", higher_is_better=True, kind="quality", needs_at=True)
-def _ndcg(run: RunData, at: int) -> float:
-    if run.targets is None:
-        return math.nan
-    return _nanmean(ndcg_at_k(run.ids, run.targets, at))
+for _name, _score, _doc in (
+    ("recall", recall_at_k, "Recall@k normalised by min(k, |held-out|), mean over queries with targets."),
+    ("hit_recall", hit_recall_at_k, "Plain Recall@k (hits in the top k over |held-out|), mean over queries with targets."),
+    ("ndcg", ndcg_at_k, "NDCG@k against the held-out items, mean over queries with targets."),
+):
+    register_metric(_name, higher_is_better=True, kind="quality", needs_at=True)(_quality(_score, _doc))
 
 
 @register_metric("retrieval_recall", higher_is_better=True, kind="retrieval", needs_at=True)
@@ -246,30 +244,26 @@ def _qps(run: RunData, at: int) -> float:
     return math.nan if v is None else float(v)
 
 
-@register_metric("build_seconds", higher_is_better=False, kind="build", unit="s")
-def _build(run: RunData, at) -> float:
-    v = run.scalars.get("build_seconds")
-    return math.nan if v is None else float(v)
+def _scalar(key: str, doc: str):
+    """A metric read from the run's record: ``scalars[key]`` as a float, NaN when missing."""
+
+    def metric(run: RunData, at) -> float:
+        v = run.scalars.get(key)
+        return math.nan if v is None else float(v)
+
+    metric.__doc__ = doc
+    return metric
 
 
-@register_metric("bytes_on_disk", higher_is_better=False, kind="memory", unit="bytes")
-def _disk(run: RunData, at) -> float:
-    v = run.scalars.get("bytes_on_disk")
-    return math.nan if v is None else float(v)
-
-
-@register_metric("peak_rss", higher_is_better=False, kind="memory", unit="bytes")
-def _rss(run: RunData, at) -> float:
-    """Peak RSS of a fresh serving process minus that of a process that only imports the package."""
-    v = run.scalars.get("peak_rss_bytes")
-    return math.nan if v is None else float(v)
-
-
-@register_metric("index_rss", higher_is_better=False, kind="memory", unit="bytes")
-def _index_rss(run: RunData, at) -> float:
-    """Resident bytes of the opened index alone: RSS after opening minus RSS after importing its runtime."""
-    v = run.scalars.get("index_rss_bytes")
-    return math.nan if v is None else float(v)
+for _name, _key, _kind, _unit, _doc in (
+    ("build_seconds", "build_seconds", "build", "s", "Seconds to build the index."),
+    ("bytes_on_disk", "bytes_on_disk", "memory", "bytes", "Bytes of the index directory on disk."),
+    ("peak_rss", "peak_rss_bytes", "memory", "bytes",
+     "Peak RSS of a fresh serving process minus that of a process that only imports the package."),
+    ("index_rss", "index_rss_bytes", "memory", "bytes",
+     "Resident bytes of the opened index alone: RSS after opening minus RSS after importing its runtime."),
+):
+    register_metric(_name, higher_is_better=False, kind=_kind, unit=_unit)(_scalar(_key, _doc))
 
 
 @register_metric("bound_p50", higher_is_better=False, kind="bound", unit="ms")

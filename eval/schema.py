@@ -185,6 +185,7 @@ class BenchConfig(Schema):
     memory_probe: Literal["build", "each", "off"] = "build"
     recall_target: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
     seed: NonNegInt = 0
+    bandwidth_mb: PosInt = 256
     overhead: Optional[OverheadSpec] = Field(default_factory=OverheadSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     path: Optional[str] = Field(default=None, exclude=True)
@@ -235,33 +236,29 @@ class BenchConfig(Schema):
             if not entries:
                 raise Issue(f"must list at least one enabled [[{key}]] table", at=(key,))
             setattr(self, key, entries)
-        try:
-            unique([d.name for d in self.datasets], "dataset names")
-        except Issue as exc:
-            raise Issue(str(exc), at=("datasets",)) from None
-        try:
-            unique([b.label for b in self.backends], "backend labels (set 'label' to tell two entries apart)")
-        except Issue as exc:
-            raise Issue(str(exc), at=("backends",)) from None
+        unique([d.name for d in self.datasets], "dataset names", at=("datasets",))
+        unique([b.label for b in self.backends], "backend labels (set 'label' to tell two entries apart)", at=("backends",))
         self._check_scale_refs()
         return self
 
     def _check_scale_refs(self) -> None:
+        """A scale dataset's ``fit`` must name a sparse checkpoint of an enabled interactions dataset."""
+        by_name = {x.name: x for x in self.datasets}
         for d in self.datasets:
             if d.kind != "scale" or d.fit.dataset is None:
                 continue
-            src = next((x for x in self.datasets if x.name == d.fit.dataset), None)
-            if src is None:
-                raise Issue(f"dataset {d.name!r}: fit.dataset {d.fit.dataset!r} is not an enabled dataset of this config; "
-                            f"expected one of {[x.name for x in self.datasets if x.kind == 'interactions']}")
-            if src.kind != "interactions":
-                raise Issue(f"dataset {d.name!r}: fit.dataset {src.name!r} must be interaction data, not {src.kind!r}")
-            ck = next((c for c in src.checkpoints if c.name == d.fit.checkpoint), None)
+            where = f"dataset {d.name!r}: fit"
+            src = by_name.get(d.fit.dataset)
+            if src is None or src.kind != "interactions":
+                raise Issue(f"{where}.dataset {d.fit.dataset!r} is not an enabled dataset of this config; expected one of "
+                            f"{[x.name for x in self.datasets if x.kind == 'interactions']}" if src is None else
+                            f"{where}.dataset {src.name!r} must be interaction data, not {src.kind!r}")
+            ck = {c.name: c for c in src.checkpoints}.get(d.fit.checkpoint)
             if ck is None:
-                raise Issue(f"dataset {d.name!r}: fit.checkpoint {d.fit.checkpoint!r} is not a checkpoint of "
-                            f"{src.name!r}; expected one of {[c.name for c in src.checkpoints]}")
+                raise Issue(f"{where}.checkpoint {d.fit.checkpoint!r} is not a checkpoint of {src.name!r}; expected one "
+                            f"of {[c.name for c in src.checkpoints]}")
             if ck.storage != "sparse":
-                raise Issue(f"dataset {d.name!r}: fit.checkpoint {ck.name!r} must be sparse (Compressed ELSA)")
+                raise Issue(f"{where}.checkpoint {ck.name!r} must be sparse (Compressed ELSA)")
 
     def dataset(self, name: str):
         """The dataset entry called ``name``."""

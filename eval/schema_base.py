@@ -76,11 +76,11 @@ def drop_disabled(v):
     return v
 
 
-def unique(names: list[str], what: str) -> None:
-    """An :class:`Issue` listing the names that occur more than once."""
+def unique(names: list[str], what: str, *, at: tuple = ()) -> None:
+    """An :class:`Issue` at ``at`` listing the names that occur more than once."""
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise Issue(f"{what} must be unique; repeated: {dup}")
+        raise Issue(f"{what} must be unique; repeated: {dup}", at=at)
 
 
 def type_name(v) -> str:

@@ -155,10 +155,7 @@ class InteractionsDataset(_DatasetBase):
         self.checkpoints = [c for c in self.checkpoints if c is not None]
         if not self.checkpoints:
             raise Issue("must list at least one [[datasets.checkpoints]] table", at=("checkpoints",))
-        try:
-            unique(names, "names")
-        except Issue as exc:
-            raise Issue(str(exc), at=("checkpoints",)) from None
+        unique(names, "names", at=("checkpoints",))
         if self.use_checkpoints is not None:
             keep = self.use_checkpoints
             self.checkpoints = [c for c in self.checkpoints if any(fnmatch.fnmatchcase(c.name, p) for p in keep)]

@@ -18,29 +18,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from elsa_index._io import write_json  # the package's one JSON writer (numpy scalars and arrays converted)
+
 from .registry import RunData
 
 __all__ = ["run_paths", "index_paths", "is_done", "write_run", "load_run_data", "save_reference", "load_reference",
            "index_rss", "read_json", "write_json"]
-
-
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as indented JSON (numpy scalars and arrays converted)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
 def read_json(path: Path, default=None):

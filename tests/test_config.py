@@ -79,14 +79,15 @@ def test_scale_fit_must_reference_a_sparse_checkpoint():
         parse_config(cfg)
 
 
-def test_config_files_errors_name_the_file(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("k = [\n")
-    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
-        load_config(bad)
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "missing.toml")
-    assert main(["bench", str(bad), "--out", str(tmp_path / "o")]) == 2
+@pytest.mark.parametrize("text, error", [("k = [\n", "cfg.toml is not valid TOML"), (None, "config not found: .*cfg.toml")])
+def test_config_files_errors_name_the_file(tmp_path, text, error):
+    """A broken and a missing file: the error names it, and the CLI exits with status 2."""
+    path = tmp_path / "cfg.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_config(path)
+    assert main(["bench", str(path), "--out", str(tmp_path / "o")]) == 2
 
 def test_errors_name_the_location_and_the_expected_value():
     cfg = _with(("backends",), [{"name": "sparse"}, {"name": "sparse", "label": "b"},

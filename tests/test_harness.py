@@ -28,6 +28,7 @@ queries = 12
 warmup = 2
 threads = [1, 2]
 throughput_repeats = 1
+bandwidth_mb = 4
 metrics = ["recall@10", "ndcg@10", "retrieval_recall@5", "retrieval_recall@10"]
 overhead = {{ backend = "sparse", queries = 12 }}
 
