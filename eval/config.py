@@ -127,7 +127,7 @@ def load_config(path: str | os.PathLike, *, quick: bool = False) -> BenchConfig:
     if not path.is_file():
         raise ConfigError(f"benchmark config not found: {path}")
     try:
-        import tomllib
+        import tomllib  # standard library from Python 3.11; the optional tomli package before
     except ModuleNotFoundError:  # Python 3.10
         try:
             import tomli as tomllib  # type: ignore[no-redef]

@@ -9,6 +9,7 @@ report shows ``bytes / bandwidth`` next to the measured latency.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import math
 import os
@@ -69,7 +70,7 @@ def machine_info() -> dict:
         "hostname": platform.node(),
     }
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # optional: the bench extra
 
         info["blas"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version", "architecture")}
                         for p in threadpool_info()]
@@ -114,10 +115,8 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> dict:
 def thread_limits(n: int):
     """A context manager limiting BLAS/OpenMP pools to ``n`` threads (a no-op without threadpoolctl)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional: the bench extra
 
         return threadpool_limits(limits=n)
     except ImportError:
-        import contextlib
-
         return contextlib.nullcontext()

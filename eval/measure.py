@@ -24,14 +24,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from elsa_index.checkpoint import Checkpoint
 from elsa_index.errors import ElsaIndexError
+from elsa_index.indexers.base import Backend
 
 from .config import BenchConfig
 from .machine import thread_limits
+from .memprobe import load_queries, serve_rss, split_rows, standalone_latency
 from .plan import RunSpec
 from .prepare import QuerySet, true_scores
+from .registry import latency_percentiles
 from .store import index_paths, is_done, load_reference, run_paths, write_json, write_run
 
 logger = logging.getLogger(__name__)
@@ -113,8 +118,6 @@ def _warm_up_backend(cls, storage: str, tmp: Path) -> None:
     if key in _WARMED:
         return
     _WARMED.add(key)
-    from elsa_index.checkpoint import Checkpoint
-
     rng = np.random.default_rng(0)
     n, d = 64, 16
     emb = rng.standard_normal((n, d)).astype(np.float32)
@@ -171,8 +174,6 @@ def probe_memory(rec: dict, qset: QuerySet, k: int, search: dict, baseline: int,
 
     ``target`` is the backend's ``"module:Class"``, registered in the child process too.
     """
-    from .memprobe import serve_rss
-
     r = serve_rss(rec["index_dir"], qset.dir / "queries.npz", k, search_params=search,
                   register={rec["backend"]: target} if target else None)
     return {"peak_rss_bytes": int(r["peak"] - baseline), "peak_rss_raw": int(r["peak"]), "baseline_rss": int(baseline),
@@ -192,8 +193,6 @@ def measure_config(cfg: BenchConfig, out: Path, spec: RunSpec, be, rec: dict, qs
     -------
     dict: the run record written to ``runs/<dataset>/<run id>.json``.
     """
-    from .registry import latency_percentiles
-
     params = dict(spec.search)
     if "threads" in be.search_params:
         params["threads"] = 1
@@ -235,10 +234,6 @@ def measure_config(cfg: BenchConfig, out: Path, spec: RunSpec, be, rec: dict, qs
 
 def overhead_check(cfg: BenchConfig, out: Path, plan: list[RunSpec], *, force: bool, say) -> None:
     """A bare timing loop in a fresh process over one measured configuration, stored in ``overhead.json``."""
-    import pyarrow.parquet as pq
-
-    from .memprobe import standalone_latency
-
     want = cfg.overhead
     cand = [r for r in plan if r.backend.label == want.backend and want.dataset in (None, r.group, r.dataset)
             and is_done(out, r)]
@@ -289,10 +284,6 @@ def overhead_check(cfg: BenchConfig, out: Path, plan: list[RunSpec], *, force: b
 
 def harness_loop(cfg: BenchConfig, run: dict, queries_file: Path, search: dict, n: int) -> np.ndarray:
     """The harness's latency pass over the first ``n`` queries of a stored configuration (ns per query)."""
-    from elsa_index.indexers.base import Backend
-
-    from .memprobe import load_queries, split_rows
-
     be = Backend.load(run["index_dir"])
     params = dict(search)
     if "threads" in be.search_params:

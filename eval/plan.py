@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import elsa_index.indexers as indexers
 from elsa_index.errors import ConfigError, ElsaIndexError
 
 from .config import BackendSpec, BenchConfig
@@ -103,13 +104,11 @@ def resolve_backends(cfg: BenchConfig) -> tuple[dict[str, type | None], dict[str
     ConfigError
         Parameters the backend does not know, or values it rejects.
     """
-    from elsa_index.indexers import get_backend
-
     classes: dict[str, type | None] = {}
     reasons: dict[str, str] = {}
     for i, b in enumerate(cfg.backends):
         try:
-            cls = get_backend(b.name)
+            cls = indexers.get_backend(b.name)
         except ElsaIndexError as exc:
             classes[b.label] = None
             reasons[b.label] = str(exc)
@@ -145,8 +144,6 @@ def plan_runs(cfg: BenchConfig, classes: dict[str, type | None] | None = None) -
     (on the checkpoints its patterns or its ``accepts`` give it), so that a
     later run measures it once installed.
     """
-    from elsa_index.indexers import BACKENDS
-
     if classes is None:
         classes, _ = resolve_backends(cfg)
     runs: list[RunSpec] = []
@@ -170,5 +167,5 @@ def plan_runs(cfg: BenchConfig, classes: dict[str, type | None] | None = None) -
                         for spar in b.search_grid:
                             rid = content_id({"q": qkey, "backend": b.name, "build": bp, "search": spar, **common})
                             runs.append(RunSpec(sub, d.name, c.name, b, bp, spar, rid, build_id, size,
-                                                BACKENDS.get(b.name)))
+                                                indexers.BACKENDS.get(b.name)))
     return runs

@@ -22,10 +22,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+import elsa_index.indexers as indexers
+from elsa_index.checkpoint import Checkpoint
 from elsa_index.errors import BenchError, ElsaIndexError
+from elsa_index.workflow import align_to, load_split, make_model, train_checkpoint
 
 from .config import BenchConfig, DatasetSpec
+from .memprobe import save_queries, split_rows
 from .plan import RunSpec, content_id, n_queries, queryset_key
+from .scale import (
+    CatalogueStats, fit_catalogue_stats, make_dense_counterpart, make_queries, make_sparse_catalogue, posting_bytes,
+)
 from .store import load_reference, save_reference, write_json
 
 logger = logging.getLogger(__name__)
@@ -66,8 +73,6 @@ class Workspace:
 
     def split(self, d: DatasetSpec):
         if d.name not in self._splits:
-            from elsa_index.workflow import load_split
-
             self.say(f"{d.name}: loading {d.data.source}")
             self._splits[d.name] = load_split(d.data)
         return self._splits[d.name]
@@ -76,8 +81,6 @@ class Workspace:
         key = (d.name, name)
         if key in self._ckpts:
             return self._ckpts[key]
-        from elsa_index.checkpoint import Checkpoint
-
         spec = d.checkpoint(name)
         if spec.path is not None:
             ck = Checkpoint.load(spec.path)
@@ -93,8 +96,6 @@ class Workspace:
                 except (OSError, ValueError, ElsaIndexError) as exc:
                     logger.warning("retraining %s/%s: cached checkpoint unusable (%s)", d.name, name, exc)
             if ck is None:
-                from elsa_index.workflow import make_model, train_checkpoint
-
                 params = {k: v for k, v in spec.train.items() if k != "kind"}
                 params.setdefault("progress", False)
                 split = self.split(d)
@@ -112,8 +113,6 @@ class Workspace:
     def stats(self, d: DatasetSpec):
         if d.name in self._stats:
             return self._stats[d.name]
-        from .scale import CatalogueStats, fit_catalogue_stats
-
         sc = d
         f = self.out / "synthetic" / d.name / "stats.json"
         key = content_id({"fit_dataset": self.cfg.dataset(sc.fit.dataset).key() if sc.fit.dataset else None,
@@ -128,8 +127,6 @@ class Workspace:
             except (OSError, ValueError, KeyError):
                 pass
         if sc.fit.path is not None:
-            from elsa_index.checkpoint import Checkpoint
-
             ck = Checkpoint.load(sc.fit.path)
             if not ck.sparse:
                 raise BenchError(f"dataset {d.name!r}: fit.path {sc.fit.path} is a dense checkpoint; expected Compressed ELSA")
@@ -137,8 +134,6 @@ class Workspace:
             rng = np.random.default_rng(self.cfg.seed)
             stats.history_lengths = np.maximum(1, np.rint(rng.lognormal(np.log(sc.history_mean) - 0.28, 0.75, 2000))).astype(np.int64)
         else:
-            from elsa_index.workflow import align_to
-
             src = self.cfg.dataset(sc.fit.dataset)
             ck = self.checkpoint(src, sc.fit.checkpoint)
             split = self.split(src)
@@ -154,10 +149,6 @@ class Workspace:
         key = (d.name, size)
         if key in self._synthetic:
             return self._synthetic[key]
-        from elsa_index.checkpoint import Checkpoint
-
-        from .scale import make_dense_counterpart, make_queries, make_sparse_catalogue
-
         # Keep one size in memory at a time (1M items with a dense counterpart is ~1 GB).
         self._synthetic.clear()
         self._ckpts = {k: v for k, v in self._ckpts.items() if not k[0].startswith(d.name + "-")}
@@ -200,8 +191,6 @@ class Workspace:
             X = syn["X"]
             rows = np.arange(Q.shape[0])
         else:
-            from elsa_index.workflow import align_to
-
             ck = self.checkpoint(d, spec.checkpoint)
             split = self.split(d)
             fold = align_to(ck, split.fold_in, split.item_ids)
@@ -231,9 +220,6 @@ class Workspace:
             ref = load_reference(qdir)
             exact_ids, exact_scores, meta = ref["exact_ids"], ref["exact_scores"], m
         else:
-            from .memprobe import save_queries
-            from .scale import posting_bytes
-
             self.say(f"{spec.dataset}: exact top-{self.cfg.k} of {Q.shape[0]} queries ({spec.checkpoint})")
             exact_ids, exact_scores = exact_reference(ck, Q, X, self.cfg.k)
             qdir.mkdir(parents=True, exist_ok=True)
@@ -253,8 +239,6 @@ class Workspace:
                 "train_seconds": (ck.config or {}).get("train_seconds"),
             }
             write_json(meta_file, meta)
-        from .memprobe import split_rows
-
         qs, xs = split_rows(Q, X)
         qset = QuerySet(ck, Q, X, qdir, meta, exact_ids, exact_scores, qs, xs)
         self._qsets[key] = qset
@@ -262,8 +246,11 @@ class Workspace:
 
 
 def exact_reference(ck, Q, X, k: int) -> tuple[np.ndarray, np.ndarray]:
-    from elsa_index.indexers.sparse import ExactSparse
+    """The exact top-``k`` of the queries ``Q`` (excluding ``X``) by the exact ``sparse`` backend: (ids, float64 scores).
 
+    The backend comes through the registry, so that importing this module does not import its runtime (numba).
+    """
+    ExactSparse = indexers.get_backend("sparse")
     batch = int(max(1, min(256, _REF_BLOCK_ELEMENTS // max(ck.n_items, 1))))
     ref = ExactSparse(batch_size=batch).build(ck)
     res = ref.search(Q, k, exclude=X)

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from elsa_index._io import write_json  # the package's one JSON writer (numpy scalars and arrays converted)
@@ -63,9 +65,6 @@ def write_run(out: Path, spec, meta: dict, ids, scores, true_scores, latency_ns,
     latency_ns : int64 (n,).
     touched : float64 (n,) bytes each query must read (the backend's cost model), or None.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     js, pqp = run_paths(out, spec)
     js.parent.mkdir(parents=True, exist_ok=True)
     n, k = ids.shape
@@ -104,8 +103,6 @@ def load_run_data(out: str | os.PathLike, run: dict, *, bandwidth: float | None 
     OSError
         The raw results or the query set's reference are missing.
     """
-    import pyarrow.parquet as pq
-
     out = Path(out)
     table = pq.read_table(out / "runs" / run["dataset"] / f"{run['run_id']}.parquet")
     ref = load_reference(out / "queries" / run["dataset"] / run["checkpoint"])

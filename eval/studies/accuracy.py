@@ -41,6 +41,9 @@ from pathlib import Path
 
 from elsa_index.eval.machine import cpu_name
 from elsa_index.eval.tables import markdown_table
+from elsa_index.metrics import evaluate
+from elsa_index.models.baselines import EASE, Popularity
+from elsa_index.workflow import DataSpec, evaluate_checkpoint, load_split, make_model, train_checkpoint, with_epochs
 
 
 # (pruning epochs, learning rate) candidates for Compressed ELSA.
@@ -83,8 +86,6 @@ def runs_for(dataset: str, quick: bool):
 
 
 def data_spec(dataset: str, data_dir: Path):
-    from elsa_index.workflow import DataSpec
-
     if dataset == "ml-1m":
         return DataSpec(source=str(data_dir / "ml-1m.parquet"), rating_col="rating", min_rating=4.0,
                         min_user_support=5, n_heldout_users=1000, seed=42)
@@ -99,10 +100,6 @@ def metric_names(dataset: str):
 
 
 def run_one(kind, params, split, metrics, validation_users, *, refit=True, patience=3):
-    from elsa_index.models.baselines import EASE, Popularity
-    from elsa_index.metrics import evaluate
-    from elsa_index.workflow import with_epochs, evaluate_checkpoint, make_model, train_checkpoint
-
     if kind in ("popularity", "ease"):
         t0 = time.perf_counter()
         model = Popularity() if kind == "popularity" else EASE(**params)
@@ -156,7 +153,7 @@ def run_one(kind, params, split, metrics, validation_users, *, refit=True, patie
 
 
 def machine() -> dict:
-    import torch
+    import torch  # heavy: only a measuring run pays for it, not --render-only
 
     cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
@@ -260,8 +257,6 @@ def main(argv=None) -> int:
     if not args.data_dir:
         ap.error("--data-dir is required (or set ELSA_INDEX_DATA)")
     results["machine"] = machine()
-    from elsa_index.workflow import load_split
-
     for dataset in args.datasets:
         spec = data_spec(dataset, Path(args.data_dir))
         print(f"== {dataset}: loading {spec.source}", flush=True)
