@@ -49,8 +49,8 @@ module only orchestrates them (:func:`run_bench`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import functools
 import gc
 import logging
 import os
@@ -76,6 +76,31 @@ __all__ = ["run_bench", "plan_runs", "resolve_backends", "RunSpec", "load_run_da
            "load_config"]
 
 
+def _collects_young_only(fn):
+    """Let ``fn``'s garbage collections scan only the objects it creates.
+
+    The harness collects garbage before each timing pass and after each index. The objects alive before the
+    run (imported modules, torch's and matplotlib's alone are a few hundred thousand; a calling test
+    session's) are not the run's garbage, yet every full collection scanned them all again, a few tenths of
+    a second each, dozens of times per run. :func:`gc.freeze` moves them to the permanent generation for the
+    duration of the call and :func:`gc.unfreeze` hands them back; a caller that froze objects itself is left
+    as it is.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if gc.get_freeze_count():
+            return fn(*args, **kwargs)
+        gc.freeze()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.unfreeze()
+
+    return wrapper
+
+
+@_collects_young_only
 def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *, quick: bool = False,
               force: bool = False, progress: bool = True, report: bool = True, prepare_only: bool = False,
               say=None) -> dict:
@@ -127,76 +152,75 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
 
     ws.say = say_bar
     try:
-        with _collect_young_only():
-            groups: dict[tuple, list[RunSpec]] = {}
-            for r in plan:
-                groups.setdefault((r.dataset, r.checkpoint, r.backend.label, r.build_id), []).append(r)
-            for (dataset, ckpt, label, _), runs in groups.items():
-                cls = classes.get(label)
-                todo = [r for r in runs if force or not is_done(out, r)]
-                counts["reused"] += len(runs) - len(todo)
-                if cls is None:
-                    counts["skipped"] += len(todo)
-                    bar.update(len(runs))
-                    continue
-                bar.update(len(runs) - len(todo))
-                if not todo:
-                    continue
-                first = todo[0]
-                qset = ws.queryset(first)
-                if prepare_only:
-                    counts["prepared"] += len(todo)
-                    bar.update(len(todo))
-                    continue
-                if not machine_recorded:
-                    _record_machine(out, cfg)
-                    machine_recorded = True
-                bar.set_postfix_str(f"{dataset} {ckpt} {label} build {first.build or ''}"[:60], refresh=True)
-                try:
-                    rec = build_index(out, first, cls, qset, force=force)
-                except (ImportError, ElsaIndexError) as exc:
-                    reason = f"build failed: {exc}"
-                    logger.warning("%s on %s/%s %s: %s", label, dataset, ckpt, first.build, reason)
-                    skips.append({"label": label, "backend": first.backend.name, "scope": f"{dataset}/{ckpt} {first.build}",
-                                  "reason": reason})
-                    counts["skipped"] += len(todo)
-                    bar.update(len(todo))
-                    continue
-                if force:
-                    rec["memory"] = None
-                if cfg.memory_probe != "off" and baseline is None:
-                    baseline = baseline_rss()
-                if cfg.memory_probe == "build" and rec.get("memory") is None:
-                    try:
-                        rec["memory"] = probe_memory(rec, qset, cfg.k, first.search, baseline, target=first.target)
-                    except ElsaIndexError as exc:
-                        logger.warning("memory probe failed for %s: %s", label, exc)
-                        rec["memory"] = {"error": str(exc)}
-                    write_json(index_paths(out, first)[1], rec)
-                be = Backend.load(rec["index_dir"])
-                for r in todo:
-                    bar.set_postfix_str(f"{dataset} {ckpt} {label} {r.search or ''}"[:60], refresh=True)
-                    try:
-                        meta = measure_config(cfg, out, r, be, rec, qset, baseline)
-                    except ElsaIndexError as exc:
-                        logger.warning("%s %s on %s/%s failed: %s", label, r.search, dataset, ckpt, exc)
-                        skips.append({"label": label, "backend": r.backend.name, "reason": f"search failed: {exc}",
-                                      "scope": f"{dataset}/{ckpt} {r.build} {r.search}"})
-                        counts["skipped"] += 1
-                        bar.update(1)
-                        continue
-                    counts["measured"] += 1
-                    bar.update(1)
-                    logger.info("%s %s %s %s: p50 %.3f ms", dataset, ckpt, label, r.search, meta["latency_p50_ms"])
-                del be
-                gc.collect()
+        groups: dict[tuple, list[RunSpec]] = {}
+        for r in plan:
+            groups.setdefault((r.dataset, r.checkpoint, r.backend.label, r.build_id), []).append(r)
+        for (dataset, ckpt, label, _), runs in groups.items():
+            cls = classes.get(label)
+            todo = [r for r in runs if force or not is_done(out, r)]
+            counts["reused"] += len(runs) - len(todo)
+            if cls is None:
+                counts["skipped"] += len(todo)
+                bar.update(len(runs))
+                continue
+            bar.update(len(runs) - len(todo))
+            if not todo:
+                continue
+            first = todo[0]
+            qset = ws.queryset(first)
             if prepare_only:
-                return {**counts, "skips": skips, "report": None, "out": str(out)}
-            if not machine_recorded and not (out / "machine.json").is_file():
+                counts["prepared"] += len(todo)
+                bar.update(len(todo))
+                continue
+            if not machine_recorded:
                 _record_machine(out, cfg)
-            write_json(out / "skipped.json", skips)
-            if cfg.overhead is not None:
-                overhead_check(cfg, out, plan, force=force, say=say_bar)
+                machine_recorded = True
+            bar.set_postfix_str(f"{dataset} {ckpt} {label} build {first.build or ''}"[:60], refresh=True)
+            try:
+                rec = build_index(out, first, cls, qset, force=force)
+            except (ImportError, ElsaIndexError) as exc:
+                reason = f"build failed: {exc}"
+                logger.warning("%s on %s/%s %s: %s", label, dataset, ckpt, first.build, reason)
+                skips.append({"label": label, "backend": first.backend.name, "scope": f"{dataset}/{ckpt} {first.build}",
+                              "reason": reason})
+                counts["skipped"] += len(todo)
+                bar.update(len(todo))
+                continue
+            if force:
+                rec["memory"] = None
+            if cfg.memory_probe != "off" and baseline is None:
+                baseline = baseline_rss()
+            if cfg.memory_probe == "build" and rec.get("memory") is None:
+                try:
+                    rec["memory"] = probe_memory(rec, qset, cfg.k, first.search, baseline, target=first.target)
+                except ElsaIndexError as exc:
+                    logger.warning("memory probe failed for %s: %s", label, exc)
+                    rec["memory"] = {"error": str(exc)}
+                write_json(index_paths(out, first)[1], rec)
+            be = Backend.load(rec["index_dir"])
+            for r in todo:
+                bar.set_postfix_str(f"{dataset} {ckpt} {label} {r.search or ''}"[:60], refresh=True)
+                try:
+                    meta = measure_config(cfg, out, r, be, rec, qset, baseline)
+                except ElsaIndexError as exc:
+                    logger.warning("%s %s on %s/%s failed: %s", label, r.search, dataset, ckpt, exc)
+                    skips.append({"label": label, "backend": r.backend.name, "reason": f"search failed: {exc}",
+                                  "scope": f"{dataset}/{ckpt} {r.build} {r.search}"})
+                    counts["skipped"] += 1
+                    bar.update(1)
+                    continue
+                counts["measured"] += 1
+                bar.update(1)
+                logger.info("%s %s %s %s: p50 %.3f ms", dataset, ckpt, label, r.search, meta["latency_p50_ms"])
+            del be
+            gc.collect()
+        if prepare_only:
+            return {**counts, "skips": skips, "report": None, "out": str(out)}
+        if not machine_recorded and not (out / "machine.json").is_file():
+            _record_machine(out, cfg)
+        write_json(out / "skipped.json", skips)
+        if cfg.overhead is not None:
+            overhead_check(cfg, out, plan, force=force, say=say_bar)
     finally:
         bar.close()
     result = {**counts, "skips": skips, "report": None, "out": str(out)}
@@ -212,24 +236,3 @@ def _record_machine(out: Path, cfg: BenchConfig) -> None:
     machine["bandwidth"] = measure_bandwidth(cfg.bandwidth_mb << 20)
     machine["measured"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_json(out / "machine.json", machine)
-
-
-@contextlib.contextmanager
-def _collect_young_only():
-    """Let the run's garbage collections scan only the objects the run itself creates.
-
-    The harness collects garbage before each timing pass and after each index. The objects alive before the
-    run (imported modules, torch's and matplotlib's alone are a few hundred thousand; a calling test
-    session's) are not the run's garbage, yet every full collection scanned them all again, a few tenths of
-    a second each, dozens of times per run. :func:`gc.freeze` moves them to the permanent generation for the
-    duration of the run and :func:`gc.unfreeze` hands them back; a caller that froze objects itself is left
-    as it is.
-    """
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
