@@ -15,9 +15,11 @@ import scipy.sparse as sp
 from . import _jvm
 from ._lucene_files import FIELD
 
-__all__ = ["thread_parser", "query_entries", "prune", "weighted_terms", "filter_clause"]
+__all__ = ["thread_parser", "query_entries", "prune", "weighted_terms", "filter_terms", "MAX_CLAUSES"]
 
 _BOOST_DECIMALS = 9
+#: Lucene's default limit on the clauses of one query, nested clauses included (``IndexSearcher.maxClauseCount``)
+MAX_CLAUSES = 1024
 
 
 def thread_parser(rt):
@@ -65,12 +67,13 @@ def weighted_terms(dims: np.ndarray, vals: np.ndarray) -> tuple[str, float]:
     return text, wmax
 
 
-def filter_clause(emb: sp.csr_matrix, candidates: np.ndarray) -> str:
-    """Required zero-boost clause ``+(p3 n7 ...)^0`` of the candidates' dominant (dimension, sign) terms.
+def filter_terms(emb: sp.csr_matrix, candidates: np.ndarray) -> list[str]:
+    """The candidates' dominant (dimension, sign) terms, sorted: ``["n7", "p3", ...]``.
 
-    Every candidate with a non-zero row carries its dominant term, so every
-    such candidate matches; other items carrying one of the terms match too
-    (the caller drops them). "" when no candidate has a non-zero entry.
+    Every candidate with a non-zero row carries its dominant term, so a
+    required clause ``+(n7 p3 ...)^0`` (boost 0: it filters without scoring)
+    matches every such candidate; other items carrying one of the terms match
+    too (the caller drops them).
     """
     rows = emb[candidates]
     terms = set()
@@ -80,4 +83,4 @@ def filter_clause(emb: sp.csr_matrix, candidates: np.ndarray) -> str:
             j = a + int(np.argmax(np.abs(rows.data[a:b])))
             if rows.data[j] != 0:  # the checkpoint's rows may hold stored zeros, never indexed
                 terms.add(("p" if rows.data[j] > 0 else "n") + str(int(rows.indices[j])))
-    return "+(" + " ".join(sorted(terms)) + ")^0" if terms else ""
+    return sorted(terms)

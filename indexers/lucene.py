@@ -139,7 +139,7 @@ from elsa_index.scoring import score_rows
 
 from . import _jvm
 from ._lucene_files import FIELD, clean_rows, open_searcher, release, run_indexer, verify_checksums, write_documents
-from ._lucene_query import filter_clause, prune, query_entries, thread_parser, weighted_terms
+from ._lucene_query import MAX_CLAUSES, filter_terms, prune, query_entries, thread_parser, weighted_terms
 from .base import Backend
 
 logger = logging.getLogger(__name__)
@@ -320,16 +320,24 @@ class LuceneImpact(Backend):
         return ids, scores
 
     def _search_within(self, queries, k: int, candidates: np.ndarray):
-        """Top-k among ``candidates``: Lucene filtered by the candidates' terms, then an exact re-rank.
+        """Top-k among ``candidates``: exact scores of few candidates, Lucene with a filter clause for many.
 
-        Lucene restricts the search to items carrying a *segment term*: the
-        dominant (dimension, sign) term of any candidate, as a required clause
-        with boost 0 (it filters without scoring); the user's terms score the
-        matches, the ``max(depth, k) + len(candidates)`` best are kept if they
-        are candidates, and re-scored exactly (always, whatever ``rerank``).
-        Every candidate with a non-zero row matches the filter, so the result
-        is exact when the filter matches at most that many items; candidates
-        with an empty row are not in the index and never returned. Used by
+        Few candidates (at most ``max(depth, k)``, e.g. a segment of a
+        homepage): they are scored exactly from the re-rank rows, like
+        :meth:`elsa_index.search.Index.search_within` does for backends
+        without a restricted search; that is exact and cheaper than fetching
+        as many ids from Lucene (about 5 us each against a few multiply-adds
+        per candidate). Many candidates: Lucene restricts the search to items
+        carrying a *segment term*, the dominant (dimension, sign) term of any
+        candidate, as a required clause with boost 0 (it filters without
+        scoring); the user's terms score the matches, the ``max(depth, k)``
+        best that are candidates are re-scored exactly (whatever ``rerank``),
+        as in :meth:`search` (so the result is approximate in the same way);
+        when fewer than ``k`` candidates come back, all candidates are scored
+        exactly. Lucene allows 1,024 clauses per query: the user's terms are
+        cut to the largest ``|u_d|`` that fit beside the filter (the re-rank
+        uses all of ``u``), and candidates spanning more than half that many
+        terms (a filter that filters little) are scored exactly. Used by
         :func:`elsa_index.segments.recommend_segments` through
         :meth:`elsa_index.search.Index.search_within`.
         """
@@ -337,17 +345,21 @@ class LuceneImpact(Backend):
         n = queries.shape[0]
         ids = np.full((n, k), -1, np.int64)
         scores = np.full((n, k), -np.inf, np.float32)
-        clause = filter_clause(self.emb_, candidates)
-        if not clause:
-            return ids, scores
-        depth = min(max(int(self._search_params["depth"]), k) + len(candidates), max(self.n_items_, 1))
+        depth = min(max(int(self._search_params["depth"]), k), max(self.n_items_, 1))
+        terms = [] if len(candidates) <= depth else filter_terms(self.emb_, candidates)
+        use_lucene = 0 < len(terms) <= MAX_CLAUSES // 2
+        clause = "+(" + " ".join(terms) + ")^0"
+        room = MAX_CLAUSES - len(terms) - 2  # the nested filter query and its clause count too
         for r in range(n):
             dims, vals = query_entries(queries, r)
-            text, _ = weighted_terms(dims, vals)
-            got, _ = self._lucene_top(rt, searcher, parser, (text + " " if text else "") + clause, depth)
-            got = got[np.isin(got, candidates)]
-            if len(got):
-                ids[r], scores[r] = _ranked(got, self._exact_scores(got, dims, vals), k)
+            got = np.zeros(0, np.int64)
+            if use_lucene:
+                text, _ = weighted_terms(*prune(dims, vals, room))
+                got, _ = self._lucene_top(rt, searcher, parser, (text + " " if text else "") + clause, depth)
+                got = got[np.isin(got, candidates)]
+            if len(got) < k:  # few candidates, a filter too wide, or too few candidates among Lucene's best
+                got = candidates
+            ids[r], scores[r] = _ranked(got, self._exact_scores(got, dims, vals), k)
         return ids, scores
 
     def _session(self):
