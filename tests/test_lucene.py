@@ -229,7 +229,7 @@ def test_search_within_long_queries_and_wide_candidate_sets():
     exact = Index(ckpt, get_backend("sparse")().build(ckpt))
     U = rng.normal(size=(2, dims)).astype(np.float32)  # every dimension active: 1,024 query terms
     try:
-        lucene.set_search_params(depth=20)
+        lucene.set_search_params(depth=20, within_exact=0)
         # 30 candidates (<= depth: scored exactly); 700 candidates with 700 filter terms (> 512: exactly)
         for cand in (np.arange(0, n, 37), np.arange(700)):
             a, b = lucene.search_within(U, 10, cand), exact.search_within(U, 10, cand)
@@ -246,6 +246,11 @@ def test_search_within_long_queries_and_wide_candidate_sets():
         true = ckpt.score_candidates(U, a.indices)
         np.testing.assert_array_equal(a.scores, true)
         assert retrieval_recall(true, a.indices, b.scores, 10).mean() >= 0.8
+        calls.clear()
+        lucene.set_search_params(within_exact=len(cand))  # the default leaves such sets to exact scoring
+        a = lucene.search_within(U, 10, cand)
+        assert not calls
+        np.testing.assert_array_equal(a.indices, b.indices)
     finally:
         lucene.close()
 
@@ -454,6 +459,7 @@ def test_empty_rows_zero_queries_and_explicit_scale():
     ({"query_terms": 0}, "query_terms must be an integer >= 1.*or None"),
     ({"rerank": "yes"}, "rerank must be True or False"),
     ({"dynamic_pruning": None}, "dynamic_pruning must be True or False"),
+    ({"within_exact": -1}, "within_exact"),
     ({"max_impact": 0}, "max_impact must be an integer in"),
     ({"max_impact": 70000}, "max_impact must be an integer in"),
     ({"scale": -1.0}, "scale must be a positive finite number"),
