@@ -251,6 +251,22 @@ def test_idmap_round_trip_and_missing_policy():
         IdMap(["a", "b", "a"])
 
 
+@pytest.mark.parametrize("ids", [["a", "bb", "c"], ["c", "a", "bb"]], ids=["sorted", "unsorted"])
+def test_idmap_lookup_same_for_sorted_and_unsorted_ids(ids):
+    # Sorted ids are searched by bisection, others through a dict: same answers.
+    m = IdMap(ids)
+    keys = ["bb", "b", "bbb", "", "zzzz", "c", "a", 7]
+    expected = [ids.index(k) if k in ids else -1 for k in keys]
+    assert m.index(keys, missing="ignore").tolist() == expected
+    assert m.index(np.array(["c", "a"])).tolist() == [ids.index("c"), ids.index("a")]
+    assert [k in m for k in keys] == [e >= 0 for e in expected]
+    assert m.index([]).tolist() == []
+    with pytest.raises(DataError, match="1-D"):
+        m.index([["a"]])
+    empty = IdMap([])
+    assert empty.index(["a"], missing="ignore").tolist() == [-1] and "a" not in empty
+
+
 # ------------------------------------------------------------- Interactions
 
 
