@@ -10,6 +10,7 @@ sorted by external id, so the same set of ids always maps the same way.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -429,8 +430,6 @@ class Interactions:
 
     def fingerprint(self) -> str:
         """A sha256 of the matrix and id maps: identifies the training data."""
-        import hashlib
-
         h = hashlib.sha256()
         for arr in (self.matrix.indptr.astype(np.int64), self.matrix.indices.astype(np.int64)):
             h.update(arr.tobytes())
