@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from tabulate import tabulate
+
 from . import __version__
+from .indexers import backend_names, get_backend
 
 __all__ = ["build_parser", "backends_help", "columns"]
 
@@ -51,8 +54,6 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def backends_help() -> str:
     """The registered backends with their build and search parameters, for ``build --help``."""
-    from .indexers import backend_names, get_backend
-
     accepts = {"any": "sparse or dense", "sparse": "sparse", "dense": "dense"}
     lines = ["backends (parameters: --param NAME=VALUE at build time, 'recommend --search-param' later):"]
     for name in backend_names():
@@ -76,8 +77,6 @@ def backends_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .indexers import backend_names
-
     parser = _Parser(
         prog="elsa-index",
         description="Train ELSA / Compressed ELSA item embeddings and serve recommendations from them.",
@@ -246,8 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def columns(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool = True) -> list[str]:
     """Lines of ``rows`` (strings) as aligned columns; the first row is a header, underlined, unless ``header=False``."""
-    from tabulate import tabulate
-
     align = ["right" if i in right else "left" for i in range(len(rows[0]))]
     # "plain" with the header as a row: columns exactly as wide as their widest cell
     # (tabulate pads header columns of its own formats by two characters).
