@@ -52,6 +52,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--split-seed", type=int, default=42, help="seed of the held-out user draw (default: 42)")
 
 
+def _add_output_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--out`` (required) and ``--overwrite`` of a command that writes a directory, e.g. "index directory"."""
+    p.add_argument("--out", required=True, help=f"{what} to write")
+    p.add_argument("--overwrite", action="store_true", help=f"replace an existing {what}")
+
+
 def backends_help() -> str:
     """The registered backends with their build and search parameters, for ``build --help``."""
     accepts = {"any": "sparse or dense", "sparse": "sparse", "dense": "dense"}
@@ -109,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled outputs: score batch positives plus this many random items (default: all items)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     g.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    _add_output_args(p, "checkpoint directory")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out users")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -130,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "matrix (CSR/CSC/COO) or a dense .npy array, one row per item.")
     p.add_argument("embeddings", help=".npz sparse matrix or .npy array, shape (n_items, dims)")
     p.add_argument("--item-ids", default=None, help="text file with one item id per line (default: row numbers)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    _add_output_args(p, "checkpoint directory")
 
     # info
     p = sub.add_parser("info", help="describe a checkpoint", description="Print a checkpoint's manifest summary.")
@@ -149,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(backend_names())} (see 'backends' below)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="backend build or search parameter, e.g. --param M=32 --param depth=200 (repeatable)")
-    p.add_argument("--out", required=True, help="index directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    _add_output_args(p, "index directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     # recommend
