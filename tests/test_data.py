@@ -122,19 +122,18 @@ def test_numeric_strings_as_ratings_are_accepted(tmp_path):
     np.testing.assert_array_equal(read_log(path, rating_col="rating").rating, [4.5, 2.0])
 
 
-def test_missing_file_and_unreadable_file(tmp_path):
-    with pytest.raises(DataError, match="interaction file not found"):
-        read_log(tmp_path / "nope.parquet")
-    bad = tmp_path / "broken.parquet"
-    bad.write_bytes(b"this is not parquet")
-    with pytest.raises(DataError, match="could not read .*broken.parquet as parquet"):
-        read_log(bad)
-
-
-def test_null_ids_raise(tmp_path):
-    path = tmp_path / "log.csv"
-    path.write_text("user_id,item_id\na,x\n,y\n")
-    with pytest.raises(DataError, match="column 'user_id'.*1 missing values"):
+@pytest.mark.parametrize(
+    "name, content, message",
+    [("nope.parquet", None, "interaction file not found"),
+     ("broken.parquet", b"this is not parquet", "could not read .*broken.parquet as parquet"),
+     ("log.csv", b"user_id,item_id\na,x\n,y\n", "column 'user_id'.*1 missing values")],
+    ids=["missing", "unreadable", "null-ids"],
+)
+def test_missing_unreadable_or_invalid_file_raises(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
         read_log(path)
 
 
