@@ -38,6 +38,9 @@ from .log import Log
 
 logger = logging.getLogger(__name__)
 
+# pyarrow (~0.3 s to import) is imported inside the parsers: importing the package
+# (every CLI command, `elsa-index --help`) must not pay for it.
+
 __all__ = [
     "DATASETS",
     "CACHE_ENV",
