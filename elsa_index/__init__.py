@@ -1,4 +1,21 @@
-"""elsa-index: sparse item embeddings (Compressed ELSA) for recommendation serving."""
+"""elsa-index: sparse item embeddings (Compressed ELSA) for recommendation serving.
+
+This package owns the core, one job per module or sub-package:
+
+- ``errors`` every error and warning type; ``_io`` atomic directories and
+  array/JSON/CSR files; ``_checks`` argument checks; ``topk`` the top-k with
+  its tie rule; ``scoring`` exact scores of candidate items;
+- ``data`` interaction logs, splits, datasets, synthetic data, metadata
+  tables; ``models`` ELSA, Compressed ELSA and baselines; ``metrics``
+  recommendation quality; ``workflow`` data -> model -> checkpoint;
+- ``checkpoint`` the self-describing checkpoint directory; ``search`` the
+  ``Index`` API over any backend of ``elsa_index.indexers``;
+- ``segments`` and ``homepage`` segment rows and their static preview;
+- ``demo`` the end-to-end demo; ``cli`` (with ``_cli_parser``) the command line.
+
+Backends live in ``elsa_index.indexers`` and the benchmark harness in
+``elsa_index.eval`` (source folders ``indexers/`` and ``eval/``).
+"""
 
 from __future__ import annotations
 

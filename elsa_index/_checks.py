@@ -10,6 +10,7 @@ import math
 from typing import Any, Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 from .errors import ElsaIndexError
 
@@ -56,8 +57,6 @@ def check_k(k: Any, name: str = "k", *, error: Callable[[str], Exception] = Elsa
 
 def check_csr(m: Any, name: str, *, error: Callable[[str], Exception] = ElsaIndexError):
     """``m`` (any scipy sparse matrix) as a 2-D CSR matrix (users x items)."""
-    import scipy.sparse as sp
-
     if not sp.issparse(m):
         raise error(f"{name} must be a scipy sparse matrix (users x items), got {type(m).__name__}")
     if m.ndim != 2:

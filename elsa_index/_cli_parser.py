@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from tabulate import tabulate
+
 from . import __version__
+from .indexers import backend_names, get_backend
 
 __all__ = ["build_parser", "backends_help", "columns"]
 
@@ -49,10 +52,14 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--split-seed", type=int, default=42, help="seed of the held-out user draw (default: 42)")
 
 
+def _add_output_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--out`` (required) and ``--overwrite`` of a command that writes a directory, e.g. "index directory"."""
+    p.add_argument("--out", required=True, help=f"{what} to write")
+    p.add_argument("--overwrite", action="store_true", help=f"replace an existing {what}")
+
+
 def backends_help() -> str:
     """The registered backends with their build and search parameters, for ``build --help``."""
-    from .indexers import backend_names, get_backend
-
     accepts = {"any": "sparse or dense", "sparse": "sparse", "dense": "dense"}
     lines = ["backends (parameters: --param NAME=VALUE at build time, 'recommend --search-param' later):"]
     for name in backend_names():
@@ -76,8 +83,6 @@ def backends_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .indexers import backend_names
-
     parser = _Parser(
         prog="elsa-index",
         description="Train ELSA / Compressed ELSA item embeddings and serve recommendations from them.",
@@ -110,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled outputs: score batch positives plus this many random items (default: all items)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     g.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    _add_output_args(p, "checkpoint directory")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out users")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -131,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "matrix (CSR/CSC/COO) or a dense .npy array, one row per item.")
     p.add_argument("embeddings", help=".npz sparse matrix or .npy array, shape (n_items, dims)")
     p.add_argument("--item-ids", default=None, help="text file with one item id per line (default: row numbers)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    _add_output_args(p, "checkpoint directory")
 
     # info
     p = sub.add_parser("info", help="describe a checkpoint", description="Print a checkpoint's manifest summary.")
@@ -150,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(backend_names())} (see 'backends' below)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="backend build or search parameter, e.g. --param M=32 --param depth=200 (repeatable)")
-    p.add_argument("--out", required=True, help="index directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    _add_output_args(p, "index directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     # recommend
@@ -246,8 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def columns(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool = True) -> list[str]:
     """Lines of ``rows`` (strings) as aligned columns; the first row is a header, underlined, unless ``header=False``."""
-    from tabulate import tabulate
-
     align = ["right" if i in right else "left" for i in range(len(rows[0]))]
     # "plain" with the header as a row: columns exactly as wide as their widest cell
     # (tabulate pads header columns of its own formats by two characters).

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 __all__ = ["atomic_directory", "load_array", "save_array", "save_csr", "load_csr", "write_json", "read_json",
-           "read_manifest", "array_digest"]
+           "read_manifest", "array_digest", "json_default"]
 
 
 @contextlib.contextmanager
@@ -181,3 +181,7 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+#: ``default=`` for ``json.dump`` outside this module: numpy scalars and arrays, paths.
+json_default = _json_default

@@ -3,6 +3,13 @@
 Each command parses its arguments (defined in :mod:`elsa_index._cli_parser`),
 calls the library and prints the outcome; user mistakes are printed as one
 ``error: ...`` line with exit status 2.
+
+Imports: the library's own modules are imported here at the top. Only the
+benchmark harness (:mod:`elsa_index.eval`) is imported inside ``cmd_bench``:
+it needs the optional ``bench`` extra (pydantic, matplotlib), which other
+commands and ``--help`` must not require. Backends that need torch, faiss or
+pyserini import them when used, so ``elsa-index --help`` loads none of them
+(tested).
 """
 
 from __future__ import annotations
@@ -11,17 +18,26 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from ._cli_parser import build_parser, columns
-from .errors import ElsaIndexError
+from .checkpoint import Checkpoint, import_embeddings
+from .data.tables import read_table
+from .demo import bench_demo, run_demo
+from .errors import ElsaIndexError, SegmentFallbackWarning, UnknownItemsWarning
+from .homepage import item_metadata, make_homepage
+from .search import build_index, open_index
+from .segments import SegmentError, default_segments_dirs, discover_segments, open_source
+from .workflow import DEFAULT_METRICS, DataSpec, evaluate_checkpoint, load_split, make_model, train_checkpoint
 
 __all__ = ["main", "build_parser"]
 
 
 def _data_spec(args):
-    from .workflow import DataSpec
-
     return DataSpec(
         source=args.data, user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
         timestamp_col=args.timestamp_col, split_col=args.split_col, min_rating=args.min_rating,
@@ -34,12 +50,9 @@ def _data_spec(args):
 
 
 def cmd_train(args) -> int:
-    from .workflow import load_split, make_model, train_checkpoint
-
     spec = _data_spec(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _check_new_output(out, args.overwrite)
     params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
                   seed=args.seed, progress=not args.quiet)
     if args.model == "elsa":
@@ -63,9 +76,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import Checkpoint
-    from .workflow import DataSpec, evaluate_checkpoint, load_split
-
     ckpt = Checkpoint.load(args.checkpoint)
     if args.data is not None:
         spec = _data_spec(args)
@@ -84,11 +94,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .checkpoint import import_embeddings
-
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _check_new_output(out, args.overwrite)
     ckpt = import_embeddings(args.embeddings, args.item_ids)
     ckpt.save(out, overwrite=args.overwrite)
     nnz = ckpt.nnz_per_row()
@@ -98,8 +105,6 @@ def cmd_import(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import Checkpoint
-
     ckpt = Checkpoint.load(args.checkpoint)
     m = ckpt.manifest()
     if args.json:
@@ -131,11 +136,8 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def cmd_build(args) -> int:
-    from .search import build_index
-
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _check_new_output(out, args.overwrite)
     t0 = time.perf_counter()
     if not args.quiet:
         _say(f"building {args.backend} index of {args.checkpoint} ...")
@@ -171,11 +173,6 @@ def _read_histories(path: str):
 
 
 def cmd_recommend(args) -> int:
-    import warnings
-
-    from .errors import UnknownItemsWarning
-    from .search import open_index
-
     index = open_index(args.index)
     if args.search_param:
         index.set_search_params(**_parse_params(args.search_param))
@@ -210,6 +207,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    # Needs the optional ``bench`` extra (pydantic, matplotlib): see the module docstring.
     from .eval.config import load_config
     from .eval.harness import plan_runs, run_bench
 
@@ -223,8 +221,6 @@ def cmd_bench(args) -> int:
 
     def say(msg: str) -> None:
         if not args.quiet:
-            from tqdm.auto import tqdm
-
             tqdm.write(msg)
 
     res = run_bench(cfg, args.out, force=args.force, progress=not args.quiet, prepare_only=args.prepare_only, say=say)
@@ -240,9 +236,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import bench_demo, run_demo
-    from .workflow import DEFAULT_METRICS
-
     def show_models(models) -> None:
         _say("")
         rows = [["model", "nnz/item", "train s", "embedding bytes", *DEFAULT_METRICS]]
@@ -264,26 +257,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _open_source(path: str):
-    """(index or None, checkpoint) of a sparse index or checkpoint directory."""
-    from .segments import open_source
-
-    return open_source(path)
-
-
 def _table(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool = True) -> None:
     """Print ``rows`` of strings as aligned columns (:func:`columns`): the one table printer of the CLI."""
     print("\n".join(columns(rows, right, header=header)))
 
 
 def cmd_segments(args) -> int:
-    import numpy as np
-
-    from .data.tables import read_table
-    from .homepage import item_metadata
-    from .segments import SegmentError, default_segments_dirs, discover_segments
-
-    index, ckpt = _open_source(args.source)
+    index, ckpt = open_source(args.source)
     out = Path(args.out) if args.out else default_segments_dirs(args.source)[0]
     if out.exists() and not args.overwrite:
         raise SegmentError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
@@ -340,11 +320,6 @@ def cmd_segments(args) -> int:
 
 
 def cmd_homepage(args) -> int:
-    import warnings
-
-    from .errors import SegmentFallbackWarning, UnknownItemsWarning
-    from .homepage import make_homepage
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownItemsWarning)
         warnings.simplefilter("always", SegmentFallbackWarning)
@@ -366,6 +341,12 @@ def cmd_homepage(args) -> int:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _check_new_output(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing ``--out`` unless ``--overwrite`` was given."""
+    if out.exists() and not overwrite:
+        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
 
 
 def _say(msg: str) -> None:

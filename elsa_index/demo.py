@@ -25,6 +25,9 @@ from typing import Callable
 from ._checks import check_int
 from .data import Split
 from .errors import ElsaIndexError
+from .metrics import evaluate
+from .models import Popularity
+from .search import build_index
 from .workflow import DEFAULT_METRICS, DataSpec, load_split, make_model, train_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -140,9 +143,6 @@ def run_demo(out: str | Path = "elsa-demo", *, users: int = 5000, items: int = 2
 
 
 def _train_models(split: Split, spec: DataSpec, out: Path, progress: bool, say) -> list[DemoModel]:
-    from .metrics import evaluate
-    from .models import Popularity
-
     t0 = time.perf_counter()
     pop = Popularity().fit(split.train.matrix)
     res = evaluate(pop.score, split.fold_in, split.targets, ks=(), metrics=DEFAULT_METRICS)
@@ -159,8 +159,6 @@ def _train_models(split: Split, spec: DataSpec, out: Path, progress: bool, say) 
 
 def _serve_one_user(result: DemoResult, split: Split) -> None:
     """Serve the first held-out user from an exact sparse index of the Compressed ELSA checkpoint."""
-    from .search import build_index
-
     result.index = result.out / "index-sparse"
     index = build_index(result.out / "compressed-1024-nnz16", "sparse", result.index, overwrite=True)
     row = split.fold_in[0]
@@ -175,6 +173,7 @@ def bench_demo(out: str | Path, *, progress: bool = True) -> dict:
     Returns :func:`elsa_index.eval.harness.run_bench`'s result (``skips``
     lists the backends that could not run here, ``report`` the report's path).
     """
+    # The harness needs the optional ``bench`` extra (pydantic): imported only when the benchmark runs.
     from .eval.config import load_config
     from .eval.harness import run_bench
 

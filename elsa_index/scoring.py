@@ -1,4 +1,12 @@
-"""Exact scores of candidate items: the one implementation every re-rank and allow-list uses."""
+"""Exact scores of candidate items: the one implementation every re-rank and allow-list uses.
+
+One summation order for sparse embeddings: the score of item j for query u
+is the float32 sum, from 0, of the float32 products ``a_jd * u_d`` over the
+item's stored entries in ascending dimension order. The exact sparse
+backend's kernel (``elsa_index.indexers._kernels``) adds the same products
+in the same order, so exact scores are bit-identical whichever path computes
+them, and with one tie rule (lower item index first) so are the rankings.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +25,9 @@ def score_rows(E, queries, candidates, dtype=np.float32) -> np.ndarray:
     queries : ndarray (n, dims) or scipy sparse (n, dims), or one 1-D vector.
     candidates : int array (n, c) of item rows per query (one 1-D array for
         one query); ``-1`` marks padding.
-    dtype : dtype of the result; the sums are taken in float64 (the stored
-        entries of a row in their order) whatever ``dtype``.
+    dtype : dtype of the result. Sparse ``E``: float32 sums in the shared
+        order (see the module), converted to ``dtype``; dense ``E``: float64
+        sums (no kernel to agree with), rounded to ``dtype``.
 
     Returns
     -------
@@ -45,23 +54,37 @@ def score_rows(E, queries, candidates, dtype=np.float32) -> np.ndarray:
     cand = cand.astype(np.int64, copy=False)
     if cand.size and (cand.min() < -1 or cand.max() >= n_items):
         raise ValueError(f"candidates hold item rows outside [-1, {n_items})")
-    out = np.full(cand.shape, -np.inf, np.float64)
-    block = max(1, 4_000_000 // max(dims, 1))  # queries densified at once (float64)
+    out = np.full(cand.shape, -np.inf, np.float64 if not sp.issparse(E) else np.float32)
+    block = max(1, 4_000_000 // max(dims, 1))  # queries densified at once
     for start in range(0, Q.shape[0], block):
-        Qb = Q[start : start + block]
+        Qb = Q if Q.shape[0] <= block else Q[start : start + block]  # slicing a sparse matrix costs ~30 us
         Qb = Qb.toarray() if sp.issparse(Qb) else Qb
-        Qb = np.asarray(Qb, dtype=np.float64)
         rr, cc = np.nonzero(cand[start : start + block] >= 0)
         items = cand[start + rr, cc]
         if sp.issparse(E):
-            # Gather the candidates' stored entries (CSR rows) and sum their products per candidate.
-            starts = E.indptr[items]
-            lens = E.indptr[items + 1] - starts
-            first = np.cumsum(lens) - lens
-            pos = np.repeat(starts - first, lens) + np.arange(int(lens.sum()))
-            prod = E.data[pos].astype(np.float64) * Qb[np.repeat(rr, lens), E.indices[pos]]
-            vals = np.bincount(np.repeat(np.arange(len(items)), lens), weights=prod, minlength=len(items))
+            vals = _sparse_sums(E, np.asarray(Qb, dtype=np.float32), rr, items)
         else:
-            vals = np.einsum("ij,ij->i", E[items].astype(np.float64), Qb[rr])
+            vals = np.einsum("ij,ij->i", E[items].astype(np.float64), np.asarray(Qb, dtype=np.float64)[rr])
         out[start + rr, cc] = vals
     return out.astype(dtype, copy=False)
+
+
+def _sparse_sums(E, Qb: np.ndarray, rr: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """float32 ``Qb[rr[i]] · E[items[i]]``, summed sequentially in each row's stored order (the shared order)."""
+    if not E.has_sorted_indices:  # never sorts the caller's matrix in place
+        E = E.sorted_indices()
+    starts = E.indptr[items]
+    lens = E.indptr[items + 1] - starts
+    first = np.cumsum(lens) - lens
+    offset = np.arange(int(lens.sum())) - np.repeat(first, lens)  # position of each entry within its row
+    pos = np.repeat(starts, lens) + offset
+    prod = np.asarray(E.data[pos], dtype=np.float32) * Qb[np.repeat(rr, lens), E.indices[pos]]
+    # One column per position in the row: adding column by column is a sequential float32 sum per item
+    # (numpy's own reductions sum pairwise, which is a different order); padded zeros add nothing.
+    width = int(lens.max()) if len(lens) else 0
+    P = np.zeros((width, len(items)), np.float32)
+    P[offset, np.repeat(np.arange(len(items)), lens)] = prod
+    acc = np.zeros(len(items), np.float32)
+    for column in P:
+        acc += column
+    return acc

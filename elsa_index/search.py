@@ -16,8 +16,15 @@ read on first use and shared with the page cache. Keep the directory in
 place while the index is open; ``Index.close()`` (or ``with open_index(p) as
 idx:``) releases what the backend holds (e.g. Lucene's reader).
 
+Restricted search (:meth:`Index.search_within`, ``recommend(allow=...)``):
+the backend's own restricted search where it has one (Lucene: a filter
+clause), otherwise exact scores of the candidates
+(:func:`elsa_index.scoring.score_rows`, the summation order the exact
+``sparse`` backend uses too) and :mod:`elsa_index.topk`. Ties go to the lower
+item index everywhere, so exact paths return identical rows.
+
 Thread safety: an opened :class:`Index` only reads its arrays and the
-backend's index; ``recommend``, ``similar_items`` and ``search`` may be called
+backend's index; ``recommend``, ``similar_items``, ``search`` and ``search_within`` may be called
 from several threads at once. ``set_search_params`` must not run concurrently
 with searches.
 """
@@ -38,6 +45,8 @@ from ._checks import check_k
 from ._io import atomic_directory, read_manifest, write_json
 from .checkpoint import Checkpoint
 from .errors import BackendError, CheckpointError, DataError, UnknownItemsWarning
+from .indexers import get_backend
+from .indexers.base import Backend
 from .topk import topk_unchecked
 
 logger = logging.getLogger(__name__)
@@ -154,7 +163,9 @@ class Index:
         k : items per user (>= 1); rows are padded when fewer items qualify.
         exclude_history : never return an item of the user's own history.
         allow : only these item ids may be returned. Scored exactly against
-            the checkpoint's embeddings (no backend involved).
+            the checkpoint's embeddings (no backend involved; see
+            :meth:`search_within` for a restricted search by item indices
+            that uses the backend's own when it has one).
         deny : these item ids are never returned.
 
         Unknown history ids are ignored with an :class:`UnknownItemsWarning`;
@@ -179,7 +190,7 @@ class Index:
         if len(active):
             U = self.encode(X[active])
             if allow_idx is not None:
-                ids[active], scores[active] = self._score_subset(U, allow_idx, exclude[active], k)
+                ids[active], scores[active] = self._score_within(U, allow_idx, exclude[active], k)
             else:
                 res = self.backend.search(U, k, exclude=exclude[active])
                 ids[active], scores[active] = res.ids, res.scores
@@ -187,15 +198,16 @@ class Index:
             ids[r], scores[r] = self._popular_row(exclude[r], allow_idx, k)
         return Recommendations(self.checkpoint.item_ids.external(ids), scores, ids, empty)
 
-    def _score_subset(self, U, allowed: np.ndarray, exclude: sp.csr_matrix, k: int):
-        # Exact scores of the allowed items only (no backend involved).
-        S = self.checkpoint.score_candidates(U, np.broadcast_to(allowed, (U.shape[0], len(allowed))))
-        ex = exclude[:, allowed]
-        local, top = topk_unchecked(S, k, ex if ex.nnz else None, copy=False)
-        out = np.full((S.shape[0], k), -1, np.int64)
-        sc = np.full((S.shape[0], k), -np.inf, np.float32)
+    def _score_within(self, Q, cand: np.ndarray, exclude: sp.csr_matrix | None, k: int):
+        """Exact top-k among ``cand`` (sorted unique item rows): the shared scores and tie rule, no backend."""
+        n = Q.shape[0]
+        S = self.checkpoint.score_candidates(Q, np.broadcast_to(cand, (n, len(cand))))
+        ex = None if exclude is None else exclude[:, cand]
+        local, top = topk_unchecked(S, k, ex if ex is not None and ex.nnz else None, copy=False)
+        out = np.full((n, k), -1, np.int64)
+        sc = np.full((n, k), -np.inf, np.float32)
         w = local.shape[1]
-        out[:, :w] = np.where(local >= 0, allowed[np.clip(local, 0, None)], -1)
+        out[:, :w] = np.where(local >= 0, cand[np.clip(local, 0, None)], -1)
         sc[:, :w] = top
         out[~np.isfinite(sc)] = -1
         return out, sc
@@ -235,6 +247,56 @@ class Index:
         return Recommendations(self.checkpoint.item_ids.external(res.ids), res.scores, res.ids, np.zeros(n, bool))
 
 
+    # ------------------------------------------------------- restricted search
+
+    def search_within(self, queries, k: int, candidates, *, exclude=None) -> Recommendations:
+        """Top-k items for raw query vectors among candidate items given by row index.
+
+        Parameters
+        ----------
+        queries : ndarray (n, dims) or scipy sparse (n, dims), or one 1-D
+            vector (e.g. :meth:`encode` of a history matrix).
+        k : results per query (>= 1); rows are padded (index -1, id ``""``,
+            score -inf) when fewer candidates qualify.
+        candidates : 1-D int array of item row indices of the checkpoint
+            (any order; duplicates count once), the same for every query.
+        exclude : items never returned: a sparse (n, n_items) matrix (stored
+            entries are excluded), or a sequence of n integer arrays.
+
+        Returns
+        -------
+        Recommendations (n, k), best first; ``fallback`` is all False.
+
+        Notes
+        -----
+        A backend with its own restricted search (``backend.has_search_within``,
+        e.g. Lucene: the candidates' terms as a filter clause, then an exact
+        re-rank) answers the query; for any other backend the candidates are
+        scored exactly (:meth:`~elsa_index.checkpoint.Checkpoint.score_candidates`)
+        and ranked by :mod:`elsa_index.topk`. Both return exact ``u·a_j`` in
+        float32 in the one summation order of :mod:`elsa_index.scoring`, ties
+        broken by the lower item index, so an exact backend gives the same
+        rows through either path (Lucene: the same rows whenever its
+        candidates hold the exact top-k).
+
+        Raises
+        ------
+        BackendError
+            Bad ``k``, queries, candidates or exclusions.
+        """
+        k = check_k(k, error=BackendError)
+        be = self.backend
+        if be.has_search_within:
+            res = be.search_within(queries, k, candidates, exclude=exclude)
+            ids, scores = res.ids, res.scores
+        else:
+            Q = be.as_queries(queries)
+            cand = be.as_candidates(candidates)
+            ex = be.as_exclude(exclude, Q.shape[0])
+            ids, scores = self._score_within(Q, cand, ex, k)
+        return Recommendations(self.checkpoint.item_ids.external(ids), scores, ids, np.zeros(ids.shape[0], bool))
+
+
 def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "sparse", out: str | os.PathLike | None = None,
                 *, overwrite: bool = False, progress: bool = False, **params) -> Index:
     """Build a backend over a checkpoint; with ``out``, save a self-contained index directory atomically.
@@ -250,8 +312,6 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
     Index : with ``out``, the saved backend reopened from its directory (memory-mapped)
         around the checkpoint given (not read back from the copy just written).
     """
-    from .indexers import get_backend
-
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
     cls = get_backend(backend)
     be = cls(**params)
@@ -290,8 +350,6 @@ def open_index(path: str | os.PathLike, *, checkpoint: Checkpoint | str | os.Pat
 
     The stored checkpoint is verified against its fingerprint once, here.
     """
-    from .indexers.base import Backend
-
     path = Path(path)
     m = read_manifest(path, "index.json", INDEX_DIR_FORMAT, INDEX_DIR_VERSION, "index", BackendError)
     if checkpoint is None:

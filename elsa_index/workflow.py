@@ -13,6 +13,8 @@ import scipy.sparse as sp
 
 from .checkpoint import Checkpoint
 from .data import IdMap, Interactions, Split, column_split, filter_log, read_log, strong_generalization_split
+from .data.datasets import DATASETS, load_dataset
+from .data.synthetic import make_synthetic
 from .errors import DataError, TrainingError
 from .metrics import evaluate
 from .models import ELSA, CompressedELSA
@@ -68,16 +70,12 @@ def load_log(spec: DataSpec):
     """The raw interaction log named by ``spec`` (before filtering)."""
     src = spec.source
     if src == "synthetic":
-        from .data.synthetic import make_synthetic
-
         return make_synthetic(spec.synthetic_users, spec.synthetic_items, spec.synthetic_clusters, seed=spec.seed)
     path = Path(src)
     if path.is_file():
         cols = dict(user_col=spec.user_col, item_col=spec.item_col, rating_col=spec.rating_col,
                     timestamp_col=spec.timestamp_col, split_col=spec.split_col)
         return read_log(path, **cols)
-    from .data.datasets import DATASETS, load_dataset
-
     if src in DATASETS:
         return load_dataset(src)
     raise DataError(f"data source {src!r} is neither a file nor a known dataset; expected a .parquet/.csv path, 'synthetic' or one of {list(DATASETS)}")

@@ -49,7 +49,7 @@ def backend_names() -> list[str]:
 
 def get_backend(name: str) -> type["Backend"]:
     """The backend class registered as ``name`` (its module is imported now)."""
-    from .base import Backend
+    from .base import Backend  # base imports get_backend from here: at the top this would be an import cycle
 
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; expected one of {backend_names()}")

@@ -7,6 +7,14 @@ resets the accumulator for the next query. The work is proportional to the
 postings the query touches plus one streaming pass over n_items floats, with
 no temporary arrays; ties are broken by the lower item index, like
 ``metrics.topk``.
+
+Scores follow the one summation order of every exact sparse score in the
+package (:func:`elsa_index.scoring.score_rows`): float32 products
+``a_jd * u_d`` added in float32, from 0, in ascending dimension order (the
+query's dims are sorted). So this kernel, the exact re-rank of Lucene's
+candidates and exact candidate scoring return bit-identical scores and, with
+the same tie rule, identical rankings. (A float64 accumulator was measured
+1.5-1.9x slower at 1M items: the scatter into the accumulator dominates.)
 """
 
 from __future__ import annotations
@@ -105,7 +113,8 @@ def sparse_topk(postings, queries, k: int, acc: np.ndarray) -> tuple[np.ndarray,
     """Exact top-k of sparse ``queries`` (CSR, n x dims) against ``postings`` (CSR, dims x n_items).
 
     ``acc`` is a zeroed float32 work array of n_items (left zeroed on return);
-    one per thread. ``k`` must not exceed n_items.
+    one per thread. ``k`` must not exceed n_items. The query's indices must be
+    sorted (ascending dims: the shared summation order).
     """
     n = queries.shape[0]
     ids = np.empty((n, k), np.int64)

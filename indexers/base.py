@@ -12,6 +12,13 @@ k)``, ``_save(directory, *, with_embeddings=True)`` and ``_load(directory, *,
 checkpoint=None, mmap=False)``, and may override ``close`` to release what it holds. A backend
 is a context manager: ``with Backend.load(path) as be:`` closes it at the end.
 
+Optional hook: ``_search_within(queries, k, candidates)``, a restricted
+search (top-k among given item rows) done by the backend itself, e.g. Lucene
+with a filter clause. :meth:`Backend.search_within` validates its input and
+handles exclusions around it; :meth:`elsa_index.search.Index.search_within`
+uses it when ``has_search_within`` and otherwise scores the candidates
+exactly against the checkpoint.
+
 Thread safety: ``search`` must be safe to call from several threads at once
 on one built or loaded backend (each subclass states how it ensures this);
 ``build`` / ``set_search_params`` must not run concurrently with searches.
@@ -23,7 +30,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,6 +39,8 @@ from elsa_index import __version__
 from elsa_index._checks import check_k
 from elsa_index._io import atomic_directory, read_manifest, write_json
 from elsa_index.errors import BackendError, ElsaIndexError
+
+from . import get_backend
 
 logger = logging.getLogger(__name__)
 
@@ -213,10 +222,10 @@ class Backend:
         Results with arrays of shape (n, k).
         """
         self._check_built()
-        Q = self._as_queries(queries)
+        Q = self.as_queries(queries)
         n = Q.shape[0]
         k = self._check_k(k)
-        ex = self._as_exclude(exclude, n)
+        ex = self.as_exclude(exclude, n)
         if n == 0:
             return Results(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
         # Each query needs k results plus as many as it excludes. Queries are searched in groups whose
@@ -242,6 +251,75 @@ class Backend:
         """Return (ids, scores) of shape (n, k) sorted by descending score; pad with -1 / -inf."""
         raise NotImplementedError
 
+    # ------------------------------------------------------- restricted search
+
+    @property
+    def has_search_within(self) -> bool:
+        """Whether this backend restricts searches to candidate items itself (implements ``_search_within``)."""
+        return type(self)._search_within is not Backend._search_within
+
+    def search_within(self, queries, k: int, candidates, *, exclude=None) -> Results:
+        """Top-k items of each query among ``candidates``, searched by the backend itself.
+
+        Parameters
+        ----------
+        queries : ndarray (n, dims) or sparse (n, dims), or one 1-D vector.
+        k : results per query (>= 1).
+        candidates : 1-D int array of item row indices (any order; duplicates
+            count once), the same for every query.
+        exclude : as in :meth:`search`; excluded candidates are never returned.
+
+        Returns
+        -------
+        Results with arrays of shape (n, k); rows hold only candidates and are
+        padded (-1 / -inf) when fewer than k candidates qualify.
+
+        Raises
+        ------
+        BackendError
+            The backend has no restricted search (``has_search_within`` is
+            False: use :meth:`elsa_index.search.Index.search_within`, which
+            then scores the candidates exactly), or invalid input.
+        """
+        if not self.has_search_within:
+            raise BackendError(
+                f"backend {self.name!r} has no restricted search of its own; use Index.search_within, "
+                "which scores the candidates exactly")
+        self._check_built()
+        Q = self.as_queries(queries)
+        n = Q.shape[0]
+        k = self._check_k(k)
+        cand = self.as_candidates(candidates)
+        ex = self.as_exclude(exclude, n)
+        if n == 0 or not len(cand):
+            return Results(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
+        # Fetch k plus the excluded candidates of the most-excluding query, then drop the excluded ones.
+        n_ex = 0 if ex is None else int(ex[:, cand].getnnz(axis=1).max())
+        fetch = min(len(cand), k + n_ex)
+        ids, scores = self._search_within(Q, fetch, cand)
+        return _finish(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), ex, k)
+
+    def _search_within(self, queries, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Optional hook: top-k among ``candidates`` (sorted unique int64 item rows), as ``_search`` returns.
+
+        ``queries`` are validated (float32, CSR for sparse input, with sorted
+        indices) and ``k`` does not exceed ``len(candidates)``. Only
+        candidates may be returned; ties go to the lower item index. The base
+        class has none (``has_search_within`` is then False).
+        """
+        raise NotImplementedError
+
+    def as_candidates(self, candidates) -> np.ndarray:
+        """Validated candidate item rows: sorted unique int64 in ``[0, n_items)``; raises BackendError."""
+        cand = np.asarray(candidates)
+        if cand.ndim != 1 or (cand.size and cand.dtype.kind not in "iu"):
+            raise BackendError(
+                f"candidates must be a 1-D array of integer item indices, got {cand.dtype} of shape {cand.shape}")
+        cand = np.unique(cand.astype(np.int64, copy=False))
+        if len(cand) and (cand[0] < 0 or cand[-1] >= self.n_items_):
+            raise BackendError(f"candidates hold item indices outside [0, {self.n_items_})")
+        return cand
+
     def _check_built(self) -> None:
         if self.n_items_ is None:
             raise BackendError(f"the {self.name!r} index is not built or loaded yet; call build(checkpoint) or load(path)")
@@ -252,9 +330,12 @@ class Backend:
             logger.debug("k=%d exceeds the catalogue (%d items); rows are padded with id -1", k, self.n_items_)
         return int(k)
 
-    def _as_queries(self, queries):
+    def as_queries(self, queries):
+        """Validated queries: float32 CSR (indices sorted) or 2-D float32 ndarray of ``dims_`` columns; raises BackendError."""
         if sp.issparse(queries):
             Q = sp.csr_matrix(queries, dtype=np.float32)
+            if not Q.has_sorted_indices:  # one summation order (ascending dims) for every exact score
+                Q = Q.sorted_indices()
         else:
             Q = np.asarray(queries, dtype=np.float32)
             if Q.ndim == 1:
@@ -268,7 +349,8 @@ class Backend:
             raise BackendError("queries contain NaN or inf values; expected finite vectors")
         return Q
 
-    def _as_exclude(self, exclude, n: int):
+    def as_exclude(self, exclude, n: int):
+        """Validated exclusions of ``n`` queries as CSR (n, n_items), or None; raises BackendError."""
         if exclude is None:
             return None
         if sp.issparse(exclude):
@@ -336,8 +418,6 @@ class Backend:
         """
         path = Path(path)
         m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", BackendError)
-        from . import get_backend
-
         target = get_backend(m.get("backend", "?"))
         if cls is not Backend and not issubclass(target, cls):
             raise BackendError(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")

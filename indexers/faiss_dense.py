@@ -123,6 +123,12 @@ class _FaissBackend(Backend):
     #: the faiss index class this backend writes, checked on load
     _faiss_class = ""
 
+    def __init_subclass__(cls, **kwargs):
+        # Every faiss backend has the search parameter ``threads``; subclasses declare only their own.
+        super().__init_subclass__(**kwargs)
+        cls.search_params = {**cls.search_params, "threads": 1}
+        cls.param_docs = {**cls.param_docs, "threads": _THREADS_DOC}
+
     # ------------------------------------------------------------ parameters
 
     def _check_params(self) -> None:
@@ -228,8 +234,6 @@ class FaissFlat(_FaissBackend):
     name = "faiss-flat"
     exact = True
     build_params: dict[str, Any] = {}
-    search_params = {"threads": 1}
-    param_docs = {"threads": _THREADS_DOC}
     _faiss_class = "IndexFlatIP"
 
     @classmethod
@@ -268,12 +272,11 @@ class FaissHNSW(_FaissBackend):
     name = "faiss-hnsw"
     exact = False
     build_params = {"M": 32, "ef_construction": 200}
-    search_params = {"ef_search": 64, "threads": 1}
+    search_params = {"ef_search": 64}
     param_docs = {
         "M": "graph neighbours per node (default 32; more: better recall, more memory, slower build)",
         "ef_construction": "candidate list size while building (default 200)",
         "ef_search": "candidate list size while searching, at least the results fetched (default 64)",
-        "threads": _THREADS_DOC,
     }
     _faiss_class = "IndexHNSWFlat"
 
@@ -332,12 +335,11 @@ class FaissIVF(_FaissBackend):
     name = "faiss-ivf"
     exact = False
     build_params = {"nlist": None, "train_seed": 1234}
-    search_params = {"nprobe": 32, "threads": 1}
+    search_params = {"nprobe": 32}
     param_docs = {
         "nlist": "inverted lists (k-means centroids); None: about 4*sqrt(n_items), at least 39 items per list",
         "train_seed": "seed of the k-means initialisation (default 1234)",
         "nprobe": "lists scanned per query, clipped to nlist (default 32)",
-        "threads": _THREADS_DOC,
     }
     _faiss_class = "IndexIVFFlat"
 

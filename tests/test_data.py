@@ -122,19 +122,18 @@ def test_numeric_strings_as_ratings_are_accepted(tmp_path):
     np.testing.assert_array_equal(read_log(path, rating_col="rating").rating, [4.5, 2.0])
 
 
-def test_missing_file_and_unreadable_file(tmp_path):
-    with pytest.raises(DataError, match="interaction file not found"):
-        read_log(tmp_path / "nope.parquet")
-    bad = tmp_path / "broken.parquet"
-    bad.write_bytes(b"this is not parquet")
-    with pytest.raises(DataError, match="could not read .*broken.parquet as parquet"):
-        read_log(bad)
-
-
-def test_null_ids_raise(tmp_path):
-    path = tmp_path / "log.csv"
-    path.write_text("user_id,item_id\na,x\n,y\n")
-    with pytest.raises(DataError, match="column 'user_id'.*1 missing values"):
+@pytest.mark.parametrize(
+    "name, content, message",
+    [("nope.parquet", None, "interaction file not found"),
+     ("broken.parquet", b"this is not parquet", "could not read .*broken.parquet as parquet"),
+     ("log.csv", b"user_id,item_id\na,x\n,y\n", "column 'user_id'.*1 missing values")],
+    ids=["missing", "unreadable", "null-ids"],
+)
+def test_missing_unreadable_or_invalid_file_raises(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
         read_log(path)
 
 
@@ -249,6 +248,22 @@ def test_idmap_round_trip_and_missing_policy():
         m.index(["z"], missing="drop")
     with pytest.raises(DataError, match="1 duplicates"):
         IdMap(["a", "b", "a"])
+
+
+@pytest.mark.parametrize("ids", [["a", "bb", "c"], ["c", "a", "bb"]], ids=["sorted", "unsorted"])
+def test_idmap_lookup_same_for_sorted_and_unsorted_ids(ids):
+    # Sorted ids are searched by bisection, others through a dict: same answers.
+    m = IdMap(ids)
+    keys = ["bb", "b", "bbb", "", "zzzz", "c", "a", 7]
+    expected = [ids.index(k) if k in ids else -1 for k in keys]
+    assert m.index(keys, missing="ignore").tolist() == expected
+    assert m.index(np.array(["c", "a"])).tolist() == [ids.index("c"), ids.index("a")]
+    assert [k in m for k in keys] == [e >= 0 for e in expected]
+    assert m.index([]).tolist() == []
+    with pytest.raises(DataError, match="1-D"):
+        m.index([["a"]])
+    empty = IdMap([])
+    assert empty.index(["a"], missing="ignore").tolist() == [-1] and "a" not in empty
 
 
 # ------------------------------------------------------------- Interactions

@@ -45,6 +45,13 @@ ML_ROWS = {
 ML_FILES = {"100k": ("ml-100k", "u.data"), "1m": ("ml-1m", "ratings.dat"), "20m": ("ml-20m", "ratings.csv")}
 
 
+def error_message(load, *args, **kwargs) -> str:
+    """The message of the DataError that ``load(*args, **kwargs)`` raises."""
+    with pytest.raises(DataError) as err:
+        load(*args, **kwargs)
+    return str(err.value)
+
+
 def ml_text(variant: str, rows=None) -> str:
     """A ratings file in the official format of a MovieLens variant."""
     rows = ML_ROWS[variant] if rows is None else rows
@@ -270,9 +277,7 @@ def test_load_dataset_goodbooks_and_netflix(tmp_path):
 
 
 def test_load_dataset_unknown_name_lists_known():
-    with pytest.raises(DataError) as err:
-        load_dataset("movielens")
-    msg = str(err.value)
+    msg = error_message(load_dataset, "movielens")
     assert "'movielens'" in msg
     for name in DATASETS:
         assert name in msg
@@ -348,9 +353,7 @@ def test_download_force_fetches_again(tmp_path, monkeypatch):
 def test_download_wrong_md5_leaves_nothing(tmp_path, monkeypatch):
     serve_ml1m(monkeypatch, tmp_path / "src", md5="0" * 32)
     cache = tmp_path / "cache"
-    with pytest.raises(DataError) as err:
-        download_dataset("ml-1m", cache_dir=cache)
-    msg = str(err.value)
+    msg = error_message(download_dataset, "ml-1m", cache_dir=cache)
     assert "checksum mismatch" in msg and "ml-1m.zip" in msg and "0" * 32 in msg
     assert list(cache.iterdir()) == []
     with pytest.raises(DataError, match="checksum mismatch"):
@@ -398,9 +401,7 @@ def test_downloaded_file_permissions_follow_umask(tmp_path, monkeypatch):
 def test_no_download_and_nothing_cached(tmp_path, monkeypatch):
     serve_ml1m(monkeypatch, tmp_path / "src")
     cache = tmp_path / "cache"
-    with pytest.raises(DataError) as err:
-        load_movielens("1m", cache_dir=cache, download=False)
-    msg = str(err.value)
+    msg = error_message(load_movielens, "1m", cache_dir=cache, download=False)
     assert "download=False" in msg and str(cache / "ml-1m.zip") in msg and "path=" in msg
     assert not cache.exists()
 
@@ -491,9 +492,7 @@ def test_movielens_malformed_line(tmp_path, variant, bad_line, detail):
     text = ml_text(variant) + bad_line
     folder, filename = ML_FILES[variant]
     for path in (write(tmp_path / filename, text), ml_zip(tmp_path, variant, text)):
-        with pytest.raises(DataError) as err:
-            load_movielens(variant, path)
-        msg = str(err.value)
+        msg = error_message(load_movielens, variant, path)
         assert str(path) in msg and EXPECT_ML[variant] in msg and detail in msg
     assert f"ml-{variant}.zip:{folder}/{filename}" in msg  # the zip member is named
 
@@ -502,9 +501,8 @@ def test_movielens_malformed_line(tmp_path, variant, bad_line, detail):
 def test_movielens_empty_file(tmp_path, variant):
     _, filename = ML_FILES[variant]
     path = write(tmp_path / filename, "")
-    with pytest.raises(DataError) as err:
-        load_movielens(variant, path)
-    assert str(path) in str(err.value) and EXPECT_ML[variant] in str(err.value)
+    msg = error_message(load_movielens, variant, path)
+    assert str(path) in msg and EXPECT_ML[variant] in msg
 
 
 def test_movielens_header_only(tmp_path):
@@ -515,9 +513,7 @@ def test_movielens_header_only(tmp_path):
 
 def test_movielens_wrong_header(tmp_path):
     path = write(tmp_path / "ratings.csv", "user,movie,rating,timestamp\n1,2,3.5,4\n")
-    with pytest.raises(DataError) as err:
-        load_movielens("20m", path)
-    msg = str(err.value)
+    msg = error_message(load_movielens, "20m", path)
     assert str(path) in msg and "lacks column(s) ['userId', 'movieId']" in msg and "'user', 'movie'" in msg
 
 
@@ -525,9 +521,7 @@ def test_movielens_wrong_header(tmp_path):
 def test_movielens_zip_without_member(tmp_path, variant):
     folder, filename = ML_FILES[variant]
     path = write_zip(tmp_path / f"{folder}.zip", {f"{folder}/movies.dat": "1::Toy Story::Animation\n"})
-    with pytest.raises(DataError) as err:
-        load_movielens(variant, path)
-    msg = str(err.value)
+    msg = error_message(load_movielens, variant, path)
     assert str(path) in msg and f"has no {filename}" in msg and "official MovieLens zip" in msg
 
 
@@ -558,9 +552,7 @@ def test_movielens_missing_path(tmp_path):
 
 
 def test_movielens_directory_without_files(tmp_path):
-    with pytest.raises(DataError) as err:
-        load_movielens("1m", tmp_path)
-    msg = str(err.value)
+    msg = error_message(load_movielens, "1m", tmp_path)
     assert str(tmp_path) in msg and "ratings.dat" in msg and "ml-1m.zip" in msg
 
 
@@ -576,9 +568,7 @@ def test_movielens_directory_without_files(tmp_path):
 )
 def test_goodbooks_bad_file(tmp_path, text, detail):
     path = write(tmp_path / "ratings.csv", text)
-    with pytest.raises(DataError) as err:
-        load_goodbooks(path)
-    msg = str(err.value)
+    msg = error_message(load_goodbooks, path)
     assert str(path) in msg and "header 'user_id,book_id,rating'" in msg and detail in msg
 
 
@@ -609,9 +599,7 @@ NETFLIX_FORMAT = "'MovieID:' lines, each followed by 'CustomerID,Rating,YYYY-MM-
 )
 def test_netflix_bad_file(tmp_path, text, detail):
     path = write(tmp_path / "combined_data_1.txt", text)
-    with pytest.raises(DataError) as err:
-        load_netflix(path)
-    msg = str(err.value)
+    msg = error_message(load_netflix, path)
     assert str(path) in msg and NETFLIX_FORMAT in msg and detail in msg
 
 
@@ -619,9 +607,7 @@ def test_netflix_error_names_the_bad_file_among_several(tmp_path):
     good = write(tmp_path / "combined_data_1.txt", NETFLIX_1)
     bad = write(tmp_path / "combined_data_2.txt", "3:\n5,3\n")
     for files in ([good, bad], [bad, good], tmp_path):
-        with pytest.raises(DataError) as err:
-            load_netflix(files)
-        msg = str(err.value)
+        msg = error_message(load_netflix, files)
         assert str(bad) in msg and "combined_data_1" not in msg and "Expected 3 columns" in msg
 
 

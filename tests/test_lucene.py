@@ -211,6 +211,50 @@ def test_exclusions(case):
 # ---------------------------------------------------------- thread safety
 
 
+def test_search_within_long_queries_and_wide_candidate_sets():
+    # Lucene allows 1,024 clauses per query: a 1,024-term user query plus a filter must still work (the user's
+    # terms are cut for Lucene, the re-rank uses all of u), and a candidate set spanning more terms than fit is
+    # scored exactly from the re-rank rows. Both give the rows of exact candidate scoring.
+    from elsa_index.search import Index
+
+    rng = np.random.default_rng(3)
+    n, dims = 1100, 1024
+    rows = np.repeat(np.arange(n), 4)
+    cols = np.stack([np.arange(n) % dims] + [rng.integers(0, dims, n) for _ in range(3)], axis=1).ravel()
+    vals = np.stack([rng.choice([-1.0, 1.0], n)] + [rng.uniform(-0.5, 0.5, n) for _ in range(3)], axis=1).ravel()
+    E = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(n, dims))
+    E.sum_duplicates()
+    ckpt = Checkpoint(E, [f"i{j}" for j in range(n)], np.zeros(n, np.int64), kind="imported")
+    lucene = Index(ckpt, get_backend("lucene")().build(ckpt))
+    exact = Index(ckpt, get_backend("sparse")().build(ckpt))
+    U = rng.normal(size=(2, dims)).astype(np.float32)  # every dimension active: 1,024 query terms
+    try:
+        lucene.set_search_params(depth=20, within_exact=0)
+        # 30 candidates (<= depth: scored exactly); 700 candidates with 700 filter terms (> 512: exactly)
+        for cand in (np.arange(0, n, 37), np.arange(700)):
+            a, b = lucene.search_within(U, 10, cand), exact.search_within(U, 10, cand)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.scores, b.scores)
+        # 220 candidates, 220 filter terms beside 1,024 - 222 of the user's terms: Lucene's filtered search
+        calls = []
+        inner = lucene.backend._lucene_top
+        lucene.backend._lucene_top = lambda *a: calls.append(a[3]) or inner(*a)
+        cand = np.arange(0, n, 5)
+        a, b = lucene.search_within(U, 10, cand), exact.search_within(U, 10, cand)
+        assert len(calls) == 2 and all("+(" in text for text in calls)
+        assert np.isin(a.indices, cand).all()
+        true = ckpt.score_candidates(U, a.indices)
+        np.testing.assert_array_equal(a.scores, true)
+        assert retrieval_recall(true, a.indices, b.scores, 10).mean() >= 0.8
+        calls.clear()
+        lucene.set_search_params(within_exact=len(cand))  # the default leaves such sets to exact scoring
+        a = lucene.search_within(U, 10, cand)
+        assert not calls
+        np.testing.assert_array_equal(a.indices, b.indices)
+    finally:
+        lucene.close()
+
+
 def test_concurrent_searches_detach_from_the_jvm(case, in_threads):
     # Results under concurrency are checked by the contract suite (test_backends.py); here: the JVM side.
     name, ckpt, U, lu, ex = case
@@ -415,6 +459,7 @@ def test_empty_rows_zero_queries_and_explicit_scale():
     ({"query_terms": 0}, "query_terms must be an integer >= 1.*or None"),
     ({"rerank": "yes"}, "rerank must be True or False"),
     ({"dynamic_pruning": None}, "dynamic_pruning must be True or False"),
+    ({"within_exact": -1}, "within_exact"),
     ({"max_impact": 0}, "max_impact must be an integer in"),
     ({"max_impact": 70000}, "max_impact must be an integer in"),
     ({"scale": -1.0}, "scale must be a positive finite number"),

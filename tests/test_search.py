@@ -64,6 +64,36 @@ def test_recommend_matches_exact_scoring(case, histories):
     np.testing.assert_array_equal(rec2.indices, rec.indices)
 
 
+def test_search_within_is_the_exact_top_k_among_candidates(case, histories):
+    # Backends with their own restricted search (lucene) and exact candidate scoring (all others) give the
+    # same rows: exact scores in the shared summation order, ties to the lower index.
+    from elsa_index.topk import topk
+
+    index, ckpt = case
+    U = ckpt.encode(histories)
+    n = ckpt.n_items
+    cand = np.arange(1, n, 3)[::-1]  # any order
+    S = ckpt.score_candidates(U, np.broadcast_to(np.arange(n), (U.shape[0], n)))
+    masked = np.full_like(S, -np.inf)
+    masked[:, cand] = S[:, cand]
+    masked[histories.nonzero()] = -np.inf
+    ref_ids, ref_scores = topk(masked, 7)
+    ref_ids[np.isneginf(ref_scores)] = -1
+    rec = index.search_within(U, 7, cand, exclude=histories)
+    np.testing.assert_array_equal(rec.indices, ref_ids)
+    np.testing.assert_array_equal(rec.scores, ref_scores.astype(np.float32))
+    assert not rec.fallback.any()
+    np.testing.assert_array_equal(rec.ids[rec.indices >= 0], ckpt.item_ids.ids[rec.indices[rec.indices >= 0]])
+    # the same rows as recommend(allow=...) with external ids
+    hist = [list(ckpt.item_ids.ids[histories[r].indices]) for r in range(3)]
+    allow = index.recommend(hist, 7, allow=ckpt.item_ids.ids[cand].tolist())
+    np.testing.assert_array_equal(allow.indices, rec.indices[:3])
+    # fewer candidates than k: padded
+    few = index.search_within(U[:2], 5, [4, 2])
+    assert (few.indices[:, 2:] == -1).all() and np.isneginf(few.scores[:, 2:]).all()
+    assert set(few.indices[0, :2]) <= {2, 4} and (few.ids[:, 2:] == "").all()
+
+
 def test_recommend_allow_and_deny(case, histories):
     index, ckpt = case
     ids = ckpt.item_ids.ids
@@ -231,3 +261,14 @@ def test_bad_queries(index):
         index.recommend(["item0001"], k=2)
     with pytest.raises(DataError, match="not in the catalogue"):
         index.recommend([["item0001"]], k=2, deny=["zzz"])
+    q = np.ones((1, index.checkpoint.dims), np.float32)
+    for bad, match in ((np.array([[1, 2]]), "1-D array of integer"), (np.array([0.5]), "1-D array of integer"),
+                       ([index.n_items], "outside"), ([-1], "outside")):
+        with pytest.raises(ElsaIndexError, match=match):
+            index.search_within(q, 2, bad)
+    with pytest.raises(ElsaIndexError, match="k must be a positive integer"):
+        index.search_within(q, 0, [1])
+    with pytest.raises(ElsaIndexError, match="exclude has 2 rows"):
+        index.search_within(q, 2, [1], exclude=[[1], [2]])
+    with pytest.raises(ElsaIndexError, match="no restricted search of its own"):
+        index.backend.search_within(q, 2, [1])

@@ -11,7 +11,6 @@ import scipy.sparse as sp
 from elsa_index.checkpoint import Checkpoint
 from elsa_index.errors import ElsaIndexError
 from elsa_index.indexers.sparse import ExactSparse
-from elsa_index.indexers.base import Results
 from elsa_index.search import Index, UnknownItemsWarning, build_index
 from elsa_index.segments import (
     FORMAT_VERSION,
@@ -353,12 +352,12 @@ class HookedSparse(ExactSparse):
 
     name = "sparse-hooked"
 
-    def search_within(self, query, k, *, candidates):
+    def _search_within(self, queries, k, candidates):
         self.calls = getattr(self, "calls", 0) + 1
         keep = np.zeros(self.n_items_, bool)
         keep[candidates] = True
-        res = self.search(query, k, exclude=[np.flatnonzero(~keep)])
-        return Results(res.ids, res.scores)
+        res = self.search(queries, k, exclude=[np.flatnonzero(~keep)] * queries.shape[0])
+        return res.ids, res.scores
 
 
 def test_rows_identical_across_checkpoint_index_allow_path_and_backend_hook(sparse_checkpoint, histories):

@@ -33,6 +33,21 @@ def test_kernel_equals_reference_topk(integer, k):
     assert not acc.any()  # left zeroed for the next call
 
 
+def test_kernel_scores_and_ranks_bit_identical_to_exact_candidate_scoring():
+    # One summation order (elsa_index.scoring): the kernel and score_rows + topk agree to the bit, ties included.
+    from elsa_index.scoring import score_rows
+
+    E, Q = _random(n_items=800, dims=60, density=0.15, seed=5)
+    E.sort_indices()
+    E = sp.vstack([E, E[:40]]).tocsr()  # duplicated rows: exact ties broken by the lower index
+    acc = np.zeros(E.shape[0], np.float32)
+    ids, scores = _kernels.sparse_topk(sp.csr_matrix(E.T), Q, 25, acc)
+    S = score_rows(E, Q, np.broadcast_to(np.arange(E.shape[0]), (Q.shape[0], E.shape[0])))
+    ref_ids, ref_scores = topk(S, 25)
+    np.testing.assert_array_equal(scores, ref_scores)
+    np.testing.assert_array_equal(ids, ref_ids)
+
+
 def test_kernel_includes_zero_score_items_like_exact_scoring():
     # One query touching a single item: the rest of the top-k are zero-score items, lowest ids first.
     E = sp.csr_matrix(np.array([[0, 0], [0, 0], [1.0, 0], [0, 0]], np.float32))

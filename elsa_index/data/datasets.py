@@ -28,7 +28,7 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterator, Sequence, TypeAlias
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from .download import CACHE_ENV, SOURCES, Source, download_dataset, locate_datas
 from .log import Log
 
 logger = logging.getLogger(__name__)
+
+# pyarrow (~0.3 s to import) is imported inside the parsers: importing the package
+# (every CLI command, `elsa-index --help`) must not pay for it.
 
 __all__ = [
     "DATASETS",
@@ -51,6 +54,8 @@ __all__ = [
     "load_goodbooks",
     "load_netflix",
 ]
+
+_PathLike: TypeAlias = "str | os.PathLike[str]"
 
 DATASETS: tuple[str, ...] = ("ml-100k", "ml-1m", "ml-20m", "goodbooks-10k", "netflix")
 """Names accepted by :func:`load_dataset`."""
@@ -72,13 +77,8 @@ _MOVIELENS = {
 _ML_COLUMNS = ("user", "item", "rating", "timestamp")
 
 
-def load_movielens(
-    variant: str,
-    path: str | os.PathLike | None = None,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    download: bool = True,
-) -> Log:
+def load_movielens(variant: str, path: _PathLike | None = None, *,
+                   cache_dir: _PathLike | None = None, download: bool = True) -> Log:
     """Load MovieLens 100K, 1M or 20M ratings from the official GroupLens files.
 
     Parameters
@@ -127,11 +127,16 @@ def load_movielens(
 
 
 @contextlib.contextmanager
-def _open_ratings(path: Path, folder: str, filename: str) -> Iterator[tuple[IO[bytes], str]]:
-    """Yield a binary stream of the ratings file in a zip, a directory or a plain file."""
+def _open_ratings(path: Path, folder: str, filename: str, *, zipped: bool = True) -> Iterator[tuple[IO[bytes], str]]:
+    """Yield a binary stream of the ratings file and its description.
+
+    ``path`` is the file itself, the official ``{folder}.zip`` (when the
+    dataset is published ``zipped``) or a directory holding either, directly
+    or in a ``folder/`` sub-directory.
+    """
     if path.is_dir():
-        path = _find_in_dir(path, folder, filename)
-    if zipfile.is_zipfile(path):
+        path = _find_in_dir(path, folder, filename, zipped=zipped)
+    if zipped and zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 member = _zip_member(zf, path, filename)
@@ -145,14 +150,17 @@ def _open_ratings(path: Path, folder: str, filename: str) -> Iterator[tuple[IO[b
             yield stream, str(path)
 
 
-def _find_in_dir(directory: Path, folder: str, filename: str) -> Path:
-    candidates = [directory / filename, directory / folder / filename, directory / f"{folder}.zip"]
+def _find_in_dir(directory: Path, folder: str, filename: str, *, zipped: bool) -> Path:
+    candidates = [directory / filename, directory / folder / filename]
+    if zipped:
+        candidates.append(directory / f"{folder}.zip")
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    official = f"the official {folder}.zip or its {filename}" if zipped else f"the {folder} {filename}"
     raise DataError(
-        f"{directory} holds none of {[str(c.relative_to(directory)) for c in candidates]}; "
-        f"pass the official {folder}.zip or its {filename}"
+        f"{directory} has no {filename} (looked for {[str(c.relative_to(directory)) for c in candidates]}); "
+        f"pass {official}"
     )
 
 
@@ -166,12 +174,8 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, filename: str) -> str:
 # ---------------------------------------------------------------- goodbooks-10k
 
 
-def load_goodbooks(
-    path: str | os.PathLike | None = None,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    download: bool = True,
-) -> Log:
+def load_goodbooks(path: _PathLike | None = None, *,
+                   cache_dir: _PathLike | None = None, download: bool = True) -> Log:
     """Load goodbooks-10k ratings (``ratings.csv`` of github.com/zygmuntz/goodbooks-10k).
 
     Parameters
@@ -192,15 +196,12 @@ def load_goodbooks(
         Missing file or a file not in the official format.
     """
     where = locate_dataset("goodbooks-10k", path, cache_dir, download)
-    if where.is_dir():
-        where = where / "ratings.csv"
-        if not where.is_file():
-            raise DataError(f"{where.parent} has no ratings.csv; pass the goodbooks-10k ratings.csv")
     expected = "CSV with header 'user_id,book_id,rating'"
     header = ("user_id", "book_id", "rating")
-    with open(where, "rb") as stream:
-        table = _read_csv(stream, str(where), expected, header=header, names=("user", "item", "rating"))
-    logger.info("loaded goodbooks-10k: %d ratings from %s", table["user"].size, where)
+    # goodbooks-10k is published as a plain CSV file, not in a zip.
+    with _open_ratings(where, "goodbooks-10k", "ratings.csv", zipped=False) as (stream, desc):
+        table = _read_csv(stream, desc, expected, header=header, names=("user", "item", "rating"))
+    logger.info("loaded goodbooks-10k: %d ratings from %s", table["user"].size, desc)
     return _make_log(table["user"], table["item"], table["rating"], None)
 
 

@@ -32,6 +32,8 @@ from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# pooch (~0.1 s to import) is imported only when something is downloaded.
+
 __all__ = ["CACHE_ENV", "Source", "SOURCES", "resolve_cache_dir", "download_dataset", "locate_dataset"]
 
 CACHE_ENV = "ELSA_INDEX_CACHE"

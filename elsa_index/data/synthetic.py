@@ -33,7 +33,7 @@ Generative model
 from __future__ import annotations
 
 import logging
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -59,36 +59,16 @@ _START_SPAN = 2 * 365 * 86_400
 _MEAN_GAP = 3_600.0
 
 
+# The return type depends on ``return_clusters``; the other keyword options
+# (``**options``) are spelled out once, in the implementation below.
 @overload
-def make_synthetic(
-    n_users: int = ...,
-    n_items: int = ...,
-    n_clusters: int = ...,
-    *,
-    mean_history: float = ...,
-    popularity_exponent: float = ...,
-    cluster_affinity: float = ...,
-    history_sigma: float = ...,
-    max_history_fraction: float = ...,
-    seed: int = ...,
-    return_clusters: Literal[False] = ...,
-) -> Log: ...
+def make_synthetic(n_users: int = ..., n_items: int = ..., n_clusters: int = ..., *,
+                   return_clusters: Literal[False] = ..., **options: Any) -> Log: ...
 
 
 @overload
-def make_synthetic(
-    n_users: int = ...,
-    n_items: int = ...,
-    n_clusters: int = ...,
-    *,
-    mean_history: float = ...,
-    popularity_exponent: float = ...,
-    cluster_affinity: float = ...,
-    history_sigma: float = ...,
-    max_history_fraction: float = ...,
-    seed: int = ...,
-    return_clusters: Literal[True],
-) -> tuple[Log, np.ndarray]: ...
+def make_synthetic(n_users: int = ..., n_items: int = ..., n_clusters: int = ..., *,
+                   return_clusters: Literal[True], **options: Any) -> tuple[Log, np.ndarray]: ...
 
 
 def make_synthetic(

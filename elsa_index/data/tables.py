@@ -24,6 +24,9 @@ from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# pyarrow (~0.3 s to import) is imported inside the reader: importing the package
+# (every CLI command, `elsa-index --help`) must not pay for it.
+
 __all__ = ["read_table", "is_missing", "cell_text", "column_tokenizer", "item_tokens"]
 
 

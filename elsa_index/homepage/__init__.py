@@ -43,6 +43,7 @@ from typing import Mapping, NamedTuple, Sequence
 from .. import __version__
 from ..data.tables import cell_text, is_missing, read_table
 from ..errors import HomepageError, SegmentError
+from ..segments import Segments, find_segments, open_source, recommend_segments, serving_index
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +336,6 @@ def make_homepage(
     HomepageError
         Unusable metadata, or ``out`` cannot be written.
     """
-    from ..segments import Segments, find_segments, open_source, recommend_segments, serving_index
-
     index, ckpt = open_source(source)
     segments_dir = None
     if not isinstance(segments, Segments):

@@ -23,18 +23,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from .._checks import check_float, check_int
 from ..errors import TrainingError
+from ..metrics import evaluate
 from .schedules import SCHEDULES, nnz_schedule, pruning_plan
 from .scoring import encode_users, score_items
 
 logger = logging.getLogger(__name__)
+
+# torch is imported inside the methods that train: loading a checkpoint,
+# scoring and serving (which import this module) must not pay for it.
 
 # SCHEDULES, nnz_schedule, score_items and encode_users are re-exported for
 # code that imported them from here before they got their own modules.
@@ -61,8 +66,6 @@ def _check_validation(validation, n_items: int):
 
 
 def _validation_recall(A: np.ndarray, fold_in: sp.csr_matrix, targets: sp.csr_matrix) -> float:
-    from ..metrics import evaluate
-
     res = evaluate(lambda Xb: score_items(Xb, A), fold_in, targets, ks=(), metrics=("recall@20",))
     return float(res["recall@20"])
 
@@ -81,6 +84,17 @@ class EpochStats:
         return {"epoch": self.epoch, "loss": self.loss, "nnz": self.nnz, "seconds": self.seconds}
 
 
+def _check_ints(model, spec: tuple[tuple[str, int], ...]) -> None:
+    """Check that each named setting is an int >= its lower bound."""
+    for name, low in spec:
+        check_int(getattr(model, name), name, low, error=TrainingError)
+
+
+# Settings that are not model parameters (not stored in checkpoints).
+_NOT_A_PARAM = {"param": False}
+
+
+@dataclass(eq=False)
 class ELSA:
     """Dense ELSA.
 
@@ -101,45 +115,37 @@ class ELSA:
     embeddings_ : ndarray float32 (n_items, dims), L2-normalised rows.
     history_ : list of dict per epoch (epoch, loss, nnz, seconds[, val_recall@20]).
     best_epoch_ : epoch whose weights were kept (with validation), else None.
+
+    Notes
+    -----
+    The settings are dataclass fields: the constructor only stores them
+    (``fit`` does the work), and :meth:`get_params` lists them, so a subclass
+    adds a setting in one place.
     """
 
     kind = "elsa"
 
-    def __init__(
-        self,
-        dims: int = 256,
-        *,
-        epochs: int = 20,
-        batch_size: int = 512,
-        lr: float = 0.1,
-        n_negatives: int | None = None,
-        device: str = "auto",
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        self.dims = dims
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.n_negatives = n_negatives
-        self.device = device
-        self.seed = seed
-        self.progress = progress
+    dims: int = 256
+    _: KW_ONLY
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 0.1
+    n_negatives: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = field(default=True, metadata=_NOT_A_PARAM)
 
     # -- configuration
 
     def get_params(self) -> dict[str, Any]:
-        """Constructor settings (JSON-serialisable), as stored in a checkpoint."""
-        keys = ["dims", "epochs", "batch_size", "lr", "n_negatives", "device", "seed"]
-        return {k: getattr(self, k) for k in keys}
+        """Constructor settings (JSON-serialisable), as stored in a checkpoint; ``progress`` is not one."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("param", True)}
 
     def check_params(self) -> None:
         """Raise TrainingError for invalid settings (called by ``fit``; cheap, no data needed)."""
-        for name in ("dims", "epochs", "batch_size"):
-            check_int(getattr(self, name), name, 1, error=TrainingError)
+        _check_ints(self, (("dims", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)))
         check_float(self.lr, "lr", 0.0, low_open=True, error=TrainingError)
         check_int(self.n_negatives, "n_negatives", 0, allow_none=True, error=TrainingError, hint=" (or None)")
-        check_int(self.seed, "seed", 0, error=TrainingError)
 
     def _validate(self, X) -> sp.csr_matrix:
         self.check_params()
@@ -220,8 +226,6 @@ class ELSA:
         best = None  # (val recall, epoch, weight, mask)
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.epochs * n_batches, desc=f"{self.kind} {width}d", unit="batch", leave=False)
         step = 0
         try:
@@ -327,6 +331,7 @@ class ELSA:
         return score_items(X, self.embeddings_)
 
 
+@dataclass(eq=False)
 class CompressedELSA(ELSA):
     """Compressed ELSA: ELSA whose item rows keep ``nnz`` of ``dims`` entries.
 
@@ -349,31 +354,14 @@ class CompressedELSA(ELSA):
 
     kind = "compressed_elsa"
 
-    def __init__(
-        self,
-        dims: int = 1024,
-        nnz: int = 16,
-        *,
-        schedule: str = "exponential",
-        restart: bool = False,
-        prune_steps: int = 10,
-        warmup_epochs: int = 1,
-        finetune_epochs: int = 5,
-        **kwargs,
-    ):
-        super().__init__(dims, **kwargs)
-        self.nnz = nnz
-        self.schedule = schedule
-        self.restart = restart
-        self.prune_steps = prune_steps
-        self.warmup_epochs = warmup_epochs
-        self.finetune_epochs = finetune_epochs
-
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        for k in ("nnz", "schedule", "restart", "prune_steps", "warmup_epochs", "finetune_epochs"):
-            params[k] = getattr(self, k)
-        return params
+    dims: int = 1024
+    nnz: int = 16
+    _: KW_ONLY
+    schedule: str = "exponential"
+    restart: bool = False
+    prune_steps: int = 10
+    warmup_epochs: int = 1
+    finetune_epochs: int = 5
 
     @property
     def _final_nnz(self) -> int:  # type: ignore[override]
@@ -388,9 +376,7 @@ class CompressedELSA(ELSA):
         check_int(self.nnz, "nnz", 1, self.dims, error=TrainingError, hint=f" (dims={self.dims})")
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        check_int(self.prune_steps, "prune_steps", 1, error=TrainingError)
-        check_int(self.warmup_epochs, "warmup_epochs", 0, error=TrainingError)
-        check_int(self.finetune_epochs, "finetune_epochs", 0, error=TrainingError)
+        _check_ints(self, (("prune_steps", 1), ("warmup_epochs", 0), ("finetune_epochs", 0)))
         if self.warmup_epochs + self.finetune_epochs >= self.epochs:
             raise TrainingError(
                 f"warmup_epochs ({self.warmup_epochs}) + finetune_epochs ({self.finetune_epochs}) "

@@ -1,16 +1,16 @@
-"""What the modules of ``elsa_index.segments`` share: opening a source, the user vector, exact scores.
+"""What the modules of ``elsa_index.segments`` share: opening a source, a history, the user vector.
 
-Private to the package. The exact score of item j for a history is
-``u·a_j`` with ``u = x·A`` computed in float32 by scipy with the dimensions of
-``u`` in ascending order; every row of the page and every explanation is
-ranked by these scores (ties: lower item index), whatever backend proposed the
-candidates, so all backends give the same rows.
+Private to the package. The score of item j for a history is ``u·a_j`` with
+``u = x·A``, computed in the one summation order of
+:mod:`elsa_index.scoring` by every exact path (the ``sparse`` backend's
+kernel, :meth:`~elsa_index.checkpoint.Checkpoint.score_candidates`, Lucene's
+re-rank); rows and explanations are ranked by it with ties to the lower item
+index, so all exact paths give the same rows.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..checkpoint import Checkpoint
-from ..errors import SegmentError, UnknownItemsWarning
+from ..errors import SegmentError
+from ..search import Index, open_index
 
 
 def open_source(source) -> tuple:
@@ -35,8 +36,6 @@ def open_source(source) -> tuple:
     SegmentError
         ``source`` is none of these, or its embeddings are dense.
     """
-    from ..search import Index, open_index
-
     if isinstance(source, Index):
         index, ckpt, what = source, source.checkpoint, "this index"
     elif isinstance(source, Checkpoint):
@@ -63,39 +62,32 @@ def require_sparse(ckpt: Checkpoint, what: str = "this checkpoint") -> None:
         )
 
 
-def history_indices(ckpt: Checkpoint, history_ids: Sequence[str]) -> np.ndarray:
-    """Sorted unique row indices of the known ids; unknown ids are dropped with an UnknownItemsWarning."""
+def user_history(ckpt: Checkpoint, history_ids: Sequence[str], *, stacklevel: int = 3) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(X, hist)`` of one history: binary float32 CSR (1, n_items) and its sorted unique item rows.
+
+    Unknown ids are dropped with an :class:`~elsa_index.errors.UnknownItemsWarning`
+    (:meth:`~elsa_index.checkpoint.Checkpoint.histories_to_matrix`; ``stacklevel``
+    is passed on: 3 points at the caller of the public function calling this).
+
+    Raises
+    ------
+    SegmentError
+        ``history_ids`` is not a list of ids (e.g. one string).
+    """
     if isinstance(history_ids, (str, bytes)) or not isinstance(history_ids, (Sequence, np.ndarray)):
         raise SegmentError(f"history_ids must be a list of item ids, got {type(history_ids).__name__}")
-    ids = list(history_ids)
-    idx = ckpt.item_ids.index(ids, missing="ignore")
-    if (idx < 0).any():
-        unknown = [str(v) for v, i in zip(ids, idx) if i < 0]
-        warnings.warn(f"{len(unknown)} history item id(s) are not in the catalogue and were ignored, e.g. "
-                      f"{unknown[:5]}", UnknownItemsWarning, stacklevel=3)
-    return np.unique(idx[idx >= 0])
+    X = ckpt.histories_to_matrix([list(history_ids)], stacklevel=stacklevel)[0]
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    return X, X.indices.astype(np.int64)
 
 
-def history_matrix(ckpt: Checkpoint, hist: np.ndarray) -> sp.csr_matrix:
-    """Binary CSR (1, n_items) float32 of one history."""
-    return sp.csr_matrix((np.ones(len(hist), np.float32), (np.zeros(len(hist), np.int64), hist)),
-                         shape=(1, ckpt.n_items))
-
-
-def user_vector(ckpt: Checkpoint, hist: np.ndarray) -> sp.csr_matrix:
-    """``u = x·A`` as a sparse (1, dims) float32 row, dimensions ascending."""
-    u = sp.csr_matrix(history_matrix(ckpt, hist) @ ckpt.embeddings, dtype=np.float32)
+def user_vector(ckpt: Checkpoint, X: sp.csr_matrix) -> sp.csr_matrix:
+    """``u = x·A`` of a (1, n_items) history matrix, as a sparse (1, dims) float32 row, dimensions ascending."""
+    u = sp.csr_matrix(X @ ckpt.embeddings, dtype=np.float32)
     u.eliminate_zeros()
     u.sort_indices()
     return u
-
-
-def exact_scores(ckpt: Checkpoint, u: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
-    """float32 ``u·a_j`` of the given items (scipy, float32, summed in the order of u's dimensions)."""
-    items = np.asarray(items, dtype=np.int64)
-    if not len(items):
-        return np.zeros(0, np.float32)
-    return np.asarray((u @ ckpt.embeddings[items].T).todense(), dtype=np.float32).ravel()
 
 
 def take_top(cand: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._checks import check_int
 from ..errors import SegmentError, SegmentFallbackWarning
-from ._shared import exact_scores, history_indices, open_source, take_top, user_vector
+from ._shared import open_source, take_top, user_history, user_vector
 from .artefact import Segments
 
 __all__ = ["DimContribution", "UserExplanation", "ItemExplanation", "explain_user", "explain_item"]
@@ -112,15 +112,15 @@ def explain_user(checkpoint, segments: Segments, history_ids: Sequence[str], top
     top = check_int(top, "top", 1, error=SegmentError)
     k = check_int(k, "k", 1, error=SegmentError)
     n_segments = check_int(n_segments, "n_segments", 0, error=SegmentError)
-    hist = history_indices(ckpt, history_ids)
+    X, hist = user_history(ckpt, history_ids)
     if not len(hist):
         warnings.warn("the history has no item of the catalogue; no user vector to explain, showing popular items",
                       SegmentFallbackWarning, stacklevel=2)
         pop = ckpt.popularity.astype(np.float32)
         rec = take_top(np.arange(ckpt.n_items), pop, k)
         return UserExplanation(np.zeros(0, str), ckpt.item_ids.ids[rec], pop[rec], [], [], True)
-    u = user_vector(ckpt, hist)
-    scores = exact_scores(ckpt, u, np.arange(ckpt.n_items))  # one user: every item, exactly
+    u = user_vector(ckpt, X)
+    scores = ckpt.score_candidates(u, np.arange(ckpt.n_items))[0]  # one user: every item, exactly
     mask = np.ones(ckpt.n_items, bool)
     mask[hist] = False
     unseen = np.flatnonzero(mask)

@@ -5,19 +5,18 @@ segments by ``u·v_s`` (ties: lower segment id) and fills one row per segment
 from the index, greedily from the top of the page: each row holds the best
 members of its segment that are neither in the history nor shown above it,
 and a segment with nothing left is skipped. Nothing scores the whole
-catalogue; each row asks the backend for candidates within its segment:
-
-* a backend with ``search_within(query, k, *, candidates) -> Results``
-  (Lucene: a required filter clause on the segment's terms) is asked for the
-  row's top-k among the candidates;
-* any other backend is asked through :meth:`Index.recommend
-  <elsa_index.search.Index.recommend>` with ``allow=`` the candidates.
-
-The candidates a backend returns are re-scored exactly (``u·a_j`` in
-float32, see ``_shared``) and ranked by those scores (ties: lower item
-index), so every backend yields the same rows. A checkpoint is served
-through an exact sparse index built in memory for the call; pass an
-:class:`~elsa_index.search.Index` when recommending for many users.
+catalogue: the plain row is :meth:`Index.search
+<elsa_index.search.Index.search>` of ``u`` and each segment row is
+:meth:`Index.search_within <elsa_index.search.Index.search_within>` of ``u``
+among the segment's members not shown yet (item indices, no external-id
+round trip): the backend's own restricted search where it has one (Lucene:
+a filter clause on the segment's terms, then an exact re-rank), else exact
+scores of the members. Every exact path adds ``u·a_j`` in the same order
+and breaks ties by the lower item index, so an exact index, Lucene (whenever
+its candidates hold the true top-k) and a checkpoint give the same rows. A
+checkpoint is served through an exact sparse index built in memory for the
+call; pass an :class:`~elsa_index.search.Index` when recommending for many
+users.
 """
 
 from __future__ import annotations
@@ -29,17 +28,13 @@ import numpy as np
 
 from .._checks import check_int
 from ..errors import SegmentError, SegmentFallbackWarning
-from ._shared import exact_scores, history_indices, history_matrix, open_source, user_vector
+from ..search import build_index
+from ._shared import open_source, take_top, user_history, user_vector
 from .artefact import Segments
 
 __all__ = ["SegmentRow", "recommend_segments", "serving_index", "TOP_ROW_LABEL"]
 
 TOP_ROW_LABEL = "Recommended for you"
-
-# Candidates fetched per row beyond k: exact backends sum ``u·a_j`` in their
-# own order, so their k-th and (k+1)-th items may swap by a rounding error;
-# the exact re-scoring then picks the same k as the reference order.
-_EXTRA_FETCH = 10
 
 
 class SegmentRow(NamedTuple):
@@ -77,8 +72,6 @@ def serving_index(source):
     SegmentError
         Not one of these, or dense embeddings.
     """
-    from ..search import build_index
-
     index, ckpt = open_source(source)
     return index if index is not None else build_index(ckpt, "sparse")
 
@@ -124,11 +117,11 @@ def recommend_segments(
     -----
     Rows are filled greedily from the top, each skipping the items shown
     above it, so no item appears twice on the page. The plain row comes from
-    ``Index.recommend(history, k)``; a segment row from the backend's
-    ``search_within`` when it has one (it must return at least the top-k
-    candidates by ``u·a_j``, e.g. over-fetch and re-rank exactly), else from
-    ``Index.recommend(history, k, allow=<segment members not shown yet>)``.
-    Either way the returned items are re-scored exactly here.
+    ``Index.search(u, k, exclude=history)``; a segment row from
+    ``Index.search_within(u, k, <segment members not shown yet>)``. Scores
+    are the index's: exact ``u·a_j`` for exact backends and for Lucene's
+    re-ranked results (``rerank=False`` leaves Lucene's quantised scores in
+    the plain row).
 
     Fallback: a history with no known item gets a :class:`SegmentFallbackWarning`;
     the plain row is the most popular items, segments are ordered by the total
@@ -139,7 +132,7 @@ def recommend_segments(
     segments.check_checkpoint(ckpt)
     rows = check_int(rows, "rows", 0, error=SegmentError)
     k = check_int(k, "k", 1, error=SegmentError)
-    hist = history_indices(ckpt, history_ids)
+    X, hist = user_history(ckpt, history_ids)
     if index is None:
         index = serving_index(ckpt)
     fallback = len(hist) == 0
@@ -150,10 +143,11 @@ def recommend_segments(
         )
         a = segments.assignment
         seg_scores = np.bincount(a[a >= 0], weights=ckpt.popularity[a >= 0], minlength=segments.n_segments)
+        server = _PopularRows(ckpt)
     else:
-        u = user_vector(ckpt, hist)
+        u = user_vector(ckpt, X)
         seg_scores = np.asarray((segments.vectors @ u.T).todense(), dtype=np.float32).ravel()
-    server = _RowServer(index, hist, None if fallback else u, exclude_history)
+        server = _IndexRows(index, u, hist if exclude_history else None)
 
     out: list[SegmentRow] = []
     if top_row:
@@ -168,52 +162,51 @@ def recommend_segments(
     return out
 
 
-class _RowServer:
-    """Fills the rows of one page from an index, remembering what the page shows."""
+class _IndexRows:
+    """Fills the rows of one page from an index, remembering what the page shows (item rows)."""
 
-    def __init__(self, index, hist: np.ndarray, u, exclude_history: bool):
-        self.index, self.ckpt, self.u = index, index.checkpoint, u
-        self.X = history_matrix(self.ckpt, hist)
-        self.shown = np.zeros(self.ckpt.n_items, bool)
-        if exclude_history:
+    def __init__(self, index, u, hist: np.ndarray | None):
+        self.index, self.u = index, u
+        self.shown = np.zeros(index.n_items, bool)
+        self.hist = hist
+        if hist is not None:
             self.shown[hist] = True
-        self.exclude_history = exclude_history
-        # A popularity fallback has no user vector to send to a backend.
-        self.hook = None if u is None else getattr(index.backend, "search_within", None)
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The plain top-k row."""
-        fetch = min(k + _EXTRA_FETCH, self.ckpt.n_items)
-        rec = self.index.recommend(self.X, fetch, exclude_history=self.exclude_history)
-        return self._rank(rec.indices[0], k)
+        """The plain top-k row (history excluded unless asked otherwise)."""
+        rec = self.index.search(self.u, k, exclude=None if self.hist is None else [self.hist])
+        return self._keep(rec.indices[0], rec.scores[0])
 
     def within(self, members: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-k row of a segment: its members not shown yet, best first (empty when none is left)."""
         cand = members[~self.shown[members]]
         if not len(cand):
             return cand, np.zeros(0, np.float32)
-        if self.hook is not None:
-            res = self.hook(self.u, min(k, len(cand)), candidates=cand)
-            got = np.asarray(res.ids, dtype=np.int64).ravel()
-            got = np.intersect1d(got[got >= 0], cand)
-        else:
-            fetch = min(k + _EXTRA_FETCH, len(cand))
-            rec = self.index.recommend(self.X, fetch, exclude_history=False,
-                                       allow=self.ckpt.item_ids.ids[cand].tolist())
-            got = rec.indices[0]
-        return self._rank(got, k)
+        rec = self.index.search_within(self.u, k, cand)
+        return self._keep(rec.indices[0], rec.scores[0])
 
-    def _rank(self, got: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        got = np.unique(got[got >= 0])
-        got = got[~self.shown[got]]
-        if self.u is None:
-            scores = self.ckpt.popularity[got].astype(np.float32)
-        else:
-            scores = exact_scores(self.ckpt, self.u, got)
-        order = np.lexsort((got, -scores))[:k]
-        top = got[order]
+    def _keep(self, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = ids >= 0
+        top = ids[found]
         self.shown[top] = True
-        return top, scores[order]
+        return top, scores[found]
+
+
+class _PopularRows:
+    """Rows of a history without known items: the most popular items, none repeated on the page."""
+
+    def __init__(self, ckpt):
+        self.pop = ckpt.popularity
+        self.shown = np.zeros(ckpt.n_items, bool)
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.within(np.arange(len(self.pop)), k)
+
+    def within(self, members: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        cand = members[~self.shown[members]]
+        top = take_top(cand, self.pop[cand], k)
+        self.shown[top] = True
+        return top, self.pop[top].astype(np.float32)
 
 
 def _row(ckpt, segment, label, score, top, scores, fallback) -> SegmentRow:
