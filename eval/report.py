@@ -28,7 +28,7 @@ from .verdicts import comparisons, exact_on_sparse, scale_verdicts, tuned
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_report", "collect"]
+__all__ = ["write_report", "collect", "scale_section"]
 
 
 # ------------------------------------------------------------------ collect
@@ -117,7 +117,7 @@ def write_report(out, cfg, plan) -> Path:
     for g in groups:
         grows = [r for r in rows if r["group"] == g]
         if kinds.get(g) == "scale":
-            L += _scale_section(out, cfg, g, grows, qmeta, retrieval, rmetric)
+            L += scale_section(out, cfg, g, grows, qmeta, retrieval, rmetric)
         else:
             L += _dataset_section(out, cfg, g, grows, qmeta, quality, retrieval, rmetric)
     path = out / "report.md"
@@ -278,7 +278,16 @@ def _dataset_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, qual
     return L
 
 
-def _scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retrieval, rmetric) -> list[str]:
+def scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retrieval, rmetric) -> list[str]:
+    """The report section of the scale dataset ``g``, as lines: fitted statistics, results by size, plots,
+    memory, growth exponents with their extrapolation, and the verdicts (:func:`~elsa_index.eval.verdicts.scale_verdicts`).
+
+    Parameters
+    ----------
+    out : the output directory (plots are written there).
+    rows : the dataset's measured configurations (:func:`collect`); qmeta : query-set metadata (unused here).
+    retrieval : the retrieval metrics of the config; rmetric : the one the recall target applies to.
+    """
     d = cfg.dataset(g)
     L = [f"## {g}: synthetic catalogues", ""]
     st = _read(out / "synthetic" / g / "stats.json", {}) or {}

@@ -1,5 +1,6 @@
 """Benchmark configs (elsa_index.eval.config / schema): parsing, clear errors, shipped configs, stable run ids."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,8 +23,6 @@ GOOD = {
 
 
 def _with(path, value):
-    import copy
-
     cfg = copy.deepcopy(GOOD)
     node = cfg
     for key in path[:-1]:

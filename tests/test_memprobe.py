@@ -3,10 +3,10 @@
 import numpy as np
 import scipy.sparse as sp
 
+from elsa_index.eval.memprobe import alloc_rss, baseline_rss, load_queries, peak_rss_bytes, save_queries
+
 
 def test_memory_probe_sees_a_known_allocation():
-    from elsa_index.eval.memprobe import alloc_rss, baseline_rss, peak_rss_bytes
-
     own = peak_rss_bytes()
     assert own["peak"] > 10 << 20 and own["ru_maxrss"] > 0
     base = baseline_rss(repeats=1)
@@ -17,8 +17,6 @@ def test_memory_probe_sees_a_known_allocation():
 
 
 def test_query_files_round_trip(tmp_path):
-    from elsa_index.eval.memprobe import load_queries, save_queries
-
     Q = sp.random(5, 20, density=0.3, format="csr", dtype=np.float32, random_state=1)
     X = sp.random(5, 50, density=0.1, format="csr", random_state=2)
     save_queries(tmp_path / "q.npz", Q, X)

@@ -2,6 +2,7 @@
 
 import pytest
 
+import elsa_index.indexers as indexers
 from elsa_index.eval.config import parse_config
 from elsa_index.eval.plan import plan_runs, resolve_backends, size_label
 
@@ -28,8 +29,6 @@ RAW = {
 
 @pytest.fixture
 def registry(monkeypatch):
-    import elsa_index.indexers as indexers
-
     monkeypatch.setattr(indexers, "BACKENDS", dict(indexers.BACKENDS))
     indexers.register_backend("toy-missing", "test_plan:MissingToy")
     return indexers

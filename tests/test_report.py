@@ -5,7 +5,9 @@ import math
 
 import pytest
 
+from elsa_index.eval.config import parse_config
 from elsa_index.eval.plots import fit_growth
+from elsa_index.eval.report import scale_section
 from elsa_index.eval.tables import markdown_table
 
 
@@ -29,9 +31,6 @@ def _row(label, backend, size, p50, recall, search=None, storage="sparse"):
 
 
 def test_scale_verdicts_come_from_the_backend_classes_and_the_config(tmp_path):
-    from elsa_index.eval.config import parse_config
-    from elsa_index.eval.report import _scale_section
-
     raw = {"k": 20, "metrics": ["retrieval_recall@20"], "report": {"latency_target_ms": 3, "latency_goal_ms": 1},
            "datasets": [{"name": "s", "kind": "scale", "sizes": [100, 1000], "query_terms": 5,
                          "fit": {"path": str(tmp_path)}}], "backends": [{"name": "sparse"}]}
@@ -41,7 +40,7 @@ def test_scale_verdicts_come_from_the_backend_classes_and_the_config(tmp_path):
             _row("lucene", "lucene", 1000, 4.0, 0.999, {"depth": 100}),
             _row("lucene", "lucene", 1000, 3.0, 0.995, {"depth": 100, "query_terms": 32}),
             _row("flat", "faiss-flat", 1000, 1.0, 1.0, storage="dense")]
-    text = "\n".join(_scale_section(tmp_path, cfg, "s", rows, {}, ["retrieval_recall@20"], "retrieval_recall@20"))
+    text = "\n".join(scale_section(tmp_path, cfg, "s", rows, {}, ["retrieval_recall@20"], "retrieval_recall@20"))
     # exact (class attribute) on sparse checkpoints: the latency verdict against the config's targets
     assert "- Exact sparse backend at 1,000 items: p50 2.00 ms (target <= 3 ms: met; goal 1 ms: missed)" in text
     # approximate on sparse checkpoints: fastest tuned configuration, and the best without an optional parameter

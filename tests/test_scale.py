@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from elsa_index.eval.scale import (
+    CatalogueStats, fit_catalogue_stats, make_dense_counterpart, make_queries, make_sparse_catalogue, posting_bytes,
+)
+
+from conftest import planted_sparse_embeddings
+
 
 def test_scale_catalogue_matches_fitted_statistics():
-    from conftest import planted_sparse_embeddings
-
-    from elsa_index.eval.scale import (
-        CatalogueStats, fit_catalogue_stats, make_dense_counterpart, make_queries, make_sparse_catalogue, posting_bytes,
-    )
-
     E = planted_sparse_embeddings(n_items=300, dims=64, nnz=4)
     # Skew the dimension shares: dimension 0 in every third item.
     E = E.tolil()
