@@ -15,8 +15,12 @@ pyserini import them when used, so ``elsa-index --help`` loads none of them
 from __future__ import annotations
 
 import json
+import errno
 import logging
+import math
+import os
 import sys
+import traceback
 import time
 import warnings
 from pathlib import Path
@@ -25,16 +29,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._cli_parser import build_parser, columns
+from ._memory import check_fits
 from .checkpoint import Checkpoint, import_embeddings
 from .data.tables import read_table
 from .demo import bench_demo, run_demo
-from .errors import ElsaIndexError, SegmentFallbackWarning, UnknownItemsWarning
+from .errors import CheckpointError, ElsaIndexError, SegmentFallbackWarning, UnknownItemsWarning
 from .homepage import item_metadata, make_homepage
 from .search import build_index, open_index
 from .segments import SegmentError, default_segments_dirs, discover_segments, open_source
 from .workflow import DEFAULT_METRICS, DataSpec, evaluate_checkpoint, load_split, make_model, train_checkpoint
 
 __all__ = ["main", "build_parser"]
+
+
+def _given(value, default):
+    """``value`` unless the option was left out (None): 0 or "" are values, never a cue for the default."""
+    return default if value is None else value
 
 
 def _data_spec(args):
@@ -55,13 +65,16 @@ def cmd_train(args) -> int:
     _check_new_output(out, args.overwrite)
     params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
                   seed=args.seed, progress=not args.quiet)
+    # A value the user gave is used as given (0 is refused by the model's checks), never replaced by a default.
+    dims = _given(args.dims, 256 if args.model == "elsa" else 1024)
+    epochs = _given(args.epochs, 20 if args.model == "elsa" else 8)
     if args.model == "elsa":
-        model = make_model("elsa", dims=args.dims or 256, epochs=args.epochs or 20, **params)
+        model = make_model("elsa", dims=dims, epochs=epochs, **params)
     else:
         model = make_model(
-            "compressed", dims=args.dims or 1024, nnz=args.nnz, schedule=args.schedule, restart=args.restart,
+            "compressed", dims=dims, nnz=args.nnz, schedule=args.schedule, restart=args.restart,
             prune_steps=args.prune_steps, warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs,
-            epochs=args.epochs or 8, **params,
+            epochs=epochs, **params,
         )
     _say(f"loading {spec.source} ...")
     split = load_split(spec)
@@ -106,9 +119,14 @@ def cmd_import(args) -> int:
 
 def cmd_info(args) -> int:
     ckpt = Checkpoint.load(args.checkpoint)
+    metrics = _metrics_line(ckpt.metrics, f"{args.checkpoint}/manifest.json") if ckpt.metrics else ""
     m = ckpt.manifest()
     if args.json:
-        print(json.dumps(m, indent=2))
+        try:
+            text = json.dumps(m, indent=2, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{args.checkpoint}/manifest.json holds values that are not plain JSON ({exc})") from None
+        print(text)
         return 0
     nnz = m["nnz_per_row"]
     rows = [
@@ -116,8 +134,8 @@ def cmd_info(args) -> int:
         ("nnz per row", f"{nnz['min']}..{nnz['max']} (mean {nnz['mean']:.1f})"),
         ("embedding bytes", f"{m['embedding_bytes']:,}"), ("fingerprint", m["fingerprint"]), ("created", m["created"]),
     ]
-    if ckpt.metrics:
-        rows.append(("metrics", _metrics_line(ckpt.metrics)))
+    if metrics:
+        rows.append(("metrics", metrics))
     _table([[k, str(v)] for k, v in rows], header=False)
     return 0
 
@@ -149,30 +167,96 @@ def cmd_build(args) -> int:
     return 0
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (expected a finite number, a string or null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range (not a finite 64-bit float)")
+    return value
+
+
 def _read_histories(path: str):
+    """(users, histories) of a JSON-lines file; every problem is an ElsaIndexError naming the line.
+
+    Item ids are JSON strings or integers; NaN/Infinity (not JSON) and
+    numbers that overflow to infinity are refused, so what is echoed back
+    (the ``user`` field) is always valid JSON.
+    """
     users, hists = [], []
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ElsaIndexError(f"{path} line {n} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                         "expected UTF-8 JSON lines") from None
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
+                    obj = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+                except RecursionError:
+                    raise ElsaIndexError(f"{path} line {n} nests JSON arrays/objects too deeply; expected a list "
+                                         "of item ids or an object with a 'history' list") from None
+                except ValueError as exc:  # JSONDecodeError, or a refused constant/number
                     raise ElsaIndexError(f"{path} line {n} is not valid JSON: {exc}") from None
                 if isinstance(obj, dict) and isinstance(obj.get("history"), list):
-                    users.append(obj.get("user", n - 1)), hists.append([str(x) for x in obj["history"]])
+                    user, items = obj.get("user", n - 1), obj["history"]
                 elif isinstance(obj, list):
-                    users.append(n - 1), hists.append([str(x) for x in obj])
+                    user, items = n - 1, obj
                 else:
                     raise ElsaIndexError(f"{path} line {n}: expected a JSON list of item ids or an object with a "
                                          f"'history' list, got {type(obj).__name__}")
+                bad = [x for x in items if isinstance(x, bool) or not isinstance(x, (str, int))]
+                if bad:
+                    raise ElsaIndexError(f"{path} line {n}: item ids must be strings or integers, got "
+                                         f"{json.dumps(bad[0])[:80]}")
+                users.append(user), hists.append([str(x) for x in items])
     except OSError as exc:
-        raise ElsaIndexError(f"cannot read {path}: {exc}") from None
+        raise ElsaIndexError(f"cannot read {path}: {exc.strerror or exc}") from None
     return users, hists
 
 
+def _check_output_file(path: str, option: str = "--output") -> None:
+    """Refuse an output file that cannot be written, before any work (the file itself is not touched)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ElsaIndexError(f"{option} {path} is a directory; expected a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise ElsaIndexError(f"{option} {path}: directory {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise ElsaIndexError(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ElsaIndexError(f"{option} {path}: permission denied (cannot write {p if p.exists() else 'in ' + str(parent)})")
+
+
+#: bytes per result slot of a recommend batch (external id, item index, score, and their working copies)
+_RESULT_SLOT_BYTES = 64
+
+
+def _check_recommend_args(args) -> None:
+    """Validate recommend's options before the index is opened or any file is touched."""
+    if args.batch_size < 1:
+        raise ElsaIndexError(f"--batch-size must be a positive integer (histories per batch), got {args.batch_size}")
+    if args.k < 1:
+        raise ElsaIndexError(f"--k must be a positive integer (items per user), got {args.k}")
+    if args.output:
+        _check_output_file(args.output)
+
+
+def _check_recommend_memory(k: int, n_users: int, batch_size: int, n_items: int) -> None:
+    rows = max(1, min(n_users, batch_size))
+    check_fits(float(rows) * k * _RESULT_SLOT_BYTES, f"--k {k} ({rows} histories per batch x k results)",
+               hint=f"the catalogue has {n_items} items, so results beyond k={n_items} are only padding; "
+                    "lower --k (or --batch-size)")
+
+
 def cmd_recommend(args) -> int:
+    _check_recommend_args(args)
     index = open_index(args.index)
     if args.search_param:
         index.set_search_params(**_parse_params(args.search_param))
@@ -180,6 +264,7 @@ def cmd_recommend(args) -> int:
         users, hists = [None], [args.history]
     else:
         users, hists = _read_histories(args.input)
+    _check_recommend_memory(args.k, len(hists), args.batch_size, index.n_items)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     n_unknown = 0
     try:
@@ -344,17 +429,35 @@ def cmd_homepage(args) -> int:
 
 
 def _check_new_output(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ``--out`` unless ``--overwrite`` was given."""
+    """Refuse to replace an existing ``--out`` unless ``--overwrite`` was given, and an ``--out`` that
+    cannot be written at all, before any work is done (missing parent folders are created later)."""
     if out.exists() and not overwrite:
         raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ElsaIndexError(f"--out {out}: {parent} is not a directory")
+    except OSError as exc:  # e.g. a symlink loop in the path
+        raise ElsaIndexError(f"--out {out}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ElsaIndexError(f"--out {out}: permission denied (cannot write in {parent})")
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _metrics_line(metrics: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+def _metrics_line(metrics, where: str = "the checkpoint") -> str:
+    """``recall@20 0.1234  ...``; metrics that are not a mapping of names to numbers are an error, not a crash."""
+    ok = isinstance(metrics, dict) and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in metrics.values())
+    if not ok:
+        raise CheckpointError(f"{where} records metrics that are not a mapping of names to numbers "
+                              f"({json.dumps(metrics, default=str)[:120]}); expected e.g. {{\"recall@20\": 0.31}}")
+    return "  ".join(f"{k} {float(v):.4f}" for k, v in metrics.items())
 
 
 COMMANDS = {
@@ -370,13 +473,59 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
     except ElsaIndexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        return _error(f"out of memory in '{args.command}': the request needs more memory than is available; "
+                      "lower the sizes asked for (--k, --dims, --batch-size, build parameters) or use a larger machine",
+                      args.verbose)
+    except RecursionError:
+        return _error(f"an input of '{args.command}' is nested too deeply to be read", args.verbose)
+    except OSError as exc:
+        return _error(_os_error_message(exc), args.verbose)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback for any input
+        return _error(f"unexpected {type(exc).__name__} in '{args.command}': {exc} (a malformed input file, or a "
+                      "bug in elsa-index; rerun with -v for the traceback)", args.verbose)
+
+
+def _error(message: str, show_traceback: bool = False) -> int:
+    if show_traceback:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line naming the path and the cause of an operating-system error (full disk, permissions, ...)."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    why = exc.strerror or str(exc) or type(exc).__name__
+    hint = {
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EDQUOT: "free some space or write elsewhere",
+        errno.EACCES: "check the permissions of the folder, or write elsewhere",
+        errno.EPERM: "check the permissions of the folder, or write elsewhere",
+        errno.EROFS: "the file system is read-only; write elsewhere",
+    }.get(exc.errno)
+    text = f"{where}: {why}" if where else why
+    return text + (f" ({hint})" if hint else "")
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do (status 128 + SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -178,6 +178,18 @@ def read_log(
         fmt = "parquet"
     if fmt == "tsv":
         fmt, delimiter = "csv", "\t"
+    roles = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": timestamp_col, "split": split_col}
+    seen: dict[str, str] = {}
+    for role, name in roles.items():
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name:
+            raise DataError(f"the {role} column name must be a non-empty string, got {name!r}")
+        if name in seen:
+            raise DataError(f"column {name!r} is named both as the {seen[name]} column and as the {role} column; "
+                            f"each role needs its own column (--user-col, --item-col, --rating-col, "
+                            f"--timestamp-col, --split-col)")
+        seen[name] = role
     wanted = [c for c in (user_col, item_col, rating_col, timestamp_col, split_col) if c]
     try:
         if fmt == "parquet":

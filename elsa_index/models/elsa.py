@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .._checks import check_float, check_int
+from .._memory import check_fits
 from ..errors import TrainingError
 from ..metrics import evaluate
 from .schedules import SCHEDULES, nnz_schedule, pruning_plan
@@ -147,6 +148,26 @@ class ELSA:
         check_float(self.lr, "lr", 0.0, low_open=True, error=TrainingError)
         check_int(self.n_negatives, "n_negatives", 0, allow_none=True, error=TrainingError, hint=" (or None)")
 
+    def _check_memory(self, n_users: int, n_items: int, device) -> None:
+        """Refuse, before allocating, a model whose training state cannot fit in memory (naming ``dims``).
+
+        Per weight: the initial copy and its normalised copy, the weight, its
+        gradient, two NAdam moments, the mask and the best epoch's copy (about
+        32 bytes); per batch: the inputs, hidden and output activations and
+        their gradients. Host memory is checked (the initial weights are made
+        there); on a GPU the device has its own limit, reported by torch.
+        """
+        width = int(self._start_dims)
+        outputs = n_items if self.n_negatives is None else min(n_items, int(self.n_negatives) + int(self.batch_size) * 64)
+        batch = min(int(self.batch_size), n_users)
+        need = float(n_items) * width * (32 if device.type == "cpu" else 8) + float(batch) * (width + outputs + n_items) * 16
+        check_fits(need, f"training with dims={width} on {n_items} items", error=TrainingError,
+                   hint="lower --dims (the embedding width)")
+        if self.n_negatives is not None:
+            # Each step draws n_negatives int64 ids and sorts them together with the positives.
+            check_fits(float(self.n_negatives) * 32, f"n_negatives={self.n_negatives} (sampled items per batch)",
+                       error=TrainingError, hint=f"use at most the {n_items} items, or leave it unset to score all items")
+
     def _validate(self, X) -> sp.csr_matrix:
         self.check_params()
         if not sp.issparse(X):
@@ -208,6 +229,7 @@ class ELSA:
             validation = _check_validation(validation, X.shape[1])
         device = self._resolve_device()
         n_users, n_items = X.shape
+        self._check_memory(n_users, n_items, device)
         gen = torch.Generator().manual_seed(int(self.seed))
         rng = np.random.default_rng(self.seed)
         width = self._start_dims
@@ -331,6 +353,10 @@ class ELSA:
         return score_items(X, self.embeddings_)
 
 
+#: upper bound on pruning events (more cannot be spread over any realistic training run)
+MAX_PRUNE_STEPS = 1_000_000
+
+
 @dataclass(eq=False)
 class CompressedELSA(ELSA):
     """Compressed ELSA: ELSA whose item rows keep ``nnz`` of ``dims`` entries.
@@ -377,6 +403,10 @@ class CompressedELSA(ELSA):
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
         _check_ints(self, (("prune_steps", 1), ("warmup_epochs", 0), ("finetune_epochs", 0)))
+        if self.prune_steps > MAX_PRUNE_STEPS:
+            # Each event is planned in Python: a billion of them would run for minutes and take GBs.
+            raise TrainingError(f"prune_steps must be at most {MAX_PRUNE_STEPS:,} (events beyond the training steps "
+                                f"of the pruning phase fall on the same step anyway), got {self.prune_steps}")
         if self.warmup_epochs + self.finetune_epochs >= self.epochs:
             raise TrainingError(
                 f"warmup_epochs ({self.warmup_epochs}) + finetune_epochs ({self.finetune_epochs}) "
