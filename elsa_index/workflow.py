@@ -59,11 +59,29 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
+        """A spec from a dict (e.g. recorded in a checkpoint); every value's type is checked (DataError)."""
+        if not isinstance(d, dict):
+            raise DataError(f"data settings must be a mapping of names to values, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
             raise DataError(f"unknown data setting(s) {unknown}; expected some of {sorted(known)}")
+        for name, value in d.items():
+            kinds = _SPEC_TYPES[name]
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            if not ok:
+                expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise DataError(f"data setting {name!r} must be {expected}, got {value!r}")
         return cls(**d)
+
+
+_STR, _OPT_STR = (str,), (str, type(None))
+_SPEC_TYPES: dict[str, tuple] = {
+    "source": _STR, "user_col": _STR, "item_col": _STR, "rating_col": _OPT_STR, "timestamp_col": _OPT_STR,
+    "split_col": _OPT_STR, "min_rating": (int, float, type(None)), "min_user_support": (int,),
+    "min_item_support": (int,), "n_heldout_users": (int,), "fold_in_fraction": (int, float), "seed": (int,),
+    "synthetic_users": (int,), "synthetic_items": (int,), "synthetic_clusters": (int,),
+}
 
 
 def load_log(spec: DataSpec):

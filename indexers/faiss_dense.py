@@ -57,6 +57,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._checks import check_int
+from elsa_index._memory import check_fits
 from elsa_index.errors import BackendError
 
 from .base import Backend
@@ -110,6 +111,18 @@ def _check_int(name: str, value: Any, low: int, *, allow_none: bool = False, hin
     check_int(value, name, low, allow_none=allow_none, error=BackendError, hint=f" {hint}" if hint else "")
 
 
+#: upper bounds of integer parameters that faiss keeps in C ints or uses to size buffers
+MAX_THREADS = 1024
+MAX_HNSW_M = 1 << 16
+MAX_EF = 1 << 24
+
+
+def _check_at_most(name: str, value: Any, high: int, hint: str) -> None:
+    """``value`` (an int already checked, or None) at most ``high``."""
+    if value is not None and value > high:
+        raise BackendError(f"{name} must be an integer <= {high:,} {hint}, got {value!r}")
+
+
 class _FaissBackend(Backend):
     """Shared build/search/persistence of the faiss backends (not registered).
 
@@ -133,6 +146,8 @@ class _FaissBackend(Backend):
 
     def _check_params(self) -> None:
         _check_int("threads", self._search_params["threads"], 1, hint="(OpenMP threads used by faiss)")
+        _check_at_most("threads", self._search_params["threads"], MAX_THREADS,
+                       "(OpenMP threads; more than the machine's cores only slows faiss down)")
 
     def _threads(self) -> int:
         return int(self._search_params["threads"])
@@ -294,8 +309,22 @@ class FaissHNSW(_FaissBackend):
         _check_int("M", self.params["M"], 2, hint="(graph neighbours per node; typical 16-64)")
         _check_int("ef_construction", self.params["ef_construction"], 1, hint="(typical 40-500)")
         _check_int("ef_search", self._search_params["ef_search"], 1, hint="(typical 16-512)")
+        # faiss stores these as C ints and sizes per-node and per-query buffers by them.
+        _check_at_most("M", self.params["M"], MAX_HNSW_M, "(graph neighbours per node; typical 16-64)")
+        for name, value in (("ef_construction", self.params["ef_construction"]),
+                            ("ef_search", self._search_params["ef_search"])):
+            _check_at_most(name, value, MAX_EF, "(candidate list size; typical 16-512)")
+
+    def _check_graph_memory(self, dims: int, n_items: int) -> None:
+        """Refuse, before faiss allocates, a graph that cannot fit: level 0 holds 2M int32 ids per node
+        (upper levels add about 1/M of that), next to the vectors themselves."""
+        M = int(self.params["M"])
+        need = float(n_items) * (2 * M * 4 * 1.1 + dims * 4) + float(self.params["ef_construction"]) * 16
+        check_fits(need, f"an HNSW graph with M={M} over {n_items} items x {dims} dims", error=BackendError,
+                   hint="lower M (typical 16-64)")
 
     def _new_index(self, faiss, dims: int, n_items: int):
+        self._check_graph_memory(dims, n_items)
         index = faiss.IndexHNSWFlat(dims, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(self.params["ef_construction"])
         return index
