@@ -96,7 +96,9 @@ def cmd_evaluate(args) -> int:
         spec = DataSpec.from_dict(ckpt.data["spec"])
     else:
         raise ElsaIndexError(f"{args.checkpoint} records no training data; pass --data to name the interactions")
+    _check_metric_cutoffs(args.metrics)
     split = load_split(spec)
+    _check_metric_cutoffs(args.metrics, batch=max(1, min(1000, split.fold_in.shape[0])))
     metrics = evaluate_checkpoint(ckpt, split, metrics=args.metrics)
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -104,6 +106,18 @@ def cmd_evaluate(args) -> int:
         _say(f"{split.fold_in.shape[0]} held-out users of {spec.source}")
         _say(_metrics_line(metrics))
     return 0
+
+
+def _check_metric_cutoffs(names: list[str], batch: int = 1000) -> None:
+    """Refuse cut-offs (``recall@K``) the ranking buffers cannot hold; names are otherwise checked by the metrics."""
+    for name in names:
+        _, sep, cut = name.partition("@")
+        if sep and cut.isdigit():
+            k = int(cut)
+            if k > _MAX_K:
+                raise ElsaIndexError(f"the cut-off of {name!r} must be at most {_MAX_K:,}, got {k}")
+            check_fits(float(batch) * k * 16, f"the metric {name!r} ({batch} users per batch x {k} ranked items)",
+                       hint="lower the cut-off")
 
 
 def cmd_import(args) -> int:
@@ -234,6 +248,8 @@ def _check_output_file(path: str, option: str = "--output") -> None:
         raise ElsaIndexError(f"{option} {path}: permission denied (cannot write {p if p.exists() else 'in ' + str(parent)})")
 
 
+#: the largest result count: item positions are 32-bit in some backends
+_MAX_K = 2**31 - 1
 #: bytes per result slot of a recommend batch (external id, item index, score, and their working copies)
 _RESULT_SLOT_BYTES = 64
 
@@ -242,8 +258,8 @@ def _check_recommend_args(args) -> None:
     """Validate recommend's options before the index is opened or any file is touched."""
     if args.batch_size < 1:
         raise ElsaIndexError(f"--batch-size must be a positive integer (histories per batch), got {args.batch_size}")
-    if args.k < 1:
-        raise ElsaIndexError(f"--k must be a positive integer (items per user), got {args.k}")
+    if not 1 <= args.k <= _MAX_K:
+        raise ElsaIndexError(f"--k must be a positive integer (items per user) at most {_MAX_K:,}, got {args.k}")
     if args.output:
         _check_output_file(args.output)
 
@@ -405,6 +421,12 @@ def cmd_segments(args) -> int:
 
 
 def cmd_homepage(args) -> int:
+    if not 1 <= args.k <= _MAX_K:
+        raise ElsaIndexError(f"--k must be a positive integer (items per row) at most {_MAX_K:,}, got {args.k}")
+    if args.rows < 0:
+        raise ElsaIndexError(f"--rows must be an integer >= 0 (segment rows), got {args.rows}")
+    check_fits(float(args.k) * min(args.rows + 1, 10_000) * _RESULT_SLOT_BYTES,
+               f"--k {args.k} ({min(args.rows + 1, 10_000)} rows x k items)", hint="lower --k")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownItemsWarning)
         warnings.simplefilter("always", SegmentFallbackWarning)
