@@ -96,7 +96,7 @@ def cmd_evaluate(args) -> int:
         spec = DataSpec.from_dict(ckpt.data["spec"])
     else:
         raise ElsaIndexError(f"{args.checkpoint} records no training data; pass --data to name the interactions")
-    _check_metric_cutoffs(args.metrics)
+    _check_metric_cutoffs(args.metrics, batch=1)  # limits first, before the data is loaded
     split = load_split(spec)
     _check_metric_cutoffs(args.metrics, batch=max(1, min(1000, split.fold_in.shape[0])))
     metrics = evaluate_checkpoint(ckpt, split, metrics=args.metrics)
