@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from elsa_index import __version__
 from elsa_index._checks import check_k
-from elsa_index._io import atomic_directory, read_manifest, write_json
+from elsa_index._io import atomic_directory, read_manifest, record_files, verify_files, write_json
 from elsa_index.errors import BackendError, ElsaIndexError
 
 from . import get_backend
@@ -45,7 +45,10 @@ from . import get_backend
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = "elsa-index-backend"
-INDEX_FORMAT_VERSION = 1
+#: 2: ``backend.json`` records ``files``, the size and sha256 of every file the backend wrote (checked at load)
+INDEX_FORMAT_VERSION = 2
+#: files of a backend directory that are not recorded: its manifest, and a lock Lucene may leave
+_UNRECORDED = ("backend.json", "lucene/write.lock")
 
 __all__ = ["Results", "Backend", "BackendError", "INDEX_FORMAT_VERSION"]
 
@@ -388,12 +391,14 @@ class Backend:
         path = Path(path)
         with atomic_directory(path, overwrite=overwrite, error=BackendError) as tmp:
             self._save(tmp, with_embeddings=bool(with_embeddings))
+            # Every file the backend wrote, hashed once here and checked by every load.
+            files = record_files(tmp, skip=_UNRECORDED)
             write_json(tmp / "backend.json", {
                 "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
                 "elsa_index_version": __version__, "build_params": self.params,
                 "search_params": self._search_params, "n_items": self.n_items_, "dims": self.dims_,
                 "checkpoint_fingerprint": self.fingerprint_, "build_seconds": self.build_seconds_,
-                "with_embeddings": bool(with_embeddings),
+                "with_embeddings": bool(with_embeddings), "files": files,
             })
         self.path_ = path
         return path
@@ -403,26 +408,45 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, checkpoint=None, mmap: bool = False) -> "Backend":
+    def load(cls, path: str | os.PathLike, *, checkpoint=None, mmap: bool = False, verify: bool = True) -> "Backend":
         """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name).
 
         Parameters
         ----------
         path : the backend directory.
         checkpoint : the :class:`~elsa_index.checkpoint.Checkpoint` the index
-            was built from (its fingerprint must match); backends that need the
+            was built from (its fingerprint and shape must match); backends that need the
             item embeddings take them from it instead of keeping their own copy.
             Required for directories saved with ``with_embeddings=False``.
         mmap : memory-map large arrays read-only where the backend can (the
             directory must then stay in place while the backend is in use).
+        verify : check every file against the size and sha256 recorded in
+            ``backend.json`` (and refuse files it does not record) before
+            reading any; one streamed read of each file. A directory of format
+            1 (no digests) is refused unless ``verify=False``: rebuild it.
+            False trusts the files; the arrays are range-checked either way.
         """
         path = Path(path)
         m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", BackendError)
         target = get_backend(m.get("backend", "?"))
         if cls is not Backend and not issubclass(target, cls):
             raise BackendError(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")
+        for key in ("n_items", "dims"):
+            v = m.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise BackendError(f"{path}/backend.json: {key} must be a non-negative integer, got {v!r}")
+        for key in ("build_params", "search_params"):
+            if not isinstance(m.get(key, {}), dict):
+                raise BackendError(f"{path}/backend.json: {key} must be a JSON object, got {m[key]!r}")
+        if verify:
+            if "files" not in m:
+                raise BackendError(
+                    f"{path} was written by an older elsa-index (backend format {m['format_version']}) and records "
+                    "no file digests, so its files cannot be verified; rebuild the index (elsa-index build CKPT "
+                    "--out DIR --overwrite), or load it with verify=False only if you trust its files")
+            verify_files(path, m["files"], BackendError, manifest="backend.json", exhaustive=True, skip=_UNRECORDED)
         obj = target(**{**m.get("build_params", {}), **m.get("search_params", {})})
-        obj.n_items_, obj.dims_ = int(m["n_items"]), int(m["dims"])
+        obj.n_items_, obj.dims_ = m["n_items"], m["dims"]
         obj.fingerprint_ = m.get("checkpoint_fingerprint")
         obj.build_seconds_ = m.get("build_seconds")
         if checkpoint is not None:
@@ -430,6 +454,10 @@ class Backend:
                 raise BackendError(
                     f"{path} was built from checkpoint {obj.fingerprint_}, but the checkpoint given is "
                     f"{checkpoint.fingerprint}; pass the checkpoint the index was built from")
+            if (checkpoint.n_items, checkpoint.dims) != (obj.n_items_, obj.dims_):
+                raise BackendError(
+                    f"{path}/backend.json says {obj.n_items_} items x {obj.dims_} dims, but its checkpoint has "
+                    f"{checkpoint.n_items} x {checkpoint.dims}; the manifest is corrupted")
         elif not m.get("with_embeddings", True):
             raise BackendError(
                 f"{path} was saved without the item embeddings (inside an index directory); open the index with "
