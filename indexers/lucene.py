@@ -100,9 +100,13 @@ Files
 non-zero, stored field ``id`` = row index), ``embeddings_{data,indices,
 indptr}.npy`` (the float rows, CSR; left out when saved inside an index directory,
 whose checkpoint holds them: see :meth:`~.base.Backend.save`) and ``lucene.json`` (scale, counts,
-versions). Loading verifies the checksum of every Lucene file (Lucene's
-``CodecUtil.checksumEntireFile``), so corrupted or truncated files are
-reported when the index is opened, not as wrong results later. A loaded
+versions). Every file is recorded with its sha256 in ``backend.json`` and
+checked at load (``verify=True``, see :meth:`~.base.Backend.load`; a stray
+file, e.g. another ``segments_N`` commit, is refused); loading also verifies
+the checksum of every Lucene file (Lucene's ``CodecUtil.checksumEntireFile``),
+and the item rows Lucene returns are range-checked on every search, so
+corrupted, truncated or edited files are reported when the index is opened,
+not as wrong results later. A loaded
 index is read in place: keep its directory while it is in use. A built
 (not loaded) index lives in a temporary directory owned by the backend,
 removed by :meth:`LuceneImpact.close`, when the backend is garbage
