@@ -386,7 +386,7 @@ class Backend:
         """
         self._check_built()
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=BackendError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=BackendError, kind=INDEX_FORMAT) as tmp:
             self._save(tmp, with_embeddings=bool(with_embeddings))
             write_json(tmp / "backend.json", {
                 "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
