@@ -402,6 +402,9 @@ def atomic_directory(
                 raise error(f"writing {path} failed: {exc}; {path} was left as it was") from None
             new = artefact_format(tmp)
             try:
+                if os.path.lexists(path) and not overwrite:
+                    raise error(f"{path} appeared while it was being written (another program wrote it); "
+                                f"it was left as is")
                 if os.path.lexists(path):
                     check_output_path(path, overwrite=overwrite, kind=new or kind, error=error)
                     if new is None and any(path.iterdir()):
