@@ -316,7 +316,7 @@ def _writer_lock(path: Path, error: Callable[[str], Exception]) -> Iterator[None
         os.close(fd)
 
 
-def recover(path: str | os.PathLike, *, error: Callable[[str], Exception] = ElsaIndexError) -> bool:
+def recover(path: str | os.PathLike) -> bool:
     """Restore ``path`` if an interrupted replace left it missing; True if it exists afterwards.
 
     Does nothing while another writer holds the lock of ``path`` (it is
@@ -328,8 +328,8 @@ def recover(path: str | os.PathLike, *, error: Callable[[str], Exception] = Elsa
     if not _leftovers(path)[1]:
         return False
     try:
-        with _writer_lock(path, error):
-            _recover_locked(path, error)
+        with _writer_lock(path, ElsaIndexError):
+            _recover_locked(path, ElsaIndexError)
     except ElsaIndexError as exc:
         logger.warning("%s", exc)
     return os.path.lexists(path)
@@ -552,7 +552,7 @@ def read_manifest(path: Path, name: str, fmt: str, max_version: int, what: str,
     ``what`` names the kind of directory in messages (e.g. "checkpoint").
     """
     if not path.is_dir():
-        if os.path.lexists(path) or not recover(path, error=error):
+        if os.path.lexists(path) or not recover(path):
             olds = _leftovers(path)[1]
             hint = f" (an interrupted replace left its previous version at {olds[0]})" if olds else ""
             raise error(f"{what} directory not found: {path}{hint}")
