@@ -273,7 +273,7 @@ class Checkpoint:
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the checkpoint directory atomically; returns its path."""
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=CheckpointError, kind=FORMAT) as tmp:
             if self.sparse:
                 save_csr(tmp, "", self.embeddings)
             else:

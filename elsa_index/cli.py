@@ -14,8 +14,10 @@ pyserini import them when used, so ``elsa-index --help`` loads none of them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._cli_parser import build_parser, columns
+from ._io import atomic_file, check_output_path
 from .checkpoint import Checkpoint, import_embeddings
 from .data.tables import read_table
 from .demo import bench_demo, run_demo
@@ -52,7 +55,7 @@ def _data_spec(args):
 def cmd_train(args) -> int:
     spec = _data_spec(args)
     out = Path(args.out)
-    _check_new_output(out, args.overwrite)
+    _check_new_output(out, args.overwrite, "checkpoint", inputs=[args.data])
     params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
                   seed=args.seed, progress=not args.quiet)
     if args.model == "elsa":
@@ -95,7 +98,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_import(args) -> int:
     out = Path(args.out)
-    _check_new_output(out, args.overwrite)
+    _check_new_output(out, args.overwrite, "checkpoint", inputs=[args.embeddings, args.item_ids])
     ckpt = import_embeddings(args.embeddings, args.item_ids)
     ckpt.save(out, overwrite=args.overwrite)
     nnz = ckpt.nnz_per_row()
@@ -137,7 +140,7 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_build(args) -> int:
     out = Path(args.out)
-    _check_new_output(out, args.overwrite)
+    _check_new_output(out, args.overwrite, "index", inputs=[args.checkpoint])
     t0 = time.perf_counter()
     if not args.quiet:
         _say(f"building {args.backend} index of {args.checkpoint} ...")
@@ -173,6 +176,8 @@ def _read_histories(path: str):
 
 
 def cmd_recommend(args) -> int:
+    if args.output:
+        _check_output_file(args.output, [args.index, args.input])
     index = open_index(args.index)
     if args.search_param:
         index.set_search_params(**_parse_params(args.search_param))
@@ -180,9 +185,9 @@ def cmd_recommend(args) -> int:
         users, hists = [None], [args.history]
     else:
         users, hists = _read_histories(args.input)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     n_unknown = 0
-    try:
+    # The file is replaced only when every batch was answered: an error leaves an existing one untouched.
+    with atomic_file(args.output) if args.output else contextlib.nullcontext(sys.stdout) as out:
         for start in range(0, len(hists), max(1, args.batch_size)):
             batch = hists[start : start + args.batch_size]
             with warnings.catch_warnings(record=True) as caught:
@@ -197,9 +202,6 @@ def cmd_recommend(args) -> int:
                 if users[start + r] is not None:
                     row = {"user": users[start + r], **row}
                 out.write(json.dumps(row) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     if n_unknown:
         print(f"warning: some history item ids are not in the catalogue and were ignored "
               f"({n_unknown} batch(es) affected)", file=sys.stderr)
@@ -265,8 +267,7 @@ def _table(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool
 def cmd_segments(args) -> int:
     index, ckpt = open_source(args.source)
     out = Path(args.out) if args.out else default_segments_dirs(args.source)[0]
-    if out.exists() and not args.overwrite:
-        raise SegmentError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _check_new_output(out, args.overwrite, "segments", inputs=[args.source], inside_inputs=True, error=SegmentError)
     if args.show < 0:
         raise SegmentError(f"--show must be >= 0, got {args.show}")
     meta = titles = None
@@ -343,10 +344,31 @@ def cmd_homepage(args) -> int:
 # ------------------------------------------------------------------ helpers
 
 
-def _check_new_output(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ``--out`` unless ``--overwrite`` was given."""
-    if out.exists() and not overwrite:
-        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+_KINDS = {"checkpoint": "elsa-index-checkpoint", "index": "elsa-index-index", "segments": "elsa-index-segments"}
+
+
+def _check_new_output(out: Path, overwrite: bool, kind: str | None = None, *, inputs=(), inside_inputs: bool = False,
+                      error=ElsaIndexError) -> None:
+    """Refuse an ``--out`` directory before the work starts (the library checks again when it writes).
+
+    It may exist only with ``--overwrite`` and then only as the same ``kind``
+    of elsa-index directory (``checkpoint``, ``index``, ``segments``); it may
+    not be, contain or (unless ``inside_inputs``) lie inside one of the
+    command's ``inputs``. See :func:`elsa_index._io.check_output_path`.
+    """
+    check_output_path(out, overwrite=overwrite, kind=_KINDS.get(kind), inputs=inputs, inside_inputs=inside_inputs,
+                      error=error)
+
+
+def _check_output_file(output: str, inputs) -> None:
+    """Refuse an ``--output`` file that is one of the command's inputs or lies inside an input directory."""
+    target = Path(output).resolve()
+    for inp in inputs:
+        if inp is not None and os.path.lexists(inp):
+            src = Path(inp).resolve()
+            if target == src or src in target.parents:
+                what = inp if target == src else f"a file of the input {inp}"
+                raise ElsaIndexError(f"--output {output} would replace {what}; choose another output file")
 
 
 def _say(msg: str) -> None:

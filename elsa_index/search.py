@@ -319,7 +319,8 @@ def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "spar
         be.build(ckpt, progress=progress)
         return Index(ckpt, be)
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite, error=BackendError) as tmp:
+    src = None if isinstance(checkpoint, Checkpoint) else checkpoint  # the output may not replace the input
+    with atomic_directory(out, overwrite=overwrite, error=BackendError, kind=INDEX_DIR_FORMAT, inputs=[src]) as tmp:
         be.build(ckpt, progress=progress)
         ckpt.save(tmp / "checkpoint")
         # The checkpoint copy next to it holds the item embeddings: the backend need not store them again.

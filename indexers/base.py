@@ -389,7 +389,7 @@ class Backend:
         """
         self._check_built()
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=BackendError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=BackendError, kind=INDEX_FORMAT) as tmp:
             self._save(tmp, with_embeddings=bool(with_embeddings))
             # Every file the backend wrote, hashed once here and checked by every load.
             files = record_files(tmp, skip=_UNRECORDED)

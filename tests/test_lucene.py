@@ -416,7 +416,7 @@ def test_failed_build_and_save_leave_nothing(sparse_checkpoint, tmp_path, monkey
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr("elsa_index.indexers.lucene.shutil.copytree", failing_copy)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(BackendError, match="disk full"):  # a full disk is a clear error naming the path
         lu.save(tmp_path / "ix")
     assert not (tmp_path / "ix").exists() and not list(tmp_path.iterdir())
     lu.close()

@@ -271,7 +271,7 @@ class Segments:
             ``path`` exists and ``overwrite`` is False, or it cannot be written.
         """
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=SegmentError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=SegmentError, kind=FORMAT) as tmp:
             for name, arr in self._arrays().items():
                 if name not in _VECTOR_NAMES:
                     save_array(tmp / f"{name}.npy", arr)
