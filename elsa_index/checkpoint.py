@@ -31,7 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import __version__
-from ._io import (array_digest, atomic_directory, load_array, load_csr, read_manifest, record_files, save_array,
+from ._atomic import atomic_directory
+from ._io import (array_digest, load_array, load_csr, read_manifest, record_files, save_array,
                   save_csr, verify_files, write_json)
 from .data import IdMap, Interactions
 from .errors import CheckpointError, DataError, UnknownItemsWarning

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._cli_parser import build_parser, columns
-from ._io import atomic_file, check_output_path
+from ._atomic import atomic_file, check_output_path
 from .checkpoint import Checkpoint, import_embeddings
 from .data.tables import read_table
 from .demo import bench_demo, run_demo
@@ -354,7 +354,7 @@ def _check_new_output(out: Path, overwrite: bool, kind: str | None = None, *, in
     It may exist only with ``--overwrite`` and then only as the same ``kind``
     of elsa-index directory (``checkpoint``, ``index``, ``segments``); it may
     not be, contain or (unless ``inside_inputs``) lie inside one of the
-    command's ``inputs``. See :func:`elsa_index._io.check_output_path`.
+    command's ``inputs``. See :func:`elsa_index._atomic.check_output_path`.
     """
     check_output_path(out, overwrite=overwrite, kind=_KINDS.get(kind), inputs=inputs, inside_inputs=inside_inputs,
                       error=error)

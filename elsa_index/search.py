@@ -42,7 +42,8 @@ import scipy.sparse as sp
 
 from . import __version__
 from ._checks import check_k
-from ._io import atomic_directory, read_manifest, write_json
+from ._atomic import atomic_directory
+from ._io import read_manifest, write_json
 from .checkpoint import Checkpoint
 from .errors import BackendError, CheckpointError, DataError, UnknownItemsWarning
 from .indexers import get_backend

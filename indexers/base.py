@@ -37,7 +37,8 @@ import scipy.sparse as sp
 
 from elsa_index import __version__
 from elsa_index._checks import check_k
-from elsa_index._io import atomic_directory, read_manifest, record_files, verify_files, write_json
+from elsa_index._atomic import atomic_directory
+from elsa_index._io import read_manifest, record_files, verify_files, write_json
 from elsa_index.errors import BackendError, ElsaIndexError
 
 from . import get_backend

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import elsa_index._io as io_mod
-from elsa_index._io import atomic_directory, atomic_file, check_output_path, recover
+import elsa_index._atomic as io_mod
+from elsa_index._atomic import atomic_directory, atomic_file, check_output_path, recover
 from elsa_index.checkpoint import Checkpoint
 from elsa_index.cli import main
 from elsa_index.errors import BackendError, CheckpointError, ElsaIndexError
@@ -287,7 +287,7 @@ def test_restore_failure_is_repaired_by_the_next_open(tmp_path, monkeypatch):
 _KILLER = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    import elsa_index._io as io_mod
+    import elsa_index._atomic as io_mod
     from elsa_index.checkpoint import Checkpoint
 
     where, target = sys.argv[1], sys.argv[2]
@@ -302,7 +302,8 @@ _KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return real_rename(a, b)
     os.rename = rename
-    real_write = io_mod.write_json
+    import elsa_index._io as files_mod
+    real_write = files_mod.write_json
     def write_json(path, obj):
         if where == "in-body":
             os.kill(os.getpid(), signal.SIGKILL)

@@ -42,7 +42,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import __version__
-from .._io import array_digest, atomic_directory, load_array, load_csr, read_manifest, save_array, save_csr, write_json
+from .._atomic import atomic_directory
+from .._io import array_digest, load_array, load_csr, read_manifest, save_array, save_csr, write_json
 from ..checkpoint import Checkpoint
 from ..data import IdMap
 from ..errors import ElsaIndexError, SegmentError
