@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +42,7 @@ from elsa_index._io import read_manifest, record_files, verify_files, write_json
 from elsa_index.errors import BackendError, ElsaIndexError
 
 from . import get_backend
+from .requests import Results, check_candidates, check_exclude, check_queries, finish
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,6 @@ INDEX_FORMAT_VERSION = 2
 _UNRECORDED = ("backend.json", "lucene/write.lock")
 
 __all__ = ["Results", "Backend", "BackendError", "INDEX_FORMAT_VERSION"]
-
-
-class Results(NamedTuple):
-    """Top-k results: ``ids`` int64 and ``scores`` float32, both (n_queries, k).
-
-    Rows are sorted by descending score; missing results are id -1, score -inf.
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
 
 
 class Backend:
@@ -249,7 +240,7 @@ class Backend:
         ids, scores = self._search(Q, fetch)
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
-        return _finish(ids, scores, ex, k)
+        return finish(ids, scores, ex, k)
 
     def _search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (ids, scores) of shape (n, k) sorted by descending score; pad with -1 / -inf."""
@@ -301,7 +292,7 @@ class Backend:
         n_ex = 0 if ex is None else int(ex[:, cand].getnnz(axis=1).max())
         fetch = min(len(cand), k + n_ex)
         ids, scores = self._search_within(Q, fetch, cand)
-        return _finish(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), ex, k)
+        return finish(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), ex, k)
 
     def _search_within(self, queries, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Optional hook: top-k among ``candidates`` (sorted unique int64 item rows), as ``_search`` returns.
@@ -315,14 +306,7 @@ class Backend:
 
     def as_candidates(self, candidates) -> np.ndarray:
         """Validated candidate item rows: sorted unique int64 in ``[0, n_items)``; raises BackendError."""
-        cand = np.asarray(candidates)
-        if cand.ndim != 1 or (cand.size and cand.dtype.kind not in "iu"):
-            raise BackendError(
-                f"candidates must be a 1-D array of integer item indices, got {cand.dtype} of shape {cand.shape}")
-        cand = np.unique(cand.astype(np.int64, copy=False))
-        if len(cand) and (cand[0] < 0 or cand[-1] >= self.n_items_):
-            raise BackendError(f"candidates hold item indices outside [0, {self.n_items_})")
-        return cand
+        return check_candidates(candidates, self.n_items_)
 
     def _check_built(self) -> None:
         if self.n_items_ is None:
@@ -336,42 +320,11 @@ class Backend:
 
     def as_queries(self, queries):
         """Validated queries: float32 CSR (indices sorted) or 2-D float32 ndarray of ``dims_`` columns; raises BackendError."""
-        if sp.issparse(queries):
-            Q = sp.csr_matrix(queries, dtype=np.float32)
-            if not Q.has_sorted_indices:  # one summation order (ascending dims) for every exact score
-                Q = Q.sorted_indices()
-        else:
-            Q = np.asarray(queries, dtype=np.float32)
-            if Q.ndim == 1:
-                Q = Q[None, :]
-            if Q.ndim != 2:
-                raise BackendError(f"queries must be a 2-D (n_queries, dims) array, got shape {Q.shape}")
-        if Q.shape[1] != self.dims_:
-            raise BackendError(f"queries have {Q.shape[1]} dims; the index was built with {self.dims_}-dim embeddings")
-        data = Q.data if sp.issparse(Q) else Q
-        if data.size and not np.isfinite(data).all():
-            raise BackendError("queries contain NaN or inf values; expected finite vectors")
-        return Q
+        return check_queries(queries, self.dims_)
 
     def as_exclude(self, exclude, n: int):
         """Validated exclusions of ``n`` queries as CSR (n, n_items), or None; raises BackendError."""
-        if exclude is None:
-            return None
-        if sp.issparse(exclude):
-            ex = sp.csr_matrix(exclude)
-            if ex.shape != (n, self.n_items_):
-                raise BackendError(f"exclude has shape {ex.shape}; expected ({n}, {self.n_items_})")
-            return ex
-        if len(exclude) != n:
-            raise BackendError(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
-        rows = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
-        lens = [len(r) for r in rows]
-        cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        if len(cols) and (cols.min() < 0 or cols.max() >= self.n_items_):
-            raise BackendError(f"exclude holds item indices outside [0, {self.n_items_})")
-        indptr = np.concatenate([[0], np.cumsum(lens)])
-        ex = sp.csr_matrix((np.ones(len(cols), bool), cols, indptr), shape=(n, self.n_items_))
-        return ex
+        return check_exclude(exclude, n, self.n_items_)
 
     # ------------------------------------------------------------ persistence
 
@@ -498,28 +451,3 @@ class Backend:
     def __repr__(self) -> str:
         state = f"{self.n_items_} items x {self.dims_} dims" if self.n_items_ else "not built"
         return f"<{type(self).__name__} {self.name} {state} {self.params} {self._search_params}>"
-
-
-def _finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
-    """Drop excluded ids, keep the top k, pad to width k with -1 / -inf."""
-    n = ids.shape[0]
-    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-    if exclude is not None and exclude.nnz:
-        ex = exclude.tocsr()
-        for r in range(n):
-            e = ex.indices[ex.indptr[r] : ex.indptr[r + 1]]
-            if len(e):
-                bad = np.isin(ids[r], e)
-                scores[r, bad] = -np.inf
-                ids[r, bad] = -1
-        # Stable re-sort keeps the backend's order among equal scores.
-        order = np.argsort(-scores, axis=1, kind="stable")
-        ids = np.take_along_axis(ids, order, axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
-    out_ids = np.full((n, k), -1, np.int64)
-    out_scores = np.full((n, k), -np.inf, np.float32)
-    w = min(k, ids.shape[1])
-    out_ids[:, :w] = ids[:, :w]
-    out_scores[:, :w] = scores[:, :w]
-    out_ids[~np.isfinite(out_scores)] = -1
-    return Results(out_ids, out_scores)
