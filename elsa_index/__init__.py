@@ -2,8 +2,8 @@
 
 This package owns the core, one job per module or sub-package:
 
-- ``errors`` every error and warning type; ``_io`` atomic directories and
-  array/JSON/CSR files; ``_checks`` argument checks; ``topk`` the top-k with
+- ``errors`` every error and warning type; ``_atomic`` atomic writes and
+  writer locks; ``_io`` array/JSON/CSR/manifest files and their digests; ``_checks`` argument checks; ``topk`` the top-k with
   its tie rule; ``scoring`` exact scores of candidate items;
 - ``data`` interaction logs, splits, datasets, synthetic data, metadata
   tables; ``models`` ELSA, Compressed ELSA and baselines; ``metrics``

@@ -4,13 +4,15 @@ A checkpoint is a directory::
 
     manifest.json      format, version, model kind, shape, nnz per row,
                        training config, data description, metrics, history,
-                       fingerprint of the embeddings and id table
+                       fingerprint of the embeddings and id table, and
+                       ``files``: size and sha256 of every array file
     item_ids.npy       external item ids (unicode), row order of the embeddings
     popularity.npy     int64 number of training users per item
     embeddings.npy     float32 (n_items, dims)             -- dense storage
     data.npy, indices.npy, indptr.npy                       -- sparse CSR storage
 
-Everything is loaded with ``allow_pickle=False``. A checkpoint is written to a
+Everything is loaded with ``allow_pickle=False`` and range-checked, after
+every file is checked against its recorded sha256 (format 2). A checkpoint is written to a
 temporary sibling directory and renamed into place, so a failed save leaves
 nothing at the target path.
 """
@@ -31,8 +33,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import __version__
+from ._atomic import atomic_directory
+from ._io import (array_digest, load_array, load_csr, read_manifest, record_files, save_array,
+                  save_csr, verify_files, write_json)
 from ._memory import check_fits
-from ._io import array_digest, atomic_directory, load_array, load_csr, read_manifest, save_array, save_csr, write_json
 from .data import IdMap, Interactions
 from .errors import CheckpointError, DataError, UnknownItemsWarning
 from .models import encode_users, score_items
@@ -41,7 +45,10 @@ from .scoring import score_rows
 logger = logging.getLogger(__name__)
 
 FORMAT = "elsa-index-checkpoint"
-FORMAT_VERSION = 1
+#: 2: the manifest records ``files`` (bytes and sha256 of every array file); format 1 (no ``files``) still
+#: loads when its ``fingerprint`` matches the arrays (popularity.npy is then not covered).
+FORMAT_VERSION = 2
+_FINGERPRINT_LEN = 32
 KINDS = ("elsa", "compressed_elsa", "imported")
 
 __all__ = ["Checkpoint", "FORMAT", "FORMAT_VERSION", "load_checkpoint", "import_embeddings"]
@@ -92,6 +99,8 @@ class Checkpoint:
         pop = np.asarray(self.popularity)
         if pop.shape != (n,) or pop.dtype.kind not in "iuf":
             raise CheckpointError(f"popularity must be a numeric array of shape ({n},), got {pop.dtype} {pop.shape}")
+        if pop.size and (not np.isfinite(pop).all() or pop.min() < 0):
+            raise CheckpointError("popularity must hold finite non-negative counts (training users per item)")
         self.popularity = pop.astype(np.int64)
         if self.kind not in KINDS:
             raise CheckpointError(f"unknown checkpoint kind {self.kind!r}; expected one of {KINDS}")
@@ -268,14 +277,17 @@ class Checkpoint:
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the checkpoint directory atomically; returns its path."""
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=CheckpointError, kind=FORMAT) as tmp:
             if self.sparse:
                 save_csr(tmp, "", self.embeddings)
             else:
                 save_array(tmp / "embeddings.npy", self.embeddings)
             save_array(tmp / "item_ids.npy", self.item_ids.ids)
             save_array(tmp / "popularity.npy", self.popularity)
-            write_json(tmp / "manifest.json", self.manifest())
+            # Hashed once here (the bytes are still in the page cache), checked by every load.
+            manifest = self.manifest()
+            manifest["files"] = record_files(tmp, _file_names(manifest["storage"]))
+            write_json(tmp / "manifest.json", manifest)
         logger.info("saved %s checkpoint to %s", self.kind, path)
         return path
 
@@ -286,8 +298,14 @@ class Checkpoint:
         Parameters
         ----------
         path : the checkpoint directory.
-        verify : check the arrays against the manifest's fingerprint (read once;
-            the checkpoint keeps it, so :attr:`fingerprint` costs nothing later).
+        verify : check every file against the size and sha256 recorded in the
+            manifest before reading it (one streamed read of each file, about
+            1.7 GB/s); the manifest's fingerprint then describes the arrays and
+            is kept, so :attr:`fingerprint` costs nothing later. A format-1
+            checkpoint (no digests) is verified by recomputing its fingerprint
+            instead (popularity.npy is not covered: re-save it to record
+            digests). A manifest with neither is refused. False trusts the
+            files (no hashing); the arrays are range-checked either way.
         mmap : memory-map the embedding arrays read-only instead of reading
             them into memory (pages are read on first use and shared with the
             page cache); the directory must stay in place while in use.
@@ -296,8 +314,10 @@ class Checkpoint:
         ------
         CheckpointError
             Not a directory, missing or malformed files, a newer format version,
-            pickled arrays, non-finite values, or (``verify``) a fingerprint
-            that does not match the arrays.
+            pickled arrays, wrong dtypes, out-of-range indices, non-finite values,
+            duplicate item ids, negative popularity, or (``verify``) a file that
+            does not match its recorded digest, or a manifest without digests
+            and fingerprint.
         """
         path = Path(path)
         m = read_manifest(path, "manifest.json", FORMAT, FORMAT_VERSION, "checkpoint", CheckpointError)
@@ -308,20 +328,52 @@ class Checkpoint:
         for key in ("n_items", "dims"):
             if isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < 0:
                 raise CheckpointError(f"{path}/manifest.json: {key} must be a non-negative integer, got {m[key]!r}")
+        if m["storage"] not in ("csr", "dense"):
+            raise CheckpointError(f"{path}: unknown storage {m['storage']!r}; expected 'dense' or 'csr'")
+        fp = m.get("fingerprint")
+        if fp is not None and not (isinstance(fp, str) and len(fp) == _FINGERPRINT_LEN
+                                   and all(c in "0123456789abcdef" for c in fp)):
+            raise CheckpointError(f"{path}/manifest.json: fingerprint must be {_FINGERPRINT_LEN} hex digits, got {fp!r}")
+        legacy = False  # verified through the recomputed fingerprint (format 1)
+        if verify:
+            if "files" in m:
+                verify_files(path, m["files"], CheckpointError, manifest="manifest.json",
+                             expected=_file_names(m["storage"]))
+                if fp is None:
+                    raise CheckpointError(f"{path}/manifest.json lacks the field 'fingerprint'")
+            elif m["format_version"] >= 2:
+                raise CheckpointError(
+                    f"{path}/manifest.json lacks the field 'files' (the size and sha256 of every array file); "
+                    "the manifest is corrupted or was edited, so the arrays cannot be verified")
+            elif fp is None:
+                raise CheckpointError(
+                    f"{path}/manifest.json has neither file digests nor a fingerprint, so its arrays cannot be "
+                    "verified; load it with verify=False only if you trust these files, then save it again "
+                    "to record digests")
+            else:
+                legacy = True
         if m["storage"] == "csr":
             emb = load_csr(path, "", (n, d), CheckpointError, mmap=mmap)
-        elif m["storage"] == "dense":
+        else:
             emb = load_array(path / "embeddings.npy", CheckpointError, mmap=mmap)
             if emb.shape != (n, d):
                 raise CheckpointError(f"{path}: embeddings.npy has shape {emb.shape}, manifest says ({n}, {d})")
-        else:
-            raise CheckpointError(f"{path}: unknown storage {m['storage']!r}; expected 'dense' or 'csr'")
+            if emb.dtype.kind != "f":
+                raise CheckpointError(f"{path}: embeddings.npy has dtype {emb.dtype}; expected float32")
         ids = load_array(path / "item_ids.npy", CheckpointError)
+        if ids.dtype.kind != "U" or ids.shape != (n,):
+            raise CheckpointError(
+                f"{path}: item_ids.npy holds {ids.dtype} {ids.shape}; expected unicode strings of shape ({n},)")
         pop = load_array(path / "popularity.npy", CheckpointError)
+        if pop.dtype.kind not in "iu" or pop.shape != (n,):
+            raise CheckpointError(
+                f"{path}: popularity.npy holds {pop.dtype} {pop.shape}; expected int64 counts of shape ({n},)")
+        if pop.size and pop.min() < 0:
+            raise CheckpointError(f"{path}: popularity.npy holds negative counts; expected training users per item")
         try:
             ids = IdMap(ids)
         except ValueError as exc:  # e.g. duplicate ids
-            raise CheckpointError(f"{path}: {exc}") from None
+            raise CheckpointError(f"{path}: item_ids.npy: {exc}") from None
         try:
             ckpt = cls(
                 emb, ids, pop, kind=m["kind"], config=m.get("config", {}), data=m.get("data", {}),
@@ -332,9 +384,17 @@ class Checkpoint:
             raise CheckpointError(f"{path}: {exc}") from None
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        # Computed once here and kept: the arrays are read-only from now on.
-        if verify and m.get("fingerprint") and m["fingerprint"] != ckpt.fingerprint:
-            raise CheckpointError(f"{path}: arrays do not match the manifest fingerprint (corrupted or edited files)")
+        if legacy:
+            # Format 1: the fingerprint, recomputed from the arrays once (and kept), is the only check.
+            if fp != ckpt.fingerprint:
+                raise CheckpointError(
+                    f"{path}: arrays do not match the manifest fingerprint (corrupted or edited files)")
+            logger.warning("%s was written by an older elsa-index (checkpoint format 1, no file digests): its "
+                           "embeddings and ids match the fingerprint, popularity.npy is not verified; save it "
+                           "again to record digests", path)
+        elif fp is not None:
+            # The files are byte for byte those save() wrote with this fingerprint (verified above), or trusted.
+            object.__setattr__(ckpt, "_fp", fp)
         return ckpt
 
     # ------------------------------------------------------------- building
@@ -566,6 +626,12 @@ def _npz_to_csr(path: Path, fmt: str, shape: tuple[int, int], parts: dict) -> sp
         raise bad(f"'indices' hold values outside [0, {minor})")
     cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
     return cls((data, indices, indptr), shape=shape).tocsr()
+
+
+def _file_names(storage: str) -> tuple[str, ...]:
+    """The array files of a checkpoint with this storage, as recorded in its manifest."""
+    emb = ("data.npy", "indices.npy", "indptr.npy") if storage == "csr" else ("embeddings.npy",)
+    return (*emb, "item_ids.npy", "popularity.npy")
 
 
 def _digest(emb, ids: np.ndarray) -> str:

@@ -14,14 +14,15 @@ pyserini import them when used, so ``elsa-index --help`` loads none of them
 
 from __future__ import annotations
 
-import json
+import contextlib
 import errno
+import json
 import logging
 import math
 import os
 import sys
-import traceback
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._cli_parser import build_parser, columns
+from ._atomic import atomic_file, check_output_path
 from ._memory import check_fits
 from .checkpoint import Checkpoint, import_embeddings
 from .data.tables import read_table
@@ -62,7 +64,7 @@ def _data_spec(args):
 def cmd_train(args) -> int:
     spec = _data_spec(args)
     out = Path(args.out)
-    _check_new_output(out, args.overwrite)
+    _check_new_output(out, args.overwrite, "checkpoint", inputs=[args.data])
     params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
                   seed=args.seed, progress=not args.quiet)
     # A value the user gave is used as given (0 is refused by the model's checks), never replaced by a default.
@@ -122,7 +124,7 @@ def _check_metric_cutoffs(names: list[str], batch: int = 1000) -> None:
 
 def cmd_import(args) -> int:
     out = Path(args.out)
-    _check_new_output(out, args.overwrite)
+    _check_new_output(out, args.overwrite, "checkpoint", inputs=[args.embeddings, args.item_ids])
     ckpt = import_embeddings(args.embeddings, args.item_ids)
     ckpt.save(out, overwrite=args.overwrite)
     nnz = ckpt.nnz_per_row()
@@ -169,7 +171,7 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_build(args) -> int:
     out = Path(args.out)
-    _check_new_output(out, args.overwrite)
+    _check_new_output(out, args.overwrite, "index", inputs=[args.checkpoint])
     t0 = time.perf_counter()
     if not args.quiet:
         _say(f"building {args.backend} index of {args.checkpoint} ...")
@@ -234,7 +236,7 @@ def _read_histories(path: str):
     return users, hists
 
 
-def _check_output_file(path: str, option: str = "--output") -> None:
+def _check_output_writable(path: str, option: str = "--output") -> None:
     """Refuse an output file that cannot be written, before any work (the file itself is not touched)."""
     p = Path(path)
     if p.is_dir():
@@ -261,7 +263,7 @@ def _check_recommend_args(args) -> None:
     if not 1 <= args.k <= _MAX_K:
         raise ElsaIndexError(f"--k must be a positive integer (items per user) at most {_MAX_K:,}, got {args.k}")
     if args.output:
-        _check_output_file(args.output)
+        _check_output_writable(args.output)
 
 
 def _check_recommend_memory(k: int, n_users: int, batch_size: int, n_items: int) -> None:
@@ -273,6 +275,8 @@ def _check_recommend_memory(k: int, n_users: int, batch_size: int, n_items: int)
 
 def cmd_recommend(args) -> int:
     _check_recommend_args(args)
+    if args.output:
+        _check_output_file(args.output, [args.index, args.input])
     index = open_index(args.index)
     if args.search_param:
         index.set_search_params(**_parse_params(args.search_param))
@@ -281,9 +285,9 @@ def cmd_recommend(args) -> int:
     else:
         users, hists = _read_histories(args.input)
     _check_recommend_memory(args.k, len(hists), args.batch_size, index.n_items)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     n_unknown = 0
-    try:
+    # The file is replaced only when every batch was answered: an error leaves an existing one untouched.
+    with atomic_file(args.output) if args.output else contextlib.nullcontext(sys.stdout) as out:
         for start in range(0, len(hists), max(1, args.batch_size)):
             batch = hists[start : start + args.batch_size]
             with warnings.catch_warnings(record=True) as caught:
@@ -298,9 +302,6 @@ def cmd_recommend(args) -> int:
                 if users[start + r] is not None:
                     row = {"user": users[start + r], **row}
                 out.write(json.dumps(row) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     if n_unknown:
         print(f"warning: some history item ids are not in the catalogue and were ignored "
               f"({n_unknown} batch(es) affected)", file=sys.stderr)
@@ -366,8 +367,7 @@ def _table(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool
 def cmd_segments(args) -> int:
     index, ckpt = open_source(args.source)
     out = Path(args.out) if args.out else default_segments_dirs(args.source)[0]
-    if out.exists() and not args.overwrite:
-        raise SegmentError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _check_new_output(out, args.overwrite, "segments", inputs=[args.source], inside_inputs=True, error=SegmentError)
     if args.show < 0:
         raise SegmentError(f"--show must be >= 0, got {args.show}")
     meta = titles = None
@@ -450,21 +450,42 @@ def cmd_homepage(args) -> int:
 # ------------------------------------------------------------------ helpers
 
 
-def _check_new_output(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ``--out`` unless ``--overwrite`` was given, and an ``--out`` that
-    cannot be written at all, before any work is done (missing parent folders are created later)."""
-    if out.exists() and not overwrite:
-        raise ElsaIndexError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+_KINDS = {"checkpoint": "elsa-index-checkpoint", "index": "elsa-index-index", "segments": "elsa-index-segments"}
+
+
+def _check_new_output(out: Path, overwrite: bool, kind: str | None = None, *, inputs=(), inside_inputs: bool = False,
+                      error=ElsaIndexError) -> None:
+    """Refuse an ``--out`` directory before the work starts (the library checks again when it writes).
+
+    It may exist only with ``--overwrite`` and then only as the same ``kind``
+    of elsa-index directory (``checkpoint``, ``index``, ``segments``); it may
+    not be, contain or (unless ``inside_inputs``) lie inside one of the
+    command's ``inputs``. See :func:`elsa_index._atomic.check_output_path`.
+    """
+    check_output_path(out, overwrite=overwrite, kind=_KINDS.get(kind), inputs=inputs, inside_inputs=inside_inputs,
+                      error=error)
+    # Missing parent folders are created when writing; the nearest existing one must be a writable directory.
     parent = out.parent if str(out.parent) else Path(".")
     try:
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
         if not parent.is_dir():
-            raise ElsaIndexError(f"--out {out}: {parent} is not a directory")
+            raise error(f"--out {out}: {parent} is not a directory")
     except OSError as exc:  # e.g. a symlink loop in the path
-        raise ElsaIndexError(f"--out {out}: {exc.strerror or exc}") from None
+        raise error(f"--out {out}: {exc.strerror or exc}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ElsaIndexError(f"--out {out}: permission denied (cannot write in {parent})")
+        raise error(f"--out {out}: permission denied (cannot write in {parent})")
+
+
+def _check_output_file(output: str, inputs) -> None:
+    """Refuse an ``--output`` file that is one of the command's inputs or lies inside an input directory."""
+    target = Path(output).resolve()
+    for inp in inputs:
+        if inp is not None and os.path.lexists(inp):
+            src = Path(inp).resolve()
+            if target == src or src in target.parents:
+                what = inp if target == src else f"a file of the input {inp}"
+                raise ElsaIndexError(f"--output {output} would replace {what}; choose another output file")
 
 
 def _say(msg: str) -> None:

@@ -30,34 +30,29 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from elsa_index import __version__
 from elsa_index._checks import check_k
-from elsa_index._io import atomic_directory, read_manifest, write_json
+from elsa_index._atomic import atomic_directory
+from elsa_index._io import read_manifest, record_files, verify_files, write_json
 from elsa_index.errors import BackendError, ElsaIndexError
 
 from . import get_backend
+from .requests import Results, check_candidates, check_exclude, check_queries, finish
 
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = "elsa-index-backend"
-INDEX_FORMAT_VERSION = 1
+#: 2: ``backend.json`` records ``files``, the size and sha256 of every file the backend wrote (checked at load)
+INDEX_FORMAT_VERSION = 2
+#: files of a backend directory that are not recorded: its manifest, and a lock Lucene may leave
+_UNRECORDED = ("backend.json", "lucene/write.lock")
 
 __all__ = ["Results", "Backend", "BackendError", "INDEX_FORMAT_VERSION"]
-
-
-class Results(NamedTuple):
-    """Top-k results: ``ids`` int64 and ``scores`` float32, both (n_queries, k).
-
-    Rows are sorted by descending score; missing results are id -1, score -inf.
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
 
 
 class Backend:
@@ -245,7 +240,7 @@ class Backend:
         ids, scores = self._search(Q, fetch)
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
-        return _finish(ids, scores, ex, k)
+        return finish(ids, scores, ex, k)
 
     def _search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (ids, scores) of shape (n, k) sorted by descending score; pad with -1 / -inf."""
@@ -297,7 +292,7 @@ class Backend:
         n_ex = 0 if ex is None else int(ex[:, cand].getnnz(axis=1).max())
         fetch = min(len(cand), k + n_ex)
         ids, scores = self._search_within(Q, fetch, cand)
-        return _finish(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), ex, k)
+        return finish(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), ex, k)
 
     def _search_within(self, queries, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Optional hook: top-k among ``candidates`` (sorted unique int64 item rows), as ``_search`` returns.
@@ -311,14 +306,7 @@ class Backend:
 
     def as_candidates(self, candidates) -> np.ndarray:
         """Validated candidate item rows: sorted unique int64 in ``[0, n_items)``; raises BackendError."""
-        cand = np.asarray(candidates)
-        if cand.ndim != 1 or (cand.size and cand.dtype.kind not in "iu"):
-            raise BackendError(
-                f"candidates must be a 1-D array of integer item indices, got {cand.dtype} of shape {cand.shape}")
-        cand = np.unique(cand.astype(np.int64, copy=False))
-        if len(cand) and (cand[0] < 0 or cand[-1] >= self.n_items_):
-            raise BackendError(f"candidates hold item indices outside [0, {self.n_items_})")
-        return cand
+        return check_candidates(candidates, self.n_items_)
 
     def _check_built(self) -> None:
         if self.n_items_ is None:
@@ -332,42 +320,11 @@ class Backend:
 
     def as_queries(self, queries):
         """Validated queries: float32 CSR (indices sorted) or 2-D float32 ndarray of ``dims_`` columns; raises BackendError."""
-        if sp.issparse(queries):
-            Q = sp.csr_matrix(queries, dtype=np.float32)
-            if not Q.has_sorted_indices:  # one summation order (ascending dims) for every exact score
-                Q = Q.sorted_indices()
-        else:
-            Q = np.asarray(queries, dtype=np.float32)
-            if Q.ndim == 1:
-                Q = Q[None, :]
-            if Q.ndim != 2:
-                raise BackendError(f"queries must be a 2-D (n_queries, dims) array, got shape {Q.shape}")
-        if Q.shape[1] != self.dims_:
-            raise BackendError(f"queries have {Q.shape[1]} dims; the index was built with {self.dims_}-dim embeddings")
-        data = Q.data if sp.issparse(Q) else Q
-        if data.size and not np.isfinite(data).all():
-            raise BackendError("queries contain NaN or inf values; expected finite vectors")
-        return Q
+        return check_queries(queries, self.dims_)
 
     def as_exclude(self, exclude, n: int):
         """Validated exclusions of ``n`` queries as CSR (n, n_items), or None; raises BackendError."""
-        if exclude is None:
-            return None
-        if sp.issparse(exclude):
-            ex = sp.csr_matrix(exclude)
-            if ex.shape != (n, self.n_items_):
-                raise BackendError(f"exclude has shape {ex.shape}; expected ({n}, {self.n_items_})")
-            return ex
-        if len(exclude) != n:
-            raise BackendError(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
-        rows = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
-        lens = [len(r) for r in rows]
-        cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        if len(cols) and (cols.min() < 0 or cols.max() >= self.n_items_):
-            raise BackendError(f"exclude holds item indices outside [0, {self.n_items_})")
-        indptr = np.concatenate([[0], np.cumsum(lens)])
-        ex = sp.csr_matrix((np.ones(len(cols), bool), cols, indptr), shape=(n, self.n_items_))
-        return ex
+        return check_exclude(exclude, n, self.n_items_)
 
     # ------------------------------------------------------------ persistence
 
@@ -386,14 +343,16 @@ class Backend:
         """
         self._check_built()
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=BackendError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=BackendError, kind=INDEX_FORMAT) as tmp:
             self._save(tmp, with_embeddings=bool(with_embeddings))
+            # Every file the backend wrote, hashed once here and checked by every load.
+            files = record_files(tmp, skip=_UNRECORDED)
             write_json(tmp / "backend.json", {
                 "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
                 "elsa_index_version": __version__, "build_params": self.params,
                 "search_params": self._search_params, "n_items": self.n_items_, "dims": self.dims_,
                 "checkpoint_fingerprint": self.fingerprint_, "build_seconds": self.build_seconds_,
-                "with_embeddings": bool(with_embeddings),
+                "with_embeddings": bool(with_embeddings), "files": files,
             })
         self.path_ = path
         return path
@@ -403,26 +362,45 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, checkpoint=None, mmap: bool = False) -> "Backend":
+    def load(cls, path: str | os.PathLike, *, checkpoint=None, mmap: bool = False, verify: bool = True) -> "Backend":
         """Load a directory written by :meth:`save` (``Backend.load`` dispatches on the stored backend name).
 
         Parameters
         ----------
         path : the backend directory.
         checkpoint : the :class:`~elsa_index.checkpoint.Checkpoint` the index
-            was built from (its fingerprint must match); backends that need the
+            was built from (its fingerprint and shape must match); backends that need the
             item embeddings take them from it instead of keeping their own copy.
             Required for directories saved with ``with_embeddings=False``.
         mmap : memory-map large arrays read-only where the backend can (the
             directory must then stay in place while the backend is in use).
+        verify : check every file against the size and sha256 recorded in
+            ``backend.json`` (and refuse files it does not record) before
+            reading any; one streamed read of each file. A directory of format
+            1 (no digests) is refused unless ``verify=False``: rebuild it.
+            False trusts the files; the arrays are range-checked either way.
         """
         path = Path(path)
         m = read_manifest(path, "backend.json", INDEX_FORMAT, INDEX_FORMAT_VERSION, "backend index", BackendError)
         target = get_backend(m.get("backend", "?"))
         if cls is not Backend and not issubclass(target, cls):
             raise BackendError(f"{path} holds a {m.get('backend')!r} index, not {cls.name!r}")
+        for key in ("n_items", "dims"):
+            v = m.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise BackendError(f"{path}/backend.json: {key} must be a non-negative integer, got {v!r}")
+        for key in ("build_params", "search_params"):
+            if not isinstance(m.get(key, {}), dict):
+                raise BackendError(f"{path}/backend.json: {key} must be a JSON object, got {m[key]!r}")
+        if verify:
+            if "files" not in m:
+                raise BackendError(
+                    f"{path} was written by an older elsa-index (backend format {m['format_version']}) and records "
+                    "no file digests, so its files cannot be verified; rebuild the index (elsa-index build CKPT "
+                    "--out DIR --overwrite), or load it with verify=False only if you trust its files")
+            verify_files(path, m["files"], BackendError, manifest="backend.json", exhaustive=True, skip=_UNRECORDED)
         obj = target(**{**m.get("build_params", {}), **m.get("search_params", {})})
-        obj.n_items_, obj.dims_ = int(m["n_items"]), int(m["dims"])
+        obj.n_items_, obj.dims_ = m["n_items"], m["dims"]
         obj.fingerprint_ = m.get("checkpoint_fingerprint")
         obj.build_seconds_ = m.get("build_seconds")
         if checkpoint is not None:
@@ -430,6 +408,10 @@ class Backend:
                 raise BackendError(
                     f"{path} was built from checkpoint {obj.fingerprint_}, but the checkpoint given is "
                     f"{checkpoint.fingerprint}; pass the checkpoint the index was built from")
+            if (checkpoint.n_items, checkpoint.dims) != (obj.n_items_, obj.dims_):
+                raise BackendError(
+                    f"{path}/backend.json says {obj.n_items_} items x {obj.dims_} dims, but its checkpoint has "
+                    f"{checkpoint.n_items} x {checkpoint.dims}; the manifest is corrupted")
         elif not m.get("with_embeddings", True):
             raise BackendError(
                 f"{path} was saved without the item embeddings (inside an index directory); open the index with "
@@ -469,28 +451,3 @@ class Backend:
     def __repr__(self) -> str:
         state = f"{self.n_items_} items x {self.dims_} dims" if self.n_items_ else "not built"
         return f"<{type(self).__name__} {self.name} {state} {self.params} {self._search_params}>"
-
-
-def _finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
-    """Drop excluded ids, keep the top k, pad to width k with -1 / -inf."""
-    n = ids.shape[0]
-    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-    if exclude is not None and exclude.nnz:
-        ex = exclude.tocsr()
-        for r in range(n):
-            e = ex.indices[ex.indptr[r] : ex.indptr[r + 1]]
-            if len(e):
-                bad = np.isin(ids[r], e)
-                scores[r, bad] = -np.inf
-                ids[r, bad] = -1
-        # Stable re-sort keeps the backend's order among equal scores.
-        order = np.argsort(-scores, axis=1, kind="stable")
-        ids = np.take_along_axis(ids, order, axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
-    out_ids = np.full((n, k), -1, np.int64)
-    out_scores = np.full((n, k), -np.inf, np.float32)
-    w = min(k, ids.shape[1])
-    out_ids[:, :w] = ids[:, :w]
-    out_scores[:, :w] = scores[:, :w]
-    out_ids[~np.isfinite(out_scores)] = -1
-    return Results(out_ids, out_scores)

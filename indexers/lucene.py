@@ -100,9 +100,13 @@ Files
 non-zero, stored field ``id`` = row index), ``embeddings_{data,indices,
 indptr}.npy`` (the float rows, CSR; left out when saved inside an index directory,
 whose checkpoint holds them: see :meth:`~.base.Backend.save`) and ``lucene.json`` (scale, counts,
-versions). Loading verifies the checksum of every Lucene file (Lucene's
-``CodecUtil.checksumEntireFile``), so corrupted or truncated files are
-reported when the index is opened, not as wrong results later. A loaded
+versions). Every file is recorded with its sha256 in ``backend.json`` and
+checked at load (``verify=True``, see :meth:`~.base.Backend.load`; a stray
+file, e.g. another ``segments_N`` commit, is refused); loading also verifies
+the checksum of every Lucene file (Lucene's ``CodecUtil.checksumEntireFile``),
+and the item rows Lucene returns are range-checked on every search, so
+corrupted, truncated or edited files are reported when the index is opened,
+not as wrong results later. A loaded
 index is read in place: keep its directory while it is in use. A built
 (not loaded) index lives in a temporary directory owned by the backend,
 removed by :meth:`LuceneImpact.close`, when the backend is garbage
@@ -386,7 +390,26 @@ class LuceneImpact(Backend):
             raise BackendError(f"Lucene search failed: {_jvm.java_error(exc)}") from None
         if not len(docids):
             return np.zeros(0, np.int64), np.zeros(0)
-        return np.array(docids, dtype=np.int64), np.asarray(lscores, dtype=np.float64)
+        return self._rows(docids), np.asarray(lscores, dtype=np.float64)
+
+    def _rows(self, docids) -> np.ndarray:
+        """Item rows of Lucene's stored ids, checked: integers in ``[0, n_items)``, each once.
+
+        The ids index the re-rank rows and the id table; a crafted index must
+        not make them read outside those arrays.
+        """
+        try:
+            rows = np.array(docids, dtype=np.int64)
+        except (ValueError, TypeError, OverflowError):
+            raise BackendError(f"the Lucene index in {self._index_dir} holds a document whose stored id is not an "
+                               "item row number; the index is corrupted: rebuild it") from None
+        if rows.ndim != 1 or rows.min() < 0 or rows.max() >= self.n_items_:
+            raise BackendError(f"the Lucene index in {self._index_dir} holds item rows outside [0, {self.n_items_}) "
+                               f"(found {int(rows.min())}..{int(rows.max())}); the index is corrupted: rebuild it")
+        if len(np.unique(rows)) != len(rows):
+            raise BackendError(f"the Lucene index in {self._index_dir} holds several documents for one item row; "
+                               "the index is corrupted: rebuild it")
+        return rows
 
     def _top_docs(self, rt, searcher, query, depth: int):
         """Lucene's top ``depth`` documents of a parsed query (``TopDocs``), per ``dynamic_pruning``."""

@@ -120,5 +120,7 @@ class ExactSparse(Backend):
                                "expected a directory written by the 'sparse' backend")
         if dense.shape != shape or dense.dtype != np.float32:
             raise BackendError(f"{directory}: embeddings have {dense.dtype} {dense.shape}, expected float32 {shape}")
+        if dense.size and not np.isfinite(dense).all():
+            raise BackendError(f"{directory}: embeddings contain NaN or inf values; expected finite weights")
         self.postings_ = None
         self.dense_ = dense

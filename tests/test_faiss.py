@@ -122,11 +122,15 @@ def test_save_load_round_trip(built, queries, tmp_path, dense_checkpoint):
 def test_corrupt_or_missing_index_file(built, tmp_path):
     built.save(tmp_path / "ix")
     (tmp_path / "ix" / "faiss.index").write_bytes(b"not a faiss index at all")
+    with pytest.raises(BackendError, match="faiss.index has 24 bytes"):
+        Backend.load(tmp_path / "ix")  # the recorded size and digest
     with pytest.raises(BackendError, match="not a readable faiss index"):
-        Backend.load(tmp_path / "ix")
+        Backend.load(tmp_path / "ix", verify=False)
     (tmp_path / "ix" / "faiss.index").unlink()
-    with pytest.raises(BackendError, match="lacks faiss.index"):
+    with pytest.raises(BackendError, match="missing file faiss.index"):
         Backend.load(tmp_path / "ix")
+    with pytest.raises(BackendError, match="lacks faiss.index"):
+        Backend.load(tmp_path / "ix", verify=False)
 
 
 def test_sparse_checkpoint_refused(sparse_checkpoint):

@@ -24,9 +24,10 @@ Artefact directory (:meth:`Segments.save`)::
                          central items of each segment, best first
     labels.npy           unicode (n_segments,)
 
-Arrays are loaded with ``allow_pickle=False`` and range-checked; the digest
-covers the vector arrays as (float32, int64, int64), whatever their dtype on
-disk. The directory is written to a temporary sibling and renamed into place.
+Arrays are loaded with ``allow_pickle=False``, dtype- and range-checked, and
+checked against the manifest's ``arrays_digest`` (required unless
+``verify=False``); the digest covers the vector arrays as (float32, int64,
+int64), whatever their dtype on disk. The directory is written to a temporary sibling and renamed into place.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import __version__
-from .._io import array_digest, atomic_directory, load_array, load_csr, read_manifest, save_array, save_csr, write_json
+from .._atomic import atomic_directory
+from .._io import array_digest, load_array, load_csr, read_manifest, save_array, save_csr, write_json
 from ..checkpoint import Checkpoint
 from ..data import IdMap
 from ..errors import ElsaIndexError, SegmentError
@@ -135,6 +137,13 @@ class Segments:
             problems.append(f"central item indices outside [0, {n})")
         if len(self.key_signs) and not np.isin(self.key_signs, (-1, 1)).all():
             problems.append("key signs must be +1 or -1")
+        d = self.vectors.shape[1]
+        if len(self.key_dims) and (self.key_dims.min() < 0 or self.key_dims.max() >= d):
+            problems.append(f"key dims outside [0, {d})")
+        if len(self.key_sizes) and self.key_sizes.min() < 0:
+            problems.append("key sizes must be non-negative")
+        if len(self.central_scores) and not np.isfinite(self.central_scores).all():
+            problems.append("central scores contain NaN or inf")
         if self.labels.shape != (m,):
             problems.append(f"labels has shape {self.labels.shape}, expected ({m},)")
         if problems:
@@ -263,7 +272,7 @@ class Segments:
             ``path`` exists and ``overwrite`` is False, or it cannot be written.
         """
         path = Path(path)
-        with atomic_directory(path, overwrite=overwrite, error=SegmentError) as tmp:
+        with atomic_directory(path, overwrite=overwrite, error=SegmentError, kind=FORMAT) as tmp:
             for name, arr in self._arrays().items():
                 if name not in _VECTOR_NAMES:
                     save_array(tmp / f"{name}.npy", arr)
@@ -273,13 +282,17 @@ class Segments:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, checkpoint: Checkpoint | None = None) -> "Segments":
+    def load(cls, path: str | os.PathLike, *, checkpoint: Checkpoint | None = None,
+             verify: bool = True) -> "Segments":
         """Read a directory written by :meth:`save` (format 1 or 2).
 
         Parameters
         ----------
         path : the segments directory.
         checkpoint : if given, it must be the checkpoint the segments come from.
+        verify : check the arrays against the manifest's ``arrays_digest``
+            (refused when it is missing); False trusts them. They are
+            range-checked and dtype-checked either way.
 
         Raises
         ------
@@ -295,13 +308,26 @@ class Segments:
                 raise SegmentError(f"{path}/manifest.json lacks the field {key!r}")
         names = ("item_ids", "assignment", "key_indptr", "key_dims", "key_signs", "key_sizes", "central_indptr",
                  "central_indices", "central_scores", "labels")
+        for key in ("n_items", "dims", "n_segments"):
+            if isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < 0:
+                raise SegmentError(f"{path}/manifest.json: {key} must be a non-negative integer, got {m[key]!r}")
         a = {name: load_array(path / f"{name}.npy", SegmentError) for name in names}
-        n_seg, dims = int(m["n_segments"]), int(m["dims"])
+        for name, arr in a.items():  # no silent casts: a float or string array where ids belong is refused
+            kind = _KINDS[name]
+            if arr.ndim != 1 or arr.dtype.kind not in kind:
+                raise SegmentError(f"{path}: {name}.npy holds {arr.dtype} of shape {arr.shape}; expected a 1-D "
+                                   f"{_KIND_NAMES[kind]} array")
+        n_seg, dims = m["n_segments"], m["dims"]
         vectors = load_csr(path, "vector_", (n_seg, dims), SegmentError)
         a["vector_data"], a["vector_indices"], a["vector_indptr"] = _canonical_csr(vectors)
         order = ("item_ids", "assignment", *_VECTOR_NAMES, *names[2:])
-        if m.get("arrays_digest") and array_digest(*(a[n] for n in order)) != m["arrays_digest"]:
-            raise SegmentError(f"{path}: arrays do not match the manifest digest (corrupted or edited files)")
+        if verify:
+            if not isinstance(m.get("arrays_digest"), str):
+                raise SegmentError(f"{path}/manifest.json lacks the field 'arrays_digest', so its arrays cannot be "
+                                   "verified; run 'elsa-index segments' again (or load with verify=False if you "
+                                   "trust these files)")
+            if array_digest(*(a[n] for n in order)) != m["arrays_digest"]:
+                raise SegmentError(f"{path}: arrays do not match the manifest digest (corrupted or edited files)")
         try:
             seg = cls(
                 item_ids=IdMap(a["item_ids"]), assignment=a["assignment"], vectors=vectors,
@@ -317,6 +343,11 @@ class Segments:
         if checkpoint is not None:
             seg.check_checkpoint(checkpoint)
         return seg
+
+
+_KINDS = {"item_ids": "U", "assignment": "iu", "key_indptr": "iu", "key_dims": "iu", "key_signs": "iu",
+          "key_sizes": "iu", "central_indptr": "iu", "central_indices": "iu", "central_scores": "f", "labels": "U"}
+_KIND_NAMES = {"U": "unicode", "iu": "integer", "f": "float"}
 
 
 def _canonical_csr(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,106 @@
+"""What goes in and out of every backend's search: query, exclusion and candidate checks, and ``Results``.
+
+:class:`~elsa_index.indexers.base.Backend` calls these on every request, so
+each backend's private search steps receive validated input, and
+:func:`finish` applies the shared output rules (exclusions dropped, top-k
+kept, rows padded with id -1 / score -inf).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from elsa_index.errors import BackendError
+
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish"]
+
+
+class Results(NamedTuple):
+    """Top-k results: ``ids`` int64 and ``scores`` float32, both (n_queries, k).
+
+    Rows are sorted by descending score; missing results are id -1, score -inf.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+def check_queries(queries, dims: int):
+    """Validated queries: float32 CSR (indices sorted) or 2-D float32 ndarray of ``dims`` columns; raises BackendError."""
+    if sp.issparse(queries):
+        Q = sp.csr_matrix(queries, dtype=np.float32)
+        if not Q.has_sorted_indices:  # one summation order (ascending dims) for every exact score
+            Q = Q.sorted_indices()
+    else:
+        Q = np.asarray(queries, dtype=np.float32)
+        if Q.ndim == 1:
+            Q = Q[None, :]
+        if Q.ndim != 2:
+            raise BackendError(f"queries must be a 2-D (n_queries, dims) array, got shape {Q.shape}")
+    if Q.shape[1] != dims:
+        raise BackendError(f"queries have {Q.shape[1]} dims; the index was built with {dims}-dim embeddings")
+    data = Q.data if sp.issparse(Q) else Q
+    if data.size and not np.isfinite(data).all():
+        raise BackendError("queries contain NaN or inf values; expected finite vectors")
+    return Q
+
+
+def check_exclude(exclude, n: int, n_items: int):
+    """Validated exclusions of ``n`` queries as CSR (n, n_items), or None; raises BackendError."""
+    if exclude is None:
+        return None
+    if sp.issparse(exclude):
+        ex = sp.csr_matrix(exclude)
+        if ex.shape != (n, n_items):
+            raise BackendError(f"exclude has shape {ex.shape}; expected ({n}, {n_items})")
+        return ex
+    if len(exclude) != n:
+        raise BackendError(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
+    rows = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
+    lens = [len(r) for r in rows]
+    cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    if len(cols) and (cols.min() < 0 or cols.max() >= n_items):
+        raise BackendError(f"exclude holds item indices outside [0, {n_items})")
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    ex = sp.csr_matrix((np.ones(len(cols), bool), cols, indptr), shape=(n, n_items))
+    return ex
+
+
+def check_candidates(candidates, n_items: int) -> np.ndarray:
+    """Validated candidate item rows: sorted unique int64 in ``[0, n_items)``; raises BackendError."""
+    cand = np.asarray(candidates)
+    if cand.ndim != 1 or (cand.size and cand.dtype.kind not in "iu"):
+        raise BackendError(
+            f"candidates must be a 1-D array of integer item indices, got {cand.dtype} of shape {cand.shape}")
+    cand = np.unique(cand.astype(np.int64, copy=False))
+    if len(cand) and (cand[0] < 0 or cand[-1] >= n_items):
+        raise BackendError(f"candidates hold item indices outside [0, {n_items})")
+    return cand
+
+
+def finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
+    """Drop excluded ids, keep the top k, pad to width k with -1 / -inf."""
+    n = ids.shape[0]
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    if exclude is not None and exclude.nnz:
+        ex = exclude.tocsr()
+        for r in range(n):
+            e = ex.indices[ex.indptr[r] : ex.indptr[r + 1]]
+            if len(e):
+                bad = np.isin(ids[r], e)
+                scores[r, bad] = -np.inf
+                ids[r, bad] = -1
+        # Stable re-sort keeps the backend's order among equal scores.
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ids = np.take_along_axis(ids, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+    out_ids = np.full((n, k), -1, np.int64)
+    out_scores = np.full((n, k), -np.inf, np.float32)
+    w = min(k, ids.shape[1])
+    out_ids[:, :w] = ids[:, :w]
+    out_scores[:, :w] = scores[:, :w]
+    out_ids[~np.isfinite(out_scores)] = -1
+    return Results(out_ids, out_scores)
