@@ -23,8 +23,6 @@ import datetime as _dt
 import logging
 import os
 import warnings
-import zipfile
-import zlib
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +34,6 @@ from . import __version__
 from ._atomic import atomic_directory
 from ._io import (array_digest, load_array, load_csr, read_manifest, record_files, save_array,
                   save_csr, verify_files, write_json)
-from ._memory import check_fits
 from .data import IdMap, Interactions
 from .errors import CheckpointError, DataError, UnknownItemsWarning
 from .models import encode_users, score_items
@@ -51,7 +48,7 @@ FORMAT_VERSION = 2
 _FINGERPRINT_LEN = 32
 KINDS = ("elsa", "compressed_elsa", "imported")
 
-__all__ = ["Checkpoint", "FORMAT", "FORMAT_VERSION", "load_checkpoint", "import_embeddings"]
+__all__ = ["Checkpoint", "FORMAT", "FORMAT_VERSION", "load_checkpoint"]
 
 
 @dataclass
@@ -422,210 +419,6 @@ class Checkpoint:
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Shorthand for :meth:`Checkpoint.load`."""
     return Checkpoint.load(path)
-
-
-def import_embeddings(
-    path: str | os.PathLike,
-    item_ids: Sequence[str] | str | os.PathLike | None = None,
-    *,
-    popularity: np.ndarray | None = None,
-) -> Checkpoint:
-    """Checkpoint from item embeddings produced elsewhere.
-
-    Parameters
-    ----------
-    path : a scipy ``.npz`` sparse matrix (``scipy.sparse.save_npz``; CSR, CSC
-        or COO) or a dense ``.npy`` array, shape (n_items, dims).
-    item_ids : a sequence of ids, or a text file with one id per line, or
-        None for ``"0" .. "n_items-1"``.
-    popularity : optional per-item counts (zeros if not given).
-
-    Raises
-    ------
-    CheckpointError
-        Unreadable or pickled file, wrong shape, non-finite values, id count
-        not matching the rows, duplicate ids.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"embedding file not found: {path}")
-    if path.suffix == ".npz":
-        emb = _load_npz_matrix(path)
-    elif path.suffix == ".npy":
-        _check_npy_header(path)
-        emb = load_array(path, CheckpointError)
-        if emb.ndim != 2:
-            raise CheckpointError(f"{path} holds an array of shape {emb.shape}; expected (n_items, dims)")
-    else:
-        raise CheckpointError(f"unsupported embedding file {path.name}; expected a scipy .npz sparse matrix or a .npy array")
-    n = emb.shape[0]
-    if item_ids is None:
-        ids = IdMap(np.arange(n).astype(str))
-    else:
-        if isinstance(item_ids, (str, os.PathLike)):
-            p = Path(item_ids)
-            if not p.is_file():
-                raise CheckpointError(f"item-id file not found: {p}")
-            item_ids = _read_item_ids(p)
-        if len(item_ids) != n:
-            raise CheckpointError(f"{len(item_ids)} item ids for {n} embedding rows in {path.name}; expected one id per row")
-        try:
-            ids = IdMap(item_ids)
-        except ValueError as exc:
-            raise CheckpointError(f"item ids: {exc}") from None
-    pop = np.zeros(n, np.int64) if popularity is None else popularity
-    try:
-        return Checkpoint(emb, ids, pop, kind="imported", data={"source": str(path)})
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-
-
-def _check_npy_header(path: Path) -> None:
-    """Refuse, before reading the data, a file that is not a .npy array or whose declared shape cannot be real."""
-    from numpy.lib import format as npformat
-
-    try:
-        with open(path, "rb") as f:
-            try:
-                version = npformat.read_magic(f)
-            except ValueError:
-                raise CheckpointError(f"{path} is not a .npy file (no NumPy header); expected an array saved with "
-                                      "numpy.save, or a scipy .npz sparse matrix") from None
-            readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
-            if version not in readers:
-                return  # a newer header version: load_array reads (and checks) it
-            try:
-                shape, _, dtype = readers[version](f)
-            except (ValueError, SyntaxError, TypeError) as exc:
-                raise CheckpointError(f"{path} has a malformed .npy header: {exc}") from None
-            offset = f.tell()
-    except OSError as exc:
-        raise CheckpointError(f"could not read {path}: {exc.strerror or exc}") from None
-    if dtype.hasobject:
-        return  # load_array refuses pickled objects with its own message
-    n_values = 1
-    for d in shape:
-        n_values *= int(d)
-    declared = n_values * dtype.itemsize
-    actual = path.stat().st_size - offset
-    if declared != actual:
-        raise CheckpointError(f"{path} declares an array of shape {tuple(shape)} ({declared:,} bytes of {dtype}) but "
-                              f"holds {actual:,} bytes of data; the file is truncated or corrupt")
-    check_fits(float(n_values) * 4 * 2, f"the array of shape {tuple(shape)} in {path.name}", error=CheckpointError)
-
-
-def _read_item_ids(p: Path) -> list[str]:
-    """One id per line (UTF-8, surrounding spaces stripped); blank lines only at the end."""
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read the item-id file {p}: {exc.strerror or exc}") from None
-    lines = raw.split(b"\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    ids = []
-    for n, line in enumerate(lines, 1):
-        try:
-            text = line.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            raise CheckpointError(f"item-id file {p} line {n} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                  "expected one UTF-8 id per line") from None
-        if not text:
-            raise CheckpointError(f"item-id file {p} line {n} is empty; expected one id per line (an empty line "
-                                  "would shift every later id to the wrong row)")
-        ids.append(text)
-    return ids
-
-
-def _load_npz_matrix(path: Path) -> sp.csr_matrix:
-    """A scipy ``save_npz`` file as CSR, every array checked before scipy (or compiled code) sees it.
-
-    The declared shape must be two non-negative integers whose arrays fit in
-    memory (a file may declare 10^12 rows in a few bytes); index pointers
-    must start at 0, never decrease and end at the number of stored values;
-    indices must lie inside the shape. Any violation is a CheckpointError.
-    """
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a .npz file (not a zip archive); expected the output of "
-                              "scipy.sparse.save_npz, or a .npy file for a dense array")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            fmt = _npz_format(path, z["format"]) if "format" in keys else None
-            if fmt in ("csr", "csc") and {"data", "indices", "indptr", "shape"} <= keys:
-                parts = {k: z[k] for k in ("data", "indices", "indptr")}
-            elif fmt == "coo" and {"data", "row", "col", "shape"} <= keys:
-                parts = {k: z[k] for k in ("data", "row", "col")}
-            else:
-                raise CheckpointError(
-                    f"{path} is not a scipy sparse matrix file (keys {sorted(keys)}); "
-                    "expected the output of scipy.sparse.save_npz in csr, csc or coo format"
-                )
-            shape = _npz_shape(path, z["shape"])
-    except CheckpointError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path} holds pickled Python objects; only plain arrays are accepted") from None
-        raise CheckpointError(f"{path} is not a valid sparse matrix: {exc}") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise CheckpointError(f"could not read {path}: {exc}") from None
-    return _npz_to_csr(path, fmt, shape, parts)
-
-
-def _npz_format(path: Path, value: np.ndarray) -> str:
-    fmt = value.item() if value.ndim == 0 and value.dtype.kind in "SU" else None
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode("ascii", "replace")
-    if fmt not in ("csr", "csc", "coo"):
-        raise CheckpointError(f"{path} declares sparse format {value!r}; expected 'csr', 'csc' or 'coo' "
-                              "(the output of scipy.sparse.save_npz)")
-    return fmt
-
-
-def _npz_shape(path: Path, value: np.ndarray) -> tuple[int, int]:
-    if value.dtype.kind not in "iu" or value.shape != (2,) or (value < 0).any():
-        raise CheckpointError(f"{path} declares shape {value.tolist()!r}; expected two non-negative integers "
-                              "(n_items, dims)")
-    rows, dims = (int(v) for v in value)
-    # The CSR conversion needs rows+1 pointers, and every backend a pointer per dimension.
-    check_fits(8.0 * (rows + 1) + 8.0 * (dims + 1),
-               f"the shape ({rows}, {dims}) declared by {path.name}", error=CheckpointError,
-               hint="the file declares more rows or dimensions than can be held; is it the right file?")
-    return rows, dims
-
-
-def _npz_to_csr(path: Path, fmt: str, shape: tuple[int, int], parts: dict) -> sp.csr_matrix:
-    def bad(msg: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a valid {fmt} matrix of shape {shape}: {msg}")
-
-    for name, a in parts.items():
-        if a.ndim != 1:
-            raise bad(f"'{name}' has shape {a.shape}; expected a 1-D array")
-        if name != "data" and a.dtype.kind not in "iu":
-            raise bad(f"'{name}' has dtype {a.dtype}; expected integers")
-    data = parts["data"]
-    if data.dtype.kind not in "fiu":
-        raise bad(f"'data' has dtype {data.dtype}; expected numbers")
-    if fmt == "coo":
-        row, col = parts["row"].astype(np.int64), parts["col"].astype(np.int64)
-        if not len(row) == len(col) == len(data):
-            raise bad(f"'row', 'col' and 'data' have {len(row)}, {len(col)} and {len(data)} entries; expected equal")
-        for name, a, limit in (("row", row, shape[0]), ("col", col, shape[1])):
-            if len(a) and (a.min() < 0 or a.max() >= limit):
-                raise bad(f"'{name}' holds indices outside [0, {limit})")
-        return sp.coo_matrix((data, (row, col)), shape=shape).tocsr()
-    major, minor = shape if fmt == "csr" else shape[::-1]
-    indptr, indices = parts["indptr"].astype(np.int64), parts["indices"].astype(np.int64)
-    if len(indptr) != major + 1:
-        raise bad(f"'indptr' has {len(indptr)} entries; expected {major + 1}")
-    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices) or len(indices) != len(data):
-        raise bad(f"'indptr' must start at 0, never decrease and end at the number of stored values; got "
-                  f"{indptr[0]}..{indptr[-1]} for {len(indices)} indices and {len(data)} values")
-    if len(indices) and (indices.min() < 0 or indices.max() >= minor):
-        raise bad(f"'indices' hold values outside [0, {minor})")
-    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
-    return cls((data, indices, indptr), shape=shape).tocsr()
 
 
 def _file_names(storage: str) -> tuple[str, ...]:

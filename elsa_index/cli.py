@@ -30,9 +30,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._cli_parser import build_parser, columns
-from ._atomic import atomic_file, check_output_path
+from ._atomic import atomic_file
+from ._cli_inputs import (MAX_K, RESULT_SLOT_BYTES, check_new_output, check_output_file, check_recommend_args,
+                          check_recommend_memory, read_histories)
 from ._memory import check_fits
-from .checkpoint import Checkpoint, import_embeddings
+from .checkpoint import Checkpoint
+from .importing import import_embeddings
 from .data.tables import read_table
 from .demo import bench_demo, run_demo
 from .errors import CheckpointError, ElsaIndexError, SegmentFallbackWarning, UnknownItemsWarning
@@ -64,7 +67,7 @@ def _data_spec(args):
 def cmd_train(args) -> int:
     spec = _data_spec(args)
     out = Path(args.out)
-    _check_new_output(out, args.overwrite, "checkpoint", inputs=[args.data])
+    check_new_output(out, args.overwrite, "checkpoint", inputs=[args.data])
     params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
                   seed=args.seed, progress=not args.quiet)
     # A value the user gave is used as given (0 is refused by the model's checks), never replaced by a default.
@@ -116,15 +119,15 @@ def _check_metric_cutoffs(names: list[str], batch: int = 1000) -> None:
         _, sep, cut = name.partition("@")
         if sep and cut.isdigit():
             k = int(cut)
-            if k > _MAX_K:
-                raise ElsaIndexError(f"the cut-off of {name!r} must be at most {_MAX_K:,}, got {k}")
+            if k > MAX_K:
+                raise ElsaIndexError(f"the cut-off of {name!r} must be at most {MAX_K:,}, got {k}")
             check_fits(float(batch) * k * 16, f"the metric {name!r} ({batch} users per batch x {k} ranked items)",
                        hint="lower the cut-off")
 
 
 def cmd_import(args) -> int:
     out = Path(args.out)
-    _check_new_output(out, args.overwrite, "checkpoint", inputs=[args.embeddings, args.item_ids])
+    check_new_output(out, args.overwrite, "checkpoint", inputs=[args.embeddings, args.item_ids])
     ckpt = import_embeddings(args.embeddings, args.item_ids)
     ckpt.save(out, overwrite=args.overwrite)
     nnz = ckpt.nnz_per_row()
@@ -171,7 +174,7 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_build(args) -> int:
     out = Path(args.out)
-    _check_new_output(out, args.overwrite, "index", inputs=[args.checkpoint])
+    check_new_output(out, args.overwrite, "index", inputs=[args.checkpoint])
     t0 = time.perf_counter()
     if not args.quiet:
         _say(f"building {args.backend} index of {args.checkpoint} ...")
@@ -183,108 +186,18 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON (expected a finite number, a string or null)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text} is out of range (not a finite 64-bit float)")
-    return value
-
-
-def _read_histories(path: str):
-    """(users, histories) of a JSON-lines file; every problem is an ElsaIndexError naming the line.
-
-    Item ids are JSON strings or integers; NaN/Infinity (not JSON) and
-    numbers that overflow to infinity are refused, so what is echoed back
-    (the ``user`` field) is always valid JSON.
-    """
-    users, hists = [], []
-    try:
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ElsaIndexError(f"{path} line {n} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                         "expected UTF-8 JSON lines") from None
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
-                except RecursionError:
-                    raise ElsaIndexError(f"{path} line {n} nests JSON arrays/objects too deeply; expected a list "
-                                         "of item ids or an object with a 'history' list") from None
-                except ValueError as exc:  # JSONDecodeError, or a refused constant/number
-                    raise ElsaIndexError(f"{path} line {n} is not valid JSON: {exc}") from None
-                if isinstance(obj, dict) and isinstance(obj.get("history"), list):
-                    user, items = obj.get("user", n - 1), obj["history"]
-                elif isinstance(obj, list):
-                    user, items = n - 1, obj
-                else:
-                    raise ElsaIndexError(f"{path} line {n}: expected a JSON list of item ids or an object with a "
-                                         f"'history' list, got {type(obj).__name__}")
-                bad = [x for x in items if isinstance(x, bool) or not isinstance(x, (str, int))]
-                if bad:
-                    raise ElsaIndexError(f"{path} line {n}: item ids must be strings or integers, got "
-                                         f"{json.dumps(bad[0])[:80]}")
-                users.append(user), hists.append([str(x) for x in items])
-    except OSError as exc:
-        raise ElsaIndexError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return users, hists
-
-
-def _check_output_writable(path: str, option: str = "--output") -> None:
-    """Refuse an output file that cannot be written, before any work (the file itself is not touched)."""
-    p = Path(path)
-    if p.is_dir():
-        raise ElsaIndexError(f"{option} {path} is a directory; expected a file path")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.exists():
-        raise ElsaIndexError(f"{option} {path}: directory {parent} does not exist; create it first")
-    if not parent.is_dir():
-        raise ElsaIndexError(f"{option} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ElsaIndexError(f"{option} {path}: permission denied (cannot write {p if p.exists() else 'in ' + str(parent)})")
-
-
-#: the largest result count: item positions are 32-bit in some backends
-_MAX_K = 2**31 - 1
-#: bytes per result slot of a recommend batch (external id, item index, score, and their working copies)
-_RESULT_SLOT_BYTES = 64
-
-
-def _check_recommend_args(args) -> None:
-    """Validate recommend's options before the index is opened or any file is touched."""
-    if args.batch_size < 1:
-        raise ElsaIndexError(f"--batch-size must be a positive integer (histories per batch), got {args.batch_size}")
-    if not 1 <= args.k <= _MAX_K:
-        raise ElsaIndexError(f"--k must be a positive integer (items per user) at most {_MAX_K:,}, got {args.k}")
-    if args.output:
-        _check_output_writable(args.output)
-
-
-def _check_recommend_memory(k: int, n_users: int, batch_size: int, n_items: int) -> None:
-    rows = max(1, min(n_users, batch_size))
-    check_fits(float(rows) * k * _RESULT_SLOT_BYTES, f"--k {k} ({rows} histories per batch x k results)",
-               hint=f"the catalogue has {n_items} items, so results beyond k={n_items} are only padding; "
-                    "lower --k (or --batch-size)")
-
-
 def cmd_recommend(args) -> int:
-    _check_recommend_args(args)
+    check_recommend_args(args)
     if args.output:
-        _check_output_file(args.output, [args.index, args.input])
+        check_output_file(args.output, [args.index, args.input])
     index = open_index(args.index)
     if args.search_param:
         index.set_search_params(**_parse_params(args.search_param))
     if args.history:
         users, hists = [None], [args.history]
     else:
-        users, hists = _read_histories(args.input)
-    _check_recommend_memory(args.k, len(hists), args.batch_size, index.n_items)
+        users, hists = read_histories(args.input)
+    check_recommend_memory(args.k, len(hists), args.batch_size, index.n_items)
     n_unknown = 0
     # The file is replaced only when every batch was answered: an error leaves an existing one untouched.
     with atomic_file(args.output) if args.output else contextlib.nullcontext(sys.stdout) as out:
@@ -367,7 +280,7 @@ def _table(rows: list[list[str]], right: set[int] = frozenset(), *, header: bool
 def cmd_segments(args) -> int:
     index, ckpt = open_source(args.source)
     out = Path(args.out) if args.out else default_segments_dirs(args.source)[0]
-    _check_new_output(out, args.overwrite, "segments", inputs=[args.source], inside_inputs=True, error=SegmentError)
+    check_new_output(out, args.overwrite, "segments", inputs=[args.source], inside_inputs=True, error=SegmentError)
     if args.show < 0:
         raise SegmentError(f"--show must be >= 0, got {args.show}")
     meta = titles = None
@@ -421,11 +334,11 @@ def cmd_segments(args) -> int:
 
 
 def cmd_homepage(args) -> int:
-    if not 1 <= args.k <= _MAX_K:
-        raise ElsaIndexError(f"--k must be a positive integer (items per row) at most {_MAX_K:,}, got {args.k}")
+    if not 1 <= args.k <= MAX_K:
+        raise ElsaIndexError(f"--k must be a positive integer (items per row) at most {MAX_K:,}, got {args.k}")
     if args.rows < 0:
         raise ElsaIndexError(f"--rows must be an integer >= 0 (segment rows), got {args.rows}")
-    check_fits(float(args.k) * min(args.rows + 1, 10_000) * _RESULT_SLOT_BYTES,
+    check_fits(float(args.k) * min(args.rows + 1, 10_000) * RESULT_SLOT_BYTES,
                f"--k {args.k} ({min(args.rows + 1, 10_000)} rows x k items)", hint="lower --k")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownItemsWarning)
@@ -448,44 +361,6 @@ def cmd_homepage(args) -> int:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-_KINDS = {"checkpoint": "elsa-index-checkpoint", "index": "elsa-index-index", "segments": "elsa-index-segments"}
-
-
-def _check_new_output(out: Path, overwrite: bool, kind: str | None = None, *, inputs=(), inside_inputs: bool = False,
-                      error=ElsaIndexError) -> None:
-    """Refuse an ``--out`` directory before the work starts (the library checks again when it writes).
-
-    It may exist only with ``--overwrite`` and then only as the same ``kind``
-    of elsa-index directory (``checkpoint``, ``index``, ``segments``); it may
-    not be, contain or (unless ``inside_inputs``) lie inside one of the
-    command's ``inputs``. See :func:`elsa_index._atomic.check_output_path`.
-    """
-    check_output_path(out, overwrite=overwrite, kind=_KINDS.get(kind), inputs=inputs, inside_inputs=inside_inputs,
-                      error=error)
-    # Missing parent folders are created when writing; the nearest existing one must be a writable directory.
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            raise error(f"--out {out}: {parent} is not a directory")
-    except OSError as exc:  # e.g. a symlink loop in the path
-        raise error(f"--out {out}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error(f"--out {out}: permission denied (cannot write in {parent})")
-
-
-def _check_output_file(output: str, inputs) -> None:
-    """Refuse an ``--output`` file that is one of the command's inputs or lies inside an input directory."""
-    target = Path(output).resolve()
-    for inp in inputs:
-        if inp is not None and os.path.lexists(inp):
-            src = Path(inp).resolve()
-            if target == src or src in target.parents:
-                what = inp if target == src else f"a file of the input {inp}"
-                raise ElsaIndexError(f"--output {output} would replace {what}; choose another output file")
 
 
 def _say(msg: str) -> None:

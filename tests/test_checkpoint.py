@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from elsa_index.checkpoint import FORMAT_VERSION, Checkpoint, import_embeddings
+from elsa_index.checkpoint import FORMAT_VERSION, Checkpoint
+from elsa_index.importing import import_embeddings
 from elsa_index.errors import CheckpointError
 
 
