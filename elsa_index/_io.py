@@ -23,7 +23,7 @@ import numpy as np
 
 from ._atomic import interrupted_versions, recover
 
-__all__ = ["load_array", "save_array", "save_csr", "load_csr", "write_json", "read_json",
+__all__ = ["load_array", "npy_header", "save_array", "save_csr", "load_csr", "write_json", "read_json",
            "read_manifest", "array_digest", "json_default", "file_digest", "record_files", "verify_files"]
 
 
@@ -33,17 +33,54 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 
 def load_array(path: Path, error: Callable[[str], Exception], *, mmap: bool = False) -> np.ndarray:
-    """Load a ``.npy`` file with ``allow_pickle=False``; errors name the file."""
+    """Load a ``.npy`` file with ``allow_pickle=False``; errors name the file and say what is wrong with it."""
     if not path.is_file():
         raise error(f"missing file {path.name} in {path.parent}")
+    header = npy_header(path, error)
+    if header is not None and header[1].hasobject:
+        raise error(f"{path} holds pickled Python objects; only plain numeric/string arrays are accepted")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise error(f"{path} holds pickled Python objects; only plain numeric/string arrays are accepted") from None
         raise error(f"{path} is not a valid .npy array: {exc}") from None
     except (OSError, EOFError) as exc:
         raise error(f"could not read {path}: {exc}") from None
+
+
+def npy_header(path: Path, error: Callable[[str], Exception]) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` a ``.npy`` file declares, checked against its size before any data is read.
+
+    Raises ``error`` for a file that is not a ``.npy`` file, a malformed header,
+    or a declared size other than the file's; returns None for a header version
+    this numpy cannot read without loading (``np.load`` then decides).
+    """
+    from numpy.lib import format as npformat
+
+    try:
+        with open(path, "rb") as f:
+            try:
+                version = npformat.read_magic(f)
+            except ValueError:
+                raise error(f"{path} is not a .npy file (no NumPy header); expected an array saved with "
+                            "numpy.save") from None
+            readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+            if version not in readers:
+                return None
+            try:
+                shape, _, dtype = readers[version](f)
+            except (ValueError, SyntaxError, TypeError) as exc:
+                raise error(f"{path} has a malformed .npy header: {exc}") from None
+            offset = f.tell()
+    except OSError as exc:
+        raise error(f"could not read {path}: {exc.strerror or exc}") from None
+    if dtype.hasobject:
+        return tuple(shape), dtype
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    actual = path.stat().st_size - offset
+    if declared != actual:
+        raise error(f"{path} declares an array of shape {tuple(shape)} ({declared:,} bytes of {dtype}) but "
+                    f"holds {actual:,} bytes of data; the file is truncated or corrupt")
+    return tuple(shape), dtype
 
 
 def save_csr(directory: Path, prefix: str, matrix) -> None:

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._io import load_array
+from ._io import load_array, npy_header
 from ._memory import check_fits
 from .checkpoint import Checkpoint
 from .data import IdMap
@@ -83,36 +83,11 @@ def import_embeddings(
 
 def _check_npy_header(path: Path) -> None:
     """Refuse, before reading the data, a file that is not a .npy array or whose declared shape cannot be real."""
-    from numpy.lib import format as npformat
-
-    try:
-        with open(path, "rb") as f:
-            try:
-                version = npformat.read_magic(f)
-            except ValueError:
-                raise CheckpointError(f"{path} is not a .npy file (no NumPy header); expected an array saved with "
-                                      "numpy.save, or a scipy .npz sparse matrix") from None
-            readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
-            if version not in readers:
-                return  # a newer header version: load_array reads (and checks) it
-            try:
-                shape, _, dtype = readers[version](f)
-            except (ValueError, SyntaxError, TypeError) as exc:
-                raise CheckpointError(f"{path} has a malformed .npy header: {exc}") from None
-            offset = f.tell()
-    except OSError as exc:
-        raise CheckpointError(f"could not read {path}: {exc.strerror or exc}") from None
-    if dtype.hasobject:
-        return  # load_array refuses pickled objects with its own message
-    n_values = 1
-    for d in shape:
-        n_values *= int(d)
-    declared = n_values * dtype.itemsize
-    actual = path.stat().st_size - offset
-    if declared != actual:
-        raise CheckpointError(f"{path} declares an array of shape {tuple(shape)} ({declared:,} bytes of {dtype}) but "
-                              f"holds {actual:,} bytes of data; the file is truncated or corrupt")
-    check_fits(float(n_values) * 4 * 2, f"the array of shape {tuple(shape)} in {path.name}", error=CheckpointError)
+    header = npy_header(path, CheckpointError)
+    if header is not None and not header[1].hasobject:
+        shape = header[0]
+        check_fits(float(np.prod(shape, dtype=object)) * 4 * 2, f"the array of shape {shape} in {path.name}",
+                   error=CheckpointError)
 
 
 def _read_item_ids(p: Path) -> list[str]:
