@@ -223,10 +223,13 @@ class Backend:
         ex = self.as_exclude(exclude, n)
         if n == 0:
             return Results(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
-        # Each query needs k results plus as many as it excludes. Queries are searched in groups whose
-        # need is within a factor of two, so one long exclusion list does not inflate the whole batch.
+        # Each query needs k results plus as many as it excludes. An exact backend's top-k does not depend
+        # on how many candidates it fetches, so queries are searched in groups whose need is within a factor
+        # of two (one long exclusion list does not inflate the whole batch). An approximate backend's candidate
+        # list grows with the fetch (HNSW's efSearch, Lucene's depth): each query fetches exactly its own need,
+        # so its result never depends on the other queries of the batch.
         need = np.minimum(self.n_items_, k + (np.diff(ex.indptr) if ex is not None else np.zeros(n, np.int64)))
-        group = np.ceil(np.log2(need)).astype(np.int64)
+        group = np.ceil(np.log2(need)).astype(np.int64) if self.exact else need
         if (group == group[0]).all():
             return self._search_group(Q, int(need.max()), ex, k)
         out = Results(np.empty((n, k), np.int64), np.empty((n, k), np.float32))

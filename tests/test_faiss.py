@@ -189,3 +189,17 @@ def test_missing_faiss_gives_install_hint(dense_checkpoint, monkeypatch):
     with pytest.raises(BackendError, match=re.escape(get_backend("faiss-flat").install_hint)):
         be.build(dense_checkpoint)
     assert be.info()["versions"]["faiss"] == "not installed"
+
+
+def test_weak_hnsw_result_does_not_depend_on_the_batch(dense_checkpoint, queries):
+    """With a tiny candidate list, HNSW's result follows the fetch size (efSearch grows with it); a user's
+    result must not change because another user of the same batch has more history to exclude."""
+    hnsw = get_backend("faiss-hnsw")(M=4, ef_construction=8, ef_search=1).build(dense_checkpoint)
+    n = queries.shape[0]
+    for r in range(n):
+        alone = hnsw.search(queries[r : r + 1], 5)  # fetches 5
+        other = queries[(r + 1) % n][None, :]
+        # The other user excludes 3 items: it needs 8 candidates, in the same power-of-two bucket as 5.
+        batch = hnsw.search(np.vstack([queries[r : r + 1], other]), 5, exclude=[np.array([], np.int64), np.arange(3)])
+        np.testing.assert_array_equal(alone.ids[0], batch.ids[0])
+        np.testing.assert_array_equal(alone.scores[0], batch.scores[0])
