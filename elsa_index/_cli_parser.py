@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "matrix (CSR/CSC/COO) or a dense .npy array, one row per item.")
     p.add_argument("embeddings", help=".npz sparse matrix or .npy array, shape (n_items, dims)")
     p.add_argument("--item-ids", default=None, help="text file with one item id per line (default: row numbers)")
+    p.add_argument("--popularity", default=None,
+                   help=".npy file of per-item counts (one non-negative integer per row): ranks the items for users "
+                        "with no known history (default: none, and that fallback warns)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="keep the rows as given (default: scale every row to unit L2 norm, as ELSA scores and the "
+                        "FAISS backends assume; the checkpoint records it)")
     _add_output_args(p, "checkpoint directory")
 
     # info

@@ -127,12 +127,20 @@ def _check_metric_cutoffs(names: list[str], batch: int = 1000) -> None:
 
 def cmd_import(args) -> int:
     out = Path(args.out)
-    check_new_output(out, args.overwrite, "checkpoint", inputs=[args.embeddings, args.item_ids])
-    ckpt = import_embeddings(args.embeddings, args.item_ids)
+    check_new_output(out, args.overwrite, "checkpoint", inputs=[args.embeddings, args.item_ids, args.popularity])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ckpt = import_embeddings(args.embeddings, args.item_ids, popularity=args.popularity,
+                                 normalize=not args.no_normalize)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     ckpt.save(out, overwrite=args.overwrite)
     nnz = ckpt.nnz_per_row()
+    norms = ckpt.data.get("row_norms")
+    scaled = f"; rows scaled to unit length (norms were {norms['min']:.4g}-{norms['max']:.4g})" if (
+        ckpt.data.get("normalized") and norms and not 0.999 <= norms["min"] <= norms["max"] <= 1.001) else ""
     _say(f"imported {ckpt.n_items} items x {ckpt.dims} dims ({'sparse' if ckpt.sparse else 'dense'}, "
-         f"{nnz.mean():.1f} nnz/row) to {out}")
+         f"{nnz.mean():.1f} nnz/row) to {out}{scaled}")
     return 0
 
 

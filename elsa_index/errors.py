@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ElsaIndexError", "DataError", "CheckpointError", "TrainingError", "BackendError", "SegmentError",
     "HomepageError", "ConfigError", "BenchError", "ProbeError", "UnknownItemsWarning", "SegmentFallbackWarning",
+    "NoPopularityWarning",
 ]
 
 
@@ -59,3 +60,7 @@ class UnknownItemsWarning(UserWarning):
 
 class SegmentFallbackWarning(UserWarning):
     """A user had no usable history; segment rows fell back to popular segments."""
+
+
+class NoPopularityWarning(UserWarning):
+    """Users with no known history fell back to popular items, but the checkpoint has no popularity to rank by."""

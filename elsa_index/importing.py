@@ -8,6 +8,7 @@ rather than a crash or a huge allocation.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -29,7 +30,8 @@ def import_embeddings(
     path: str | os.PathLike,
     item_ids: Sequence[str] | str | os.PathLike | None = None,
     *,
-    popularity: np.ndarray | None = None,
+    popularity: np.ndarray | str | os.PathLike | None = None,
+    normalize: bool = True,
 ) -> Checkpoint:
     """Checkpoint from item embeddings produced elsewhere.
 
@@ -39,7 +41,14 @@ def import_embeddings(
         or COO) or a dense ``.npy`` array, shape (n_items, dims).
     item_ids : a sequence of ids, or a text file with one id per line, or
         None for ``"0" .. "n_items-1"``.
-    popularity : optional per-item counts (zeros if not given).
+    popularity : per-item counts (e.g. training users per item), an int array
+        or a ``.npy`` file of n_items non-negative integers; it ranks the
+        items for users with no known history. Zeros if not given (then that
+        fallback has nothing to rank by and warns when used).
+    normalize : scale every row to unit L2 norm (default). ELSA scores and the
+        FAISS backends assume unit rows; the checkpoint's ``data`` records
+        ``normalized`` and the range of the original row norms. With False
+        the rows are kept as given, with a warning when they are not unit.
 
     Raises
     ------
@@ -74,11 +83,53 @@ def import_embeddings(
             ids = IdMap(item_ids)
         except ValueError as exc:
             raise CheckpointError(f"item ids: {exc}") from None
-    pop = np.zeros(n, np.int64) if popularity is None else popularity
+    pop = np.zeros(n, np.int64) if popularity is None else _read_popularity(popularity, n)
+    emb, info = _unit_rows(emb, normalize, path)
     try:
-        return Checkpoint(emb, ids, pop, kind="imported", data={"source": str(path)})
+        return Checkpoint(emb, ids, pop, kind="imported", data={"source": str(path), **info})
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _read_popularity(popularity, n: int) -> np.ndarray:
+    """Per-item counts from an array or a ``.npy`` file: n non-negative integers."""
+    if isinstance(popularity, (str, os.PathLike)):
+        p = Path(popularity)
+        if not p.is_file():
+            raise CheckpointError(f"popularity file not found: {p}")
+        popularity = load_array(p, CheckpointError)
+    pop = np.asarray(popularity)
+    if pop.shape != (n,) or pop.dtype.kind not in "iu" and not (
+            pop.dtype.kind == "f" and np.isfinite(pop).all() and (pop == np.round(pop)).all()):
+        raise CheckpointError(f"popularity must be {n} integer counts (one per item), got {pop.dtype} of shape {pop.shape}")
+    if pop.size and pop.min() < 0:
+        raise CheckpointError("popularity must be non-negative counts")
+    return pop.astype(np.int64)
+
+
+def _unit_rows(emb, normalize: bool, path: Path):
+    """Rows scaled to unit L2 norm (``normalize``), or kept with a warning when they are not unit."""
+    norms = np.sqrt(np.asarray(emb.multiply(emb).sum(axis=1)).ravel() if sp.issparse(emb)
+                    else np.einsum("ij,ij->i", emb, emb, dtype=np.float64))
+    nonzero = norms > 0
+    info = {"normalized": bool(normalize), "zero_rows": int((~nonzero).sum())}
+    if nonzero.any():
+        info["row_norms"] = {"min": float(norms[nonzero].min()), "max": float(norms[nonzero].max())}
+    unit = bool(np.all(np.abs(norms[nonzero] - 1.0) <= 1e-3))
+    if not normalize:
+        if not unit:
+            warnings.warn(f"{path.name}: rows are not unit length (L2 norms {info['row_norms']['min']:.4g}-"
+                          f"{info['row_norms']['max']:.4g}); ELSA scores and the FAISS backends assume unit rows "
+                          "(import with normalize=True to scale them)", UserWarning, stacklevel=3)
+        return emb, info
+    if unit:
+        return emb, info
+    scale = np.where(nonzero, 1.0 / np.where(nonzero, norms, 1.0), 1.0)
+    if sp.issparse(emb):
+        emb = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ emb, dtype=np.float32)
+    else:
+        emb = (np.asarray(emb, np.float64) * scale[:, None]).astype(np.float32)
+    return emb, info
 
 
 def _check_npy_header(path: Path) -> None:

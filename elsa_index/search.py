@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -45,7 +46,7 @@ from ._checks import check_k
 from ._atomic import atomic_directory
 from ._io import read_manifest, write_json
 from .checkpoint import Checkpoint
-from .errors import BackendError, CheckpointError, DataError, UnknownItemsWarning
+from .errors import BackendError, CheckpointError, DataError, NoPopularityWarning, UnknownItemsWarning
 from .indexers import get_backend
 from .indexers.base import Backend
 from .topk import topk_unchecked
@@ -214,6 +215,10 @@ class Index:
         return out, sc
 
     def _popular_row(self, exclude_row: sp.csr_matrix, allow_idx, k: int):
+        if not self.checkpoint.popularity.any():
+            warnings.warn("a user with no known history fell back to popular items, but this checkpoint has no "
+                          "popularity (e.g. imported without --popularity): the items come in catalogue order",
+                          NoPopularityWarning, stacklevel=4)
         order = self._popular
         if allow_idx is not None:
             order = order[np.isin(order, allow_idx)]

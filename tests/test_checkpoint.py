@@ -179,9 +179,10 @@ def test_import_npz_csr_with_ids(tmp_path):
     m = sp.random(30, 64, density=0.1, format="csr", dtype=np.float32, random_state=3)
     sp.save_npz(tmp_path / "emb.npz", m)
     (tmp_path / "ids.txt").write_text("\n".join(f"b{i}" for i in range(30)) + "\n")
-    ck = import_embeddings(tmp_path / "emb.npz", tmp_path / "ids.txt")
+    with pytest.warns(UserWarning, match="not unit length"):
+        ck = import_embeddings(tmp_path / "emb.npz", tmp_path / "ids.txt", normalize=False)
     assert ck.sparse and ck.kind == "imported" and ck.embeddings.shape == (30, 64)
-    assert abs(ck.embeddings - m).max() == 0
+    assert abs(ck.embeddings - m).max() == 0 and ck.data["normalized"] is False
     assert ck.item_ids.ids[7] == "b7"
     np.testing.assert_array_equal(ck.popularity, np.zeros(30))
     ck.save(tmp_path / "ck")
@@ -193,7 +194,8 @@ def test_import_npz_csr_with_ids(tmp_path):
 def test_import_npz_other_sparse_formats(tmp_path, fmt):
     m = sp.random(12, 9, density=0.3, format=fmt, dtype=np.float64, random_state=1)
     sp.save_npz(tmp_path / "e.npz", m)
-    ck = import_embeddings(tmp_path / "e.npz")
+    with pytest.warns(UserWarning, match="not unit length"):
+        ck = import_embeddings(tmp_path / "e.npz", normalize=False)
     np.testing.assert_allclose(ck.embeddings.toarray(), m.toarray(), rtol=1e-6)
     assert list(ck.item_ids.ids[:3]) == ["0", "1", "2"]
 
@@ -201,9 +203,56 @@ def test_import_npz_other_sparse_formats(tmp_path, fmt):
 def test_import_dense_npy(tmp_path):
     a = np.arange(12, dtype=np.float32).reshape(4, 3)
     np.save(tmp_path / "e.npy", a)
-    ck = import_embeddings(tmp_path / "e.npy", ["w", "x", "y", "z"])
+    with pytest.warns(UserWarning, match="not unit length"):
+        ck = import_embeddings(tmp_path / "e.npy", ["w", "x", "y", "z"], normalize=False)
     assert not ck.sparse
     np.testing.assert_array_equal(ck.embeddings, a)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy"])
+def test_import_scales_rows_to_unit_length_and_records_it(tmp_path, fmt):
+    m = sp.random(20, 16, density=0.3, format="csr", dtype=np.float32, random_state=5)
+    m = sp.vstack([m, sp.csr_matrix((1, 16), dtype=np.float32)]).tocsr()  # one row with no active dimension
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    if fmt == "npz":
+        sp.save_npz(tmp_path / "e.npz", m)
+    else:
+        np.save(tmp_path / "e.npy", m.toarray())
+    ck = import_embeddings(tmp_path / f"e.{fmt}")
+    E = ck.embeddings.toarray() if ck.sparse else ck.embeddings
+    got = np.sqrt((E.astype(np.float64) ** 2).sum(axis=1))
+    np.testing.assert_allclose(got[norms > 0], 1.0, rtol=1e-5)
+    assert got[-1] == 0 and ck.data["zero_rows"] == 1 and ck.data["normalized"] is True
+    assert ck.data["row_norms"]["max"] == pytest.approx(norms.max(), rel=1e-5)
+    # Directions are kept: each row is the original scaled by its norm.
+    np.testing.assert_allclose(E[:-1] * norms[:-1, None], m.toarray()[:-1], rtol=1e-4, atol=1e-6)
+
+
+def test_import_popularity_ranks_the_cold_start_fallback(tmp_path):
+    import warnings
+
+    from elsa_index.errors import NoPopularityWarning, UnknownItemsWarning
+    from elsa_index.search import build_index
+
+    m = sp.random(10, 8, density=0.5, format="csr", dtype=np.float32, random_state=2)
+    sp.save_npz(tmp_path / "e.npz", m)
+    pop = np.array([3, 9, 0, 1, 7, 2, 2, 5, 4, 6])
+    np.save(tmp_path / "pop.npy", pop)
+    ck = import_embeddings(tmp_path / "e.npz", popularity=tmp_path / "pop.npy")
+    np.testing.assert_array_equal(ck.popularity, pop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoPopularityWarning)
+        warnings.simplefilter("ignore", UnknownItemsWarning)
+        rec = build_index(ck, "sparse", tmp_path / "ix").recommend([["unknown"]], 3)
+    assert rec.fallback[0] and rec.ids[0].tolist() == ["1", "4", "9"]
+    # Without popularity the fallback has nothing to rank by, and says so.
+    bare = build_index(import_embeddings(tmp_path / "e.npz"), "sparse", tmp_path / "ix2")
+    with pytest.warns(NoPopularityWarning, match="no popularity"), pytest.warns(UnknownItemsWarning):
+        bare.recommend([["unknown"]], 3)
+    for bad, message in [(np.arange(9), "10 integer counts"), (-np.ones(10, int), "non-negative"),
+                         (np.full(10, 0.5), "integer counts")]:
+        with pytest.raises(CheckpointError, match=message):
+            import_embeddings(tmp_path / "e.npz", popularity=bad)
 
 
 def test_import_bad_inputs(tmp_path):

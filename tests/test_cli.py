@@ -58,10 +58,20 @@ def test_import_npz(tmp_path, capsys):
     m = sp.random(6, 10, density=0.3, format="csr", random_state=0, dtype=np.float32)
     sp.save_npz(tmp_path / "e.npz", m)
     (tmp_path / "ids.txt").write_text("a\nb\nc\nd\ne\nf\n")
+    np.save(tmp_path / "pop.npy", np.arange(6))
     assert main(["import-npz", str(tmp_path / "e.npz"), "--item-ids", str(tmp_path / "ids.txt"),
-                 "--out", str(tmp_path / "ck")]) == 0
-    ck = Checkpoint.load(tmp_path / "ck")
+                 "--out", str(tmp_path / "raw"), "--no-normalize"]) == 0
+    assert "not unit length" in capsys.readouterr().err
+    ck = Checkpoint.load(tmp_path / "raw")
     assert list(ck.item_ids.ids) == list("abcdef") and abs(ck.embeddings - m).max() == 0
+    # By default rows are scaled to unit length (and the CLI says so); popularity comes from --popularity.
+    assert main(["import-npz", str(tmp_path / "e.npz"), "--item-ids", str(tmp_path / "ids.txt"),
+                 "--popularity", str(tmp_path / "pop.npy"), "--out", str(tmp_path / "ck")]) == 0
+    assert "rows scaled to unit length" in capsys.readouterr().out
+    ck = Checkpoint.load(tmp_path / "ck")
+    norms = np.sqrt(np.asarray(ck.embeddings.multiply(ck.embeddings).sum(axis=1)).ravel())
+    np.testing.assert_allclose(norms[norms > 0], 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(ck.popularity, np.arange(6))
 
 
 def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch):
