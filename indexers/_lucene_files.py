@@ -10,8 +10,9 @@ checked file by file. The term mapping and quantisation are documented in
 
 from __future__ import annotations
 
-import math
+import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -22,10 +23,54 @@ from elsa_index.errors import BackendError
 
 from . import _jvm
 
-__all__ = ["FIELD", "clean_rows", "impacts", "write_documents", "run_indexer", "open_searcher", "verify_checksums",
+__all__ = ["new_work_dir", "remove_stale_work_dirs", "FIELD", "clean_rows", "impacts", "write_documents", "run_indexer", "open_searcher", "verify_checksums",
            "release", "IndexingProgress"]
 
 FIELD = "contents"  # Anserini's default field of the pseudo-document
+
+
+#: prefix of a build's working folder in the system temp directory (documents, then the Lucene index)
+WORK_PREFIX = "elsa-index-lucene-"
+#: file in a working folder naming the process that owns it
+_OWNER = "owner.pid"
+
+
+def new_work_dir() -> Path:
+    """A fresh working folder for one build, tagged with this process's id; stale ones are removed first."""
+    remove_stale_work_dirs()
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    (work / _OWNER).write_text(str(os.getpid()))
+    return work
+
+
+def remove_stale_work_dirs(root: Path | None = None) -> list[Path]:
+    """Remove working folders left by builds whose process is gone (killed); returns what was removed.
+
+    A folder is removed only when its owner file names a process that no longer exists; folders of live
+    processes, and folders without an owner file, are left alone.
+    """
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+        try:
+            pid = int((d / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep it
+    return True
 
 
 def run_indexer(rt, docs: Path, index: Path, expected: int, *, threads: int, optimize: bool,

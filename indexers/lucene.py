@@ -126,7 +126,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 import time
 import weakref
 from importlib import metadata
@@ -142,7 +141,8 @@ from elsa_index.errors import BackendError
 from elsa_index.scoring import score_rows
 
 from . import _jvm
-from ._lucene_files import FIELD, clean_rows, open_searcher, release, run_indexer, verify_checksums, write_documents
+from ._lucene_files import (FIELD, clean_rows, new_work_dir, open_searcher, release, run_indexer, verify_checksums,
+                            write_documents)
 from ._lucene_query import MAX_CLAUSES, filter_terms, prune, query_entries, thread_parser, weighted_terms
 from .base import Backend
 
@@ -241,7 +241,7 @@ class LuceneImpact(Backend):
         rt = _jvm.runtime()
         _jvm.attach_current_thread()
         n = emb.shape[0]
-        work = Path(tempfile.mkdtemp(prefix="elsa-index-lucene-"))
+        work = new_work_dir()  # removes the working folders of killed builds first
         try:
             docs, index = work / "docs", work / "index"
             docs.mkdir()

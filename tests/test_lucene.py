@@ -573,3 +573,30 @@ def test_reuses_a_jvm_started_by_another_library():
                           cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "SAME True"
+
+
+def test_working_folders_of_killed_builds_are_removed_by_the_next_build(sparse_checkpoint, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from elsa_index.indexers import _lucene_files
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system temp directory, for this test only
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{_lucene_files.WORK_PREFIX}killed"
+    (stale / "index").mkdir(parents=True)
+    (stale / "owner.pid").write_text(dead.stdout.strip())
+    live = tmp_path / f"{_lucene_files.WORK_PREFIX}running"
+    live.mkdir()
+    (live / "owner.pid").write_text(str(os.getppid()))  # a process that exists
+    foreign = tmp_path / f"{_lucene_files.WORK_PREFIX}unknown"  # no owner file: not ours to judge
+    foreign.mkdir()
+    lu = get_backend("lucene")().build(sparse_checkpoint)
+    try:
+        assert not stale.exists() and live.exists() and foreign.exists()
+        mine = [d for d in tmp_path.glob(f"{_lucene_files.WORK_PREFIX}*") if d not in (live, foreign)]
+        assert len(mine) == 1 and (mine[0] / "owner.pid").read_text() == str(os.getpid())
+    finally:
+        lu.close()
+    assert not mine[0].exists()  # close() removes the build's own folder
