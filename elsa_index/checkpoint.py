@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import os
 import warnings
 from dataclasses import InitVar, dataclass, field
@@ -371,6 +372,7 @@ class Checkpoint:
             ids = IdMap(ids)
         except ValueError as exc:  # e.g. duplicate ids
             raise CheckpointError(f"{path}: item_ids.npy: {exc}") from None
+        _check_manifest_fields(path, m)
         try:
             ckpt = cls(
                 emb, ids, pop, kind=m["kind"], config=m.get("config", {}), data=m.get("data", {}),
@@ -419,6 +421,17 @@ class Checkpoint:
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Shorthand for :meth:`Checkpoint.load`."""
     return Checkpoint.load(path)
+
+
+def _check_manifest_fields(path: Path, m: dict) -> None:
+    """The descriptive fields of a manifest have the types the library relies on (names the field otherwise)."""
+    for name, kind in (("config", dict), ("data", dict), ("metrics", dict), ("history", list), ("created", str)):
+        if name in m and not isinstance(m[name], kind):
+            raise CheckpointError(f"{path}: manifest field {name!r} is {type(m[name]).__name__}; expected "
+                                  f"{'an object' if kind is dict else 'a list' if kind is list else 'a string'}")
+    for key, value in m.get("metrics", {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"{path}: manifest metric {key!r} is {value!r}; expected a finite number")
 
 
 def _file_names(storage: str) -> tuple[str, ...]:

@@ -358,3 +358,21 @@ def test_histories_to_matrix_warns_and_flags_empty_rows():
         ck.histories_to_matrix([ids[0]])
     with pytest.raises(DataError, match="columns"):
         ck.histories_to_matrix(sp.csr_matrix((1, 3)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("metrics", "0.3", "expected an object"),
+    ("metrics", {"recall@20": "high"}, "expected a finite number"),
+    ("metrics", {"recall@20": float("nan")}, "expected a finite number"),
+    ("config", [1, 2], "expected an object"),
+    ("history", {"epoch": 1}, "expected a list"),
+])
+def test_manifest_fields_of_the_wrong_type_are_refused(tmp_path, dense_checkpoint, field, value, message):
+    import json
+
+    dense_checkpoint.save(tmp_path / "ck")
+    m = json.loads((tmp_path / "ck" / "manifest.json").read_text())
+    m[field] = value
+    (tmp_path / "ck" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match=f"manifest (field|metric) .*{message}"):
+        Checkpoint.load(tmp_path / "ck")

@@ -263,8 +263,8 @@ def _edited_copy(src, dst, edit):
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (lambda m: m.update(metrics={"recall@20": "high"}), "metrics that are not a mapping"),
-    (lambda m: m.update(metrics=[1, 2]), "metrics that are not a mapping"),
+    (lambda m: m.update(metrics={"recall@20": "high"}), "manifest metric 'recall@20' is 'high'; expected a finite number"),
+    (lambda m: m.update(metrics=[1, 2]), "manifest field 'metrics' is list; expected an object"),
     (lambda m: m.update(n_items="300"), "n_items"),
 ])
 def test_info_manifest_of_wrong_types(tmp_path, ckpt_dir, capsys, edit, needle):
