@@ -60,9 +60,9 @@ def read_histories(path: str):
                         what = (f"unknown key(s) {extra}" if extra else
                                 "no 'history' key" if "history" not in obj else
                                 f"a 'history' that is {type(obj['history']).__name__}, not a list")
-                        raise ElsaIndexError(f"{path} line {n}: the object has {what}; expected "
-                                             "{\"user\": ..., \"history\": [item ids]} (options such as --k, "
-                                             "--allow, --deny apply to every line)")
+                        raise ElsaIndexError(f"{path} line {n}: expected a JSON list of item ids or an object "
+                                             "{\"user\": ..., \"history\": [item ids]}, but the object has "
+                                             f"{what} (options such as --k, --allow, --deny apply to every line)")
                     user, items = obj.get("user", n - 1), obj["history"]
                 elif isinstance(obj, list):
                     user, items = n - 1, obj

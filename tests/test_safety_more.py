@@ -134,3 +134,19 @@ def test_ctrl_c_with_a_running_jvm_reaches_python(tmp_path):
     p = subprocess.run([sys.executable, "-c", _JVM_SIGINT], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=120)
     assert "python-handled" in p.stdout, (p.returncode, p.stderr[-2000:])
+
+
+def test_homepage_out_never_replaces_an_input(index_dir, tmp_path, capsys):
+    segs = tmp_path / "segs"
+    assert main(["segments", str(index_dir), "--out", str(segs)]) == 0
+    before = {p.name: p.read_bytes() for p in segs.iterdir()}
+    meta = tmp_path / "meta.csv"
+    meta.write_text("item_id,title\n")
+    capsys.readouterr()
+    for out in (segs / "manifest.json", segs / "page.html", index_dir / "index.json", meta):
+        argv = ["homepage", str(index_dir), "--history", "x", "--segments", str(segs), "--out", str(out)]
+        assert main(argv + (["--items", str(meta)] if out == meta else [])) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "would replace" in err
+    assert {p.name: p.read_bytes() for p in segs.iterdir()} == before
+    assert meta.read_text() == "item_id,title\n"
