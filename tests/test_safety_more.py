@@ -66,6 +66,7 @@ def test_non_real_queries_are_refused(index, queries):
         index.search(queries(index.checkpoint.dims), k=2)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_overflowing_scores_are_refused_not_padded(index):
     q = np.full((1, index.checkpoint.dims), 3e38, np.float32)
     with pytest.raises(BackendError, match="overflow"):
