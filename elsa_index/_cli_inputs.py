@@ -54,7 +54,15 @@ def read_histories(path: str):
                                          "of item ids or an object with a 'history' list") from None
                 except ValueError as exc:  # JSONDecodeError, or a refused constant/number
                     raise ElsaIndexError(f"{path} line {n} is not valid JSON: {exc}") from None
-                if isinstance(obj, dict) and isinstance(obj.get("history"), list):
+                if isinstance(obj, dict):
+                    extra = sorted(set(obj) - {"user", "history"})
+                    if extra or not isinstance(obj.get("history"), list):
+                        what = (f"unknown key(s) {extra}" if extra else
+                                "no 'history' key" if "history" not in obj else
+                                f"a 'history' that is {type(obj['history']).__name__}, not a list")
+                        raise ElsaIndexError(f"{path} line {n}: expected a JSON list of item ids or an object "
+                                             "{\"user\": ..., \"history\": [item ids]}, but the object has "
+                                             f"{what} (options such as --k, --allow, --deny apply to every line)")
                     user, items = obj.get("user", n - 1), obj["history"]
                 elif isinstance(obj, list):
                     user, items = n - 1, obj

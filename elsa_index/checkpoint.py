@@ -225,11 +225,20 @@ class Checkpoint:
             return X, np.diff(X.indptr) == 0
         if isinstance(histories, (str, bytes)) or not isinstance(histories, (Sequence, np.ndarray)):
             raise DataError("histories must be a list of lists of item ids (one list per user) or a CSR matrix")
+        if isinstance(histories, np.ndarray) and histories.dtype.kind in "fcb":
+            raise DataError(f"histories is a dense {histories.dtype} array of shape {histories.shape}; expected lists "
+                            "of item ids, or a scipy CSR (n_users, n_items) matrix (scipy.sparse.csr_matrix(X))")
         rows, cols, unknown = [], [], []
         for r, h in enumerate(histories):
             if isinstance(h, (str, bytes)):
                 raise DataError(f"history {r} is a single string {h!r}; expected a list of item ids")
+            if not isinstance(h, (Sequence, np.ndarray, set, frozenset)):
+                raise DataError(f"history {r} is {type(h).__name__}; expected a list of item ids")
             h = list(h)
+            bad = [v for v in h if isinstance(v, (bool, np.bool_)) or not isinstance(v, (str, int, np.integer))]
+            if bad:
+                raise DataError(f"history {r} holds {bad[0]!r} ({type(bad[0]).__name__}); item ids must be strings "
+                                "or integers")
             idx = self.item_ids.index(h, missing="ignore")
             if (idx < 0).any():
                 unknown.extend(str(v) for v, i in zip(h, idx) if i < 0)

@@ -49,6 +49,7 @@ from .checkpoint import Checkpoint
 from .errors import BackendError, CheckpointError, DataError, NoPopularityWarning, UnknownItemsWarning
 from .indexers import get_backend
 from .indexers.base import Backend
+from .indexers.requests import check_scores_finite
 from .topk import topk_unchecked
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ class Index:
         S = self.checkpoint.score_candidates(Q, np.broadcast_to(cand, (n, len(cand))))
         ex = None if exclude is None else exclude[:, cand]
         local, top = topk_unchecked(S, k, ex if ex is not None and ex.nnz else None, copy=False)
+        check_scores_finite(local, top)
         out = np.full((n, k), -1, np.int64)
         sc = np.full((n, k), -np.inf, np.float32)
         w = local.shape[1]

