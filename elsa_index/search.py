@@ -89,6 +89,7 @@ class Index:
         self.checkpoint = checkpoint
         self.backend = backend
         self.path = path
+        self._closed = False
         emb = checkpoint.embeddings
         self._emb = sp.csr_matrix(emb) if sp.issparse(emb) else emb
         self._popular = np.lexsort((np.arange(checkpoint.n_items), -checkpoint.popularity))
@@ -117,8 +118,17 @@ class Index:
         return f"Index({self.backend.name!r}, {self.checkpoint!r})"
 
     def close(self) -> None:
-        """Release what the backend holds (e.g. Lucene's reader and temporary files); idempotent."""
+        """Release what the backend holds (e.g. Lucene's reader and temporary files); idempotent.
+
+        A closed index refuses every further query (whatever its backend), so a use after close is an error,
+        never a silent answer from half-released state.
+        """
+        self._closed = True
         self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("this index is closed; open it again with open_index(path) to query it")
 
     def __enter__(self) -> "Index":
         return self
@@ -175,6 +185,7 @@ class Index:
         a user left with an empty history gets the most popular items
         (``fallback`` is True for that row).
         """
+        self._check_open()
         k = check_k(k, error=BackendError)
         X, empty = self.checkpoint.histories_to_matrix(histories, stacklevel=3)
         n = X.shape[0]
@@ -237,6 +248,7 @@ class Index:
 
     def similar_items(self, item_ids: Sequence[str], k: int = 20, *, include_self: bool = False) -> Recommendations:
         """Items whose embeddings have the largest inner product with each given item's embedding."""
+        self._check_open()
         k = check_k(k, error=BackendError)
         idx = self._item_indices(item_ids, "item_ids", unique=False)
         Q = self._emb[idx]
@@ -249,6 +261,7 @@ class Index:
 
     def search(self, query_vectors, k: int = 20, *, exclude=None) -> Recommendations:
         """Top-k items for raw query vectors (n, dims), dense or sparse."""
+        self._check_open()
         k = check_k(k, error=BackendError)
         res = self.backend.search(query_vectors, k, exclude=exclude)
         n = res.ids.shape[0]
@@ -292,6 +305,7 @@ class Index:
         BackendError
             Bad ``k``, queries, candidates or exclusions.
         """
+        self._check_open()
         k = check_k(k, error=BackendError)
         be = self.backend
         if be.has_search_within:

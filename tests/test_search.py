@@ -272,3 +272,19 @@ def test_bad_queries(index):
         index.search_within(q, 2, [1], exclude=[[1], [2]])
     with pytest.raises(ElsaIndexError, match="no restricted search of its own"):
         index.backend.search_within(q, 2, [1])
+
+
+def test_a_closed_index_refuses_every_query(sparse_checkpoint, tmp_path):
+    from elsa_index.errors import BackendError
+
+    index = build_index(sparse_checkpoint, "sparse", tmp_path / "ix")
+    ids = list(sparse_checkpoint.item_ids.ids[:2])
+    index.close()
+    index.close()  # idempotent
+    Q = sparse_checkpoint.encode(sparse_checkpoint.histories_to_matrix([ids])[0])
+    for call in (lambda: index.recommend([ids], 3), lambda: index.similar_items(ids[:1], 3),
+                 lambda: index.search(Q, 3), lambda: index.search_within(Q, 3, [0, 1, 2])):
+        with pytest.raises(BackendError, match="index is closed"):
+            call()
+    with open_index(tmp_path / "ix") as again:  # reopening works
+        assert again.recommend([ids], 3).ids.shape == (1, 3)
