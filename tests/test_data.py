@@ -309,3 +309,15 @@ def test_fingerprint_is_stable_and_sensitive():
     assert Interactions.from_log(more).fingerprint() != fp
     renamed = Log.from_arrays(log.user, np.where(log.item == "c", "d", log.item))
     assert Interactions.from_log(renamed).fingerprint() != fp
+
+
+@pytest.mark.parametrize("ids", [["a", "a\x00"], ["x", "a\x00b"], np.array(["x", "a\x00b"])])
+def test_ids_with_nul_characters_are_refused(ids):
+    # numpy's string arrays drop trailing NULs, so "a\x00" would silently become "a".
+    with pytest.raises(DataError, match="must not contain NUL characters"):
+        IdMap(ids)
+
+
+def test_duplicate_ids_are_named():
+    with pytest.raises(DataError, match="1 duplicates found, e.g. 'b'"):
+        IdMap(["b", "a", "b"])

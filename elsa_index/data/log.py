@@ -328,16 +328,29 @@ class IdMap:
     """
 
     def __init__(self, ids: Iterable):
-        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).astype(str)
+        if not isinstance(ids, np.ndarray):
+            ids = [str(x) for x in ids]
+            # numpy's string arrays drop trailing NUL characters ("a\x00" would become "a"): refuse them all.
+            bad = next((x for x in ids if "\x00" in x), None)
+            if bad is not None:
+                raise DataError(f"ids must not contain NUL characters, got {bad!r}")
+        arr = np.asarray(ids).astype(str)
         if arr.ndim != 1:
             raise DataError(f"ids must be 1-D, got shape {arr.shape}")
+        if arr.size and arr.dtype.itemsize:  # an interior NUL: a zero code point followed by a non-zero one
+            codes = arr.view(np.uint32).reshape(len(arr), -1)
+            inner = ((codes[:, :-1] == 0) & (codes[:, 1:] != 0)).any(axis=1)
+            if inner.any():
+                raise DataError(f"ids must not contain NUL characters, got {str(arr[np.argmax(inner)])!r}")
         self.ids = arr
         # None when the ids are strictly increasing (binary search), else id -> index.
         self._dict: dict[str, int] | None = None
         if not bool((arr[1:] > arr[:-1]).all()):
             self._dict = {v: i for i, v in enumerate(arr.tolist())}
             if len(self._dict) != len(arr):
-                raise DataError(f"ids must be unique; {len(arr) - len(self._dict)} duplicates found")
+                values, counts = np.unique(arr, return_counts=True)
+                raise DataError(f"ids must be unique; {len(arr) - len(self._dict)} duplicates found, "
+                                f"e.g. {str(values[counts > 1][0])!r}")
 
     @classmethod
     def from_values(cls, values: Iterable) -> "IdMap":
