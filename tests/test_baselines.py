@@ -138,3 +138,14 @@ def test_ease_errors():
         EASE(l2=0.0).fit(empty_item)
     with pytest.raises(ElsaIndexError, match="sparse"):
         EASE().fit(X.toarray())
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_spd_inverse_is_exact_for_either_memory_order(order):
+    from elsa_index.models.baselines import _spd_inverse
+
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(40, 40))
+    G = np.array(M @ M.T + 40 * np.eye(40), order=order)
+    expect = np.linalg.inv(G)
+    np.testing.assert_allclose(_spd_inverse(G.copy(order=order)), expect, rtol=1e-8, atol=1e-12)

@@ -174,7 +174,10 @@ def _spd_inverse(G: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite float64 matrix (overwrites G)."""
     # LAPACK potrf + potri: about n^3 flops, a third of solving against the identity.
     potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (G,))
-    c, info = potrf(G, lower=True, overwrite_a=True, clean=False)
+    # LAPACK works in place only on a Fortran-ordered array; any other is silently copied (another 8 n^2 bytes).
+    # G is symmetric, so its transpose (a Fortran-ordered view of the same memory) is the same matrix.
+    A = G.T if G.flags.c_contiguous and not G.flags.f_contiguous else np.asfortranarray(G)
+    c, info = potrf(A, lower=True, overwrite_a=True, clean=False)
     if info == 0:
         inv, info = potri(c, lower=True, overwrite_c=True)
     if info != 0:
