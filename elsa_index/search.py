@@ -49,7 +49,7 @@ from .checkpoint import Checkpoint
 from .errors import BackendError, CheckpointError, DataError, NoPopularityWarning, UnknownItemsWarning
 from .indexers import get_backend
 from .indexers.base import Backend
-from .indexers.requests import check_scores_finite
+from .indexers.requests import finish
 from .topk import topk_unchecked
 
 logger = logging.getLogger(__name__)
@@ -218,14 +218,9 @@ class Index:
         S = self.checkpoint.score_candidates(Q, np.broadcast_to(cand, (n, len(cand))))
         ex = None if exclude is None else exclude[:, cand]
         local, top = topk_unchecked(S, k, ex if ex is not None and ex.nnz else None, copy=False)
-        check_scores_finite(local, top)
-        out = np.full((n, k), -1, np.int64)
-        sc = np.full((n, k), -np.inf, np.float32)
-        w = local.shape[1]
-        out[:, :w] = np.where(local >= 0, cand[np.clip(local, 0, None)], -1)
-        sc[:, :w] = top
-        out[~np.isfinite(sc)] = -1
-        return out, sc
+        # The backends' output rules: overflow refused, padded to k with -1 / -inf (already ranked and excluded).
+        res = finish(np.where(local >= 0, cand[np.clip(local, 0, None)], -1), top, None, k)
+        return res.ids, res.scores
 
     def _popular_row(self, exclude_row: sp.csr_matrix, allow_idx, k: int):
         if not self.checkpoint.popularity.any():

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from elsa_index.errors import BackendError
 
-__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "check_scores_finite", "finish"]
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish"]
 
 
 class Results(NamedTuple):
@@ -104,7 +104,7 @@ def check_candidates(candidates, n_items: int) -> np.ndarray:
     return cand
 
 
-def check_scores_finite(ids: np.ndarray, scores: np.ndarray) -> None:
+def _check_scores_finite(ids: np.ndarray, scores: np.ndarray) -> None:
     """Refuse results where a real item got a non-finite score (float32 overflow of huge query values)."""
     if not np.isfinite(scores[ids >= 0]).all():
         raise BackendError("scores overflow float32 (a query's values are too large for its inner products to be "
@@ -115,7 +115,7 @@ def finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
     """Drop excluded ids, keep the top k, pad to width k with -1 / -inf."""
     n = ids.shape[0]
     scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-    check_scores_finite(ids, scores)
+    _check_scores_finite(ids, scores)
     if exclude is not None and exclude.nnz:
         ex = exclude.tocsr()
         for r in range(n):
