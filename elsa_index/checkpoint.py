@@ -96,9 +96,11 @@ class Checkpoint:
             raise CheckpointError(f"{len(self.item_ids)} item ids for {n} embedding rows; expected one id per row")
         pop = np.asarray(self.popularity)
         if pop.shape != (n,) or pop.dtype.kind not in "iuf":
-            raise CheckpointError(f"popularity must be a numeric array of shape ({n},), got {pop.dtype} {pop.shape}")
+            raise CheckpointError(f"popularity must be {n} integer counts (one per item), got {pop.dtype} {pop.shape}")
         if pop.size and (not np.isfinite(pop).all() or pop.min() < 0):
             raise CheckpointError("popularity must hold finite non-negative counts (training users per item)")
+        if pop.dtype.kind == "f" and (pop != np.round(pop)).any():
+            raise CheckpointError(f"popularity must be {n} integer counts (one per item), got fractional values")
         self.popularity = pop.astype(np.int64)
         if self.kind not in KINDS:
             raise CheckpointError(f"unknown checkpoint kind {self.kind!r}; expected one of {KINDS}")

@@ -83,7 +83,7 @@ def import_embeddings(
             ids = IdMap(item_ids)
         except ValueError as exc:
             raise CheckpointError(f"item ids: {exc}") from None
-    pop = np.zeros(n, np.int64) if popularity is None else _read_popularity(popularity, n)
+    pop = np.zeros(n, np.int64) if popularity is None else _read_popularity(popularity)
     emb, info = _unit_rows(emb, normalize, path)
     try:
         return Checkpoint(emb, ids, pop, kind="imported", data={"source": str(path), **info})
@@ -91,20 +91,14 @@ def import_embeddings(
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def _read_popularity(popularity, n: int) -> np.ndarray:
-    """Per-item counts from an array or a ``.npy`` file: n non-negative integers."""
-    if isinstance(popularity, (str, os.PathLike)):
-        p = Path(popularity)
-        if not p.is_file():
-            raise CheckpointError(f"popularity file not found: {p}")
-        popularity = load_array(p, CheckpointError)
-    pop = np.asarray(popularity)
-    if pop.shape != (n,) or pop.dtype.kind not in "iu" and not (
-            pop.dtype.kind == "f" and np.isfinite(pop).all() and (pop == np.round(pop)).all()):
-        raise CheckpointError(f"popularity must be {n} integer counts (one per item), got {pop.dtype} of shape {pop.shape}")
-    if pop.size and pop.min() < 0:
-        raise CheckpointError("popularity must be non-negative counts")
-    return pop.astype(np.int64)
+def _read_popularity(popularity):
+    """Per-item counts as given, or loaded from a ``.npy`` file (the Checkpoint checks them)."""
+    if not isinstance(popularity, (str, os.PathLike)):
+        return popularity
+    p = Path(popularity)
+    if not p.is_file():
+        raise CheckpointError(f"popularity file not found: {p}")
+    return load_array(p, CheckpointError)
 
 
 def _unit_rows(emb, normalize: bool, path: Path):
