@@ -24,7 +24,7 @@ from .plots import NO_PLOTS, fit_growth, plot_memory, plot_pareto, plot_scale, p
 from .registry import RunData, compute_metrics, get_metric
 from .store import load_reference, load_run_data, read_json
 from .tables import fmt_params, fmt_value, markdown_table
-from .verdicts import comparisons, exact_on_sparse, scale_verdicts, tuned
+from .verdicts import comparisons, equal_recall, exact_on_sparse, extrapolated_verdicts, scale_verdicts, tuned
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,7 @@ def _dataset_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, qual
     if p:
         L += [f"![memory, {g}]({p.name})", ""]
     L += _memory_table(rows)
+    L += equal_recall(cfg, rows, rmetric)
     L += comparisons(cfg, rows, cks, quality, rmetric)
     return L
 
@@ -320,6 +321,8 @@ def scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retriev
     rss = {f"{lbl} RSS": [(n, t[0]["m"].get("peak_rss")) for n, t in v.items() if t[0]] for lbl, v in tuned_rows.items()}
     opened = {f"{lbl} opened": [(n, t[0]["m"].get("index_rss")) for n, t in v.items() if t[0]]
               for lbl, v in tuned_rows.items()}
+    build = {f"{lbl} build": [(n, t[0]["m"].get("build_seconds")) for n, t in v.items() if t[0]]
+             for lbl, v in tuned_rows.items()}
     for n in sorted({r["size"] for r in rows}):
         p = plot_pareto([r for r in rows if r["size"] == n], out / f"pareto-{g}-{n}.png", [rmetric], f"{g} {n:,} items")
         if p:
@@ -338,7 +341,7 @@ def scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retriev
     header = ["backend", "quantity", "exponent b"] + [f"at {n:,}" for n in ext]
     body = []
     for series, what, kind in ((lat, "p50 ms", "ms"), (disk, "disk", "bytes"), (rss, "peak RSS", "bytes"),
-                               (opened, "opened index RSS", "bytes")):
+                               (opened, "opened index RSS", "bytes"), (build, "build s", "s")):
         for name, pts in series.items():
             pts = [(n, v) for n, v in pts if v is not None and math.isfinite(v) and v > 0]
             fit = fit_growth(*zip(*pts)) if len(pts) >= 2 else None
@@ -350,5 +353,7 @@ def scale_section(out: Path, cfg, g: str, rows: list[dict], qmeta: dict, retriev
         L += ["Growth fitted as `y = c N^b` (least squares on log-log); the last columns extrapolate it (an "
               "estimate, not a measurement).", ""]
         L += markdown_table(header, body, "llr" + "r" * len(ext)) + [""]
+    L += equal_recall(cfg, rows, rmetric)
     L += scale_verdicts(cfg, rows, tuned_rows, exact, rmetric)
+    L += extrapolated_verdicts(tuned_rows, rmetric)
     return L

@@ -167,6 +167,11 @@ class ReportSpec(Schema):
 
     latency_target_ms: Annotated[float, Field(gt=0)] = 10.0
     latency_goal_ms: Annotated[float, Field(gt=0)] = 2.0
+    #: Recall levels of the "latency at equal recall" table (each backend's fastest configuration reaching each
+    #: level); empty: the top-level ``recall_target`` alone.
+    recall_levels: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
+
+    v_levels = field_validator("recall_levels", mode="before")(lambda cls, v: as_list(v))
 
 
 class BenchConfig(Schema):

@@ -16,9 +16,10 @@ import numpy as np
 from elsa_index.errors import ElsaIndexError
 from elsa_index.indexers import get_backend
 
+from .plots import fit_growth
 from .tables import fmt_params, fmt_value, markdown_table
 
-__all__ = ["tuned", "exact_on_sparse", "comparisons", "scale_verdicts"]
+__all__ = ["tuned", "exact_on_sparse", "comparisons", "scale_verdicts", "equal_recall", "extrapolated_verdicts"]
 
 
 def _backend_class(name: str):
@@ -200,3 +201,89 @@ def scale_verdicts(cfg, rows: list[dict], tuned_rows: dict[str, dict[int, tuple[
         L.append("")
     return L
 
+
+
+def equal_recall(cfg, rows: list[dict], rmetric: str | None) -> list[str]:
+    """Latency at equal recall, as report lines: for each catalogue size and each recall level
+    (``report.recall_levels``, else ``recall_target``), every backend's fastest configuration reaching it,
+    fastest first, with its p50 as a multiple of the fastest one's.
+
+    A backend that reaches no level is listed once per level with its most accurate configuration,
+    marked "not reached", so that a missing row never reads as a win.
+    """
+    if rmetric is None or not rows:
+        return []
+    levels = sorted(set(cfg.report.recall_levels or [cfg.recall_target]))
+    sized = any(r.get("size") for r in rows)
+    body = []
+    for n in sorted({r.get("size") or 0 for r in rows}):
+        at = [r for r in rows if (r.get("size") or 0) == n]
+        labels = list(dict.fromkeys((r["label"], r["checkpoint"]) for r in at))
+        for level in levels:
+            reached, missed = [], []
+            for lbl, ck in labels:
+                best, ok = tuned([r for r in at if r["label"] == lbl and r["checkpoint"] == ck], rmetric, level)
+                if best is not None:
+                    (reached if ok else missed).append(best)
+            reached.sort(key=lambda r: r["m"]["latency_p50"])
+            fastest = reached[0]["m"]["latency_p50"] if reached else math.nan
+            for r, ok in [(r, True) for r in reached] + [(r, False) for r in missed]:
+                m = r["m"]
+                ratio = fmt_value(m["latency_p50"] / fastest, "ratio") + "x" if ok and fastest > 0 else "not reached"
+                body.append(([f"{n:,}"] if sized else []) + [
+                    f"{level:g}", r["label"], r["checkpoint"], fmt_params(r["search"]),
+                    fmt_value(m.get(rmetric), "ratio"), fmt_value(m["latency_p50"], "ms"), fmt_value(m.get("latency_p99"), "ms"),
+                    ratio, fmt_value(m.get("bytes_on_disk"), "bytes"), fmt_value(m.get("build_seconds"), "s")])
+    if not body:
+        return []
+    header = (["items"] if sized else []) + [f"{rmetric} >=", "backend", "checkpoint", "search", rmetric, "p50 ms",
+                                             "p99 ms", "p50 / fastest", "disk", "build s"]
+    return (["### Latency at equal recall", "",
+             f"Each backend's fastest configuration whose {rmetric} reaches the level (exact backends reach every "
+             "level); *p50 / fastest* divides its p50 by the fastest backend's at the same level and size. "
+             "*not reached*: the backend's most accurate configuration, which stays under the level.", ""]
+            + markdown_table(header, body, ("r" if sized else "") + "rlll" + "r" * 6) + [""])
+
+
+def extrapolated_verdicts(tuned_rows: dict[str, dict[int, tuple[dict | None, bool]]], rmetric: str | None) -> list[str]:
+    """Sizes measured for some backends only (e.g. a 10M catalogue built for the sparse backends alone): each
+    backend measured there against the others' growth fits from the sizes they were measured at.
+
+    Quantities: p50 latency, bytes on disk, build seconds; a fit needs two sizes or more. The extrapolated
+    side is an estimate (``y = c N^b`` on log-log), and the lines say so.
+    """
+    sizes = sorted({n for v in tuned_rows.values() for n, t in v.items() if t and t[0]})
+    L: list[str] = []
+    for n in sizes:
+        here = [lbl for lbl, v in tuned_rows.items() if (v.get(n) or (None,))[0] is not None]
+        absent = [lbl for lbl in tuned_rows if lbl not in here]
+        for other in absent:
+            pts = {q: [(m, t[0]["m"].get(q)) for m, t in tuned_rows[other].items() if t and t[0] and m < n]
+                   for q in ("latency_p50", "bytes_on_disk", "build_seconds")}
+            est = {}
+            for q, p in pts.items():
+                p = [(m, v) for m, v in p if v is not None and math.isfinite(v) and v > 0]
+                fit = fit_growth(*zip(*p)) if len(p) >= 2 else None
+                if fit:
+                    est[q] = (math.exp(fit[1]) * n ** fit[0], fit[0], min(m for m, _ in p), max(m for m, _ in p))
+            if "latency_p50" not in est:
+                continue
+            lo, hi = est["latency_p50"][2], est["latency_p50"][3]
+            for lbl in here:
+                r, ok = tuned_rows[lbl][n]
+                parts = []
+                for q, what, kind, unit in (("latency_p50", "p50", "ms", " ms"), ("bytes_on_disk", "disk", "bytes", ""),
+                                            ("build_seconds", "build", "s", " s")):
+                    x = r["m"].get(q, math.nan)
+                    if q in est and math.isfinite(x) and x > 0:
+                        y = est[q][0]
+                        win = lbl if x < y else f"{other} (extrapolated)"
+                        parts.append(f"{what} {fmt_value(x, kind)}{unit} measured vs {fmt_value(y, kind)}{unit} extrapolated "
+                                     f"(**{win}** {max(x, y) / min(x, y):.1f}x lower)")
+                L.append(f"- {n:,} items, {lbl}{'' if ok else '*'} ({rmetric} {r['m'].get(rmetric, math.nan):.4f}) vs "
+                         f"{other} extrapolated from {lo:,}-{hi:,} items at the recall target: " + "; ".join(parts) + ".")
+    if L:
+        L = ["Sizes measured for some backends only, against the others' growth (an estimate from their tuned "
+             "configurations at smaller sizes, not a measurement; an approximate index's recall at the target "
+             "may need more work at larger sizes than the fit assumes):", ""] + L + [""]
+    return L
