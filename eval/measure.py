@@ -41,7 +41,7 @@ from .store import index_paths, is_done, load_reference, run_paths, write_json, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["latency_pass", "throughput", "build_index", "probe_memory", "measure_config", "overhead_check",
+__all__ = ["latency_pass", "throughput", "build_index", "probe_memory", "measure_config", "search_params_of", "overhead_check",
            "harness_loop"]
 
 
@@ -182,6 +182,18 @@ def probe_memory(rec: dict, qset: QuerySet, k: int, search: dict, baseline: int,
             "serve_seconds": r.get("serve_seconds"), "search_params": search}
 
 
+def search_params_of(be, search: dict) -> dict:
+    """The full search parameters of one configuration: the backend's defaults updated with ``search``, one thread.
+
+    The configurations of one build share the opened index, so every parameter is set each time: one that an
+    earlier configuration set (a query-term cut, dynamic pruning) must not carry over to the next.
+    """
+    params = {**type(be).search_params, **search}
+    if "threads" in params:
+        params["threads"] = 1
+    return params
+
+
 def _minus(v, baseline) -> int | None:
     return None if v is None or v < 0 else int(v - baseline)
 
@@ -193,10 +205,7 @@ def measure_config(cfg: BenchConfig, out: Path, spec: RunSpec, be, rec: dict, qs
     -------
     dict: the run record written to ``runs/<dataset>/<run id>.json``.
     """
-    params = dict(spec.search)
-    if "threads" in be.search_params:
-        params["threads"] = 1
-    be.set_search_params(**params)
+    be.set_search_params(**search_params_of(be, spec.search))
     with thread_limits(1):
         ids, scores, lat = latency_pass(be, qset.qs, qset.xs, cfg.k, cfg.warmup)
     qps, how, times = {}, {}, {}
@@ -285,11 +294,7 @@ def overhead_check(cfg: BenchConfig, out: Path, plan: list[RunSpec], *, force: b
 def harness_loop(cfg: BenchConfig, run: dict, queries_file: Path, search: dict, n: int) -> np.ndarray:
     """The harness's latency pass over the first ``n`` queries of a stored configuration (ns per query)."""
     be = Backend.load(run["index_dir"])
-    params = dict(search)
-    if "threads" in be.search_params:
-        params["threads"] = 1
-    if params:
-        be.set_search_params(**params)
+    be.set_search_params(**search_params_of(be, search))
     Q, X = load_queries(queries_file)
     qs, xs = split_rows(Q[:n], None if X is None else X[:n])
     with thread_limits(1):

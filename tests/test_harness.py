@@ -198,3 +198,16 @@ def test_prepare_only_and_report_only_exclude_each_other(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "x.toml", "--out", str(tmp_path), "--prepare-only", "--report-only"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_each_configuration_starts_from_the_backend_defaults():
+    # The configurations of one build share the opened index: a parameter set by one must not leak into the next.
+    from elsa_index.eval.measure import search_params_of
+    from elsa_index.indexers import get_backend
+
+    cls = get_backend("sparse")
+    be = cls()
+    be.set_search_params(**search_params_of(be, {"batch_size": 7}))
+    assert be.get_search_params()["batch_size"] == 7
+    be.set_search_params(**search_params_of(be, {}))
+    assert be.get_search_params() == {**cls.search_params}
