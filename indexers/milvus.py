@@ -337,13 +337,15 @@ class MilvusIndex(Backend):
             self.path_ = None  # a built index describes no directory until saved
             self._connect(uri, lite_bundled=work is not None, owned_dir=work)
             self.collection_, self.storage_, self.index_type_ = name, ("sparse" if sparse else "dense"), index_type
-            self._prepare_collection(name, emb.shape[1], fp)
-            created = True
+            created = self._prepare_collection(name, emb.shape[1], fp)
             keys = np.arange(emb.shape[0], dtype=np.int64)
             t0 = time.perf_counter()
             n_done = self._write_rows(emb, np.arange(emb.shape[0]), keys, progress=progress)
             self._call("flush", self._client.flush, name)
-            self._call("index creation", self._client.create_index, name, self._index_params(index_type, emb.shape))
+            # A server: wait until the index is built. Milvus Lite indexes in the call (and has no timestamp
+            # service, which the wait asks for first).
+            self._call("index creation", self._client.create_index, name, self._index_params(index_type),
+                       sync=not _is_lite(uri))
             load = {"replica_number": int(self.params["replicas"])} if int(self.params["replicas"]) > 1 else {}
             self._call("collection load", self._client.load_collection, name, **load)
             count = self._count()
@@ -364,7 +366,8 @@ class MilvusIndex(Backend):
         # The re-rank reads the checkpoint's rows themselves; no second copy is kept.
         self.keys_, self.emb_ = keys, (_rerank_rows(embeddings) if sparse else embeddings)
 
-    def _prepare_collection(self, name: str, dims: int, fp: str) -> None:
+    def _prepare_collection(self, name: str, dims: int, fp: str) -> bool:
+        """Create the (empty, not yet indexed) collection; True once created."""
         from pymilvus import DataType, MilvusClient
 
         client = self._client
@@ -388,8 +391,9 @@ class MilvusIndex(Backend):
         extra = {"num_shards": int(self.params["shards"])} if int(self.params["shards"]) > 1 else {}
         self._call("collection creation", client.create_collection, name, schema=schema, properties=props,
                    consistency_level="Strong", **extra)
+        return True
 
-    def _index_params(self, index_type: str, shape):
+    def _index_params(self, index_type: str):
         p = self.params
         ip = self._client.prepare_index_params()
         if index_type == "SPARSE_INVERTED_INDEX":
