@@ -451,7 +451,8 @@ class MilvusIndex(Backend):
                     continue  # nothing to match: the row stays padded
                 data.append(dict(zip((2 * dims.astype(np.int64) + (vals < 0)).tolist(), np.abs(vals).tolist())))
             else:
-                data.append(np.asarray(queries[r], np.float32))
+                row = queries[r].toarray()[0] if sp.issparse(queries) else queries[r]
+                data.append(np.asarray(row, np.float32))
             rows.append(r)
         cand = np.full((n, depth), -1, np.int64)
         mscore = np.full((n, depth), -np.inf, np.float32)
@@ -698,10 +699,12 @@ def _message(exc: BaseException) -> str:
 
 
 def _scrub(text: str, token: str) -> str:
-    """``text`` with the token (and its password half) replaced, so no error repeats a secret."""
+    """``text`` with the token replaced (and its password half, unless too short to tell from ordinary words)."""
     if token:
-        for secret in {token, token.partition(":")[2]} - {""}:
-            text = text.replace(secret, "***")
+        text = text.replace(token, "***")
+        password = token.partition(":")[2]
+        if len(password) >= 8:
+            text = text.replace(password, "***")
     return text
 
 

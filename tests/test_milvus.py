@@ -144,6 +144,14 @@ def test_upsert_and_delete_are_visible_to_the_next_query_and_persist(sparse_chec
         np.testing.assert_array_equal(got.scores, expect.scores)
 
 
+def test_dense_index_takes_sparse_query_rows(built):
+    be, ckpt = built
+    Q = ckpt.embeddings[:4]
+    a, b = be.search(Q, 5), be.search(sp.csr_matrix(Q), 5)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
 def test_dense_upsert_and_a_row_emptied_by_an_upsert(dense_checkpoint, sparse_checkpoint, tmp_path):
     with build_index(dense_checkpoint, "milvus", tmp_path / "dense") as ix:
         q = np.asarray(dense_checkpoint.embeddings[7])
