@@ -42,6 +42,7 @@ def run(ckpt_dir: str, queries: str, items: int, n_queries: int, configs: list[d
     be = get_backend("milvus")().build(ck)
     out = {"items": E.shape[0], "queries": Q.shape[0], "k": k, "median_query_terms": float(np.median(np.diff(Q.indptr))),
            "build_seconds": round(time.perf_counter() - t0, 1)}
+    defaults = dict(be.search_params)
     lat = np.zeros((len(configs) + 1, Q.shape[0]))
     ids = np.full((len(configs), Q.shape[0], k), -1, np.int64)
     for r in range(Q.shape[0]):
@@ -50,7 +51,7 @@ def run(ckpt_dir: str, queries: str, items: int, n_queries: int, configs: list[d
         exact.search(q, k)
         lat[-1, r] = time.perf_counter_ns() - t
         for i, c in enumerate(configs):
-            be.set_search_params(**c)
+            be.set_search_params(**{**defaults, **c})  # every parameter a configuration does not name at its default
             t = time.perf_counter_ns()
             res = be.search(q, k)
             lat[i, r] = time.perf_counter_ns() - t
