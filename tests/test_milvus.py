@@ -230,6 +230,19 @@ def test_unreachable_server_fails_within_the_timeout_and_never_shows_the_token(s
         MilvusIndex(uri_env="ELSA_TEST_MILVUS_URI", connect_timeout=1).build(sparse_checkpoint)
 
 
+def test_the_token_is_read_from_the_environment_and_never_stored(sparse_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELSA_TEST_MILVUS_TOKEN", "reader:never-on-disk-42")  # Milvus Lite accepts and ignores it
+    build_index(sparse_checkpoint, "milvus", tmp_path / "ix", token_env="ELSA_TEST_MILVUS_TOKEN").close()
+    for f in (tmp_path / "ix").rglob("*"):
+        if f.is_file():
+            assert b"never-on-disk-42" not in f.read_bytes(), f
+    assert '"token_env": "ELSA_TEST_MILVUS_TOKEN"' in (tmp_path / "ix" / "backend" / "backend.json").read_text()
+    open_index(tmp_path / "ix").close()
+    monkeypatch.delenv("ELSA_TEST_MILVUS_TOKEN")
+    with pytest.raises(BackendError, match="'ELSA_TEST_MILVUS_TOKEN' names an environment variable that is not set"):
+        open_index(tmp_path / "ix")
+
+
 def test_a_database_locked_by_another_process(sparse_checkpoint, tmp_path):
     path = tmp_path / "ix"
     build_index(sparse_checkpoint, "milvus", path).close()
