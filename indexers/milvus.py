@@ -80,7 +80,8 @@ drop_ratio_search : fraction of the smallest query weights a sparse index
     ignores (0.0).
 rerank : re-score the candidates exactly (True); False returns Milvus's
     scores (the agreeing-sign part of the score for sparse checkpoints).
-timeout : seconds one search request may take (30).
+timeout : seconds a search may take per query (30; a request of n queries
+    gets n times that).
 
 Catalogue updates
 -----------------
@@ -199,7 +200,7 @@ class MilvusIndex(Backend):
         "nprobe": "IVF lists probed (default 16)",
         "drop_ratio_search": "fraction of the smallest sparse query weights ignored by the index (default 0)",
         "rerank": "re-score the candidates exactly with the checkpoint's embeddings (default True)",
-        "timeout": "seconds one search request may take (default 30)",
+        "timeout": "seconds a search may take per query of a request (default 30)",
     }
 
     def __init__(self, **params):
@@ -460,7 +461,7 @@ class MilvusIndex(Backend):
         for start in range(0, len(data), _QUERY_BATCH):
             res = self._call("search", client.search, self.collection_, data=data[start:start + _QUERY_BATCH],
                              limit=depth, anns_field=VEC_FIELD, search_params=params, output_fields=[KEY_FIELD],
-                             timeout=float(s["timeout"]))
+                             timeout=float(s["timeout"]) * len(data[start:start + _QUERY_BATCH]))
             for hits, r in zip(res, rows[start:start + _QUERY_BATCH]):
                 got = np.asarray(hits.ids, np.int64)
                 cand[r, :len(got)] = self._rows(got)
@@ -695,6 +696,8 @@ def _check_seconds(name: str, v) -> None:
 
 def _message(exc: BaseException) -> str:
     msg = getattr(exc, "message", None)
+    if not msg and callable(getattr(exc, "code", None)) and callable(getattr(exc, "details", None)):
+        msg = f"{exc.code().name}: {exc.details()}"  # a gRPC error (e.g. DEADLINE_EXCEEDED)
     return str(msg if msg else exc) or type(exc).__name__
 
 
