@@ -125,7 +125,6 @@ from urllib.parse import urlsplit
 import numpy as np
 import scipy.sparse as sp
 
-from elsa_index import __version__
 from elsa_index._checks import check_int
 from elsa_index._io import load_csr, read_json, save_array, save_csr, write_json
 from elsa_index.errors import BackendError
@@ -181,7 +180,7 @@ class MilvusIndex(Backend):
     requires = ("pymilvus", "milvus_lite")
     install_hint = 'pip install "elsa-index[milvus]"'
     param_docs = {
-        "uri": "Milvus server URI (http://host:19530) or a Lite .db file; default: Milvus Lite inside the index directory",
+        "uri": "Milvus server URI (http://host:19530) or a Lite .db file; default: Milvus Lite in the index directory",
         "uri_env": "environment variable holding the URI, read when uri is not given",
         "token_env": "environment variable holding the token (user:password or API key); never stored",
         "collection": "collection name (default: elsa_ + checkpoint fingerprint prefix)",
@@ -231,7 +230,8 @@ class MilvusIndex(Backend):
             raise BackendError(f"collection {p['collection']!r} is not a valid Milvus collection name; expected "
                                "letters, digits and underscores, starting with a letter or underscore (at most 255)")
         if p["index_type"] is not None and p["index_type"] not in SPARSE_INDEXES + DENSE_INDEXES:
-            raise BackendError(f"index_type must be one of {SPARSE_INDEXES + DENSE_INDEXES} or None, got {p['index_type']!r}")
+            raise BackendError(f"index_type must be one of {SPARSE_INDEXES + DENSE_INDEXES} or None, "
+                               f"got {p['index_type']!r}")
         if p["inverted_index_algo"] not in ALGOS:
             raise BackendError(f"inverted_index_algo must be one of {ALGOS}, got {p['inverted_index_algo']!r}")
         if not isinstance(p["drop_existing"], (bool, np.bool_)):

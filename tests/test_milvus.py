@@ -2,7 +2,6 @@
 suites, the sign split, catalogue updates, and the faults (fingerprints, dropped collections, unreachable servers,
 tokens, a database locked by another process, pymilvus missing, a failed build)."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -33,7 +32,8 @@ from test_search import (test_empty_and_unknown_histories_fall_back_to_popularit
                          test_recommend_allow_and_deny, test_recommend_matches_exact_scoring,
                          test_save_open_round_trip, test_search_within_is_the_exact_top_k_among_candidates,
                          test_similar_items_and_search, test_thread_safe_recommend)
-from test_search import test_padding_when_k_exceeds_catalogue as test_index_padding_when_k_exceeds_catalogue  # noqa: E402,F401,E501
+from test_search import \
+    test_padding_when_k_exceeds_catalogue as test_index_padding_when_k_exceeds_catalogue  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +246,8 @@ def test_the_token_is_read_from_the_environment_and_never_stored(sparse_checkpoi
 def test_a_database_locked_by_another_process(sparse_checkpoint, tmp_path):
     path = tmp_path / "ix"
     build_index(sparse_checkpoint, "milvus", path).close()
-    code = ("import sys, time\nfrom pymilvus import MilvusClient\nMilvusClient(sys.argv[1])\nprint('ready', flush=True)\n"
-            "time.sleep(60)\n")
+    code = ("import sys, time\nfrom pymilvus import MilvusClient\nMilvusClient(sys.argv[1])\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(path / "backend" / "milvus.db")],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -262,7 +262,8 @@ def test_a_database_locked_by_another_process(sparse_checkpoint, tmp_path):
 
 def test_pymilvus_missing_names_the_extra(tmp_path):
     code = ("import sys\nsys.modules['pymilvus'] = None\nfrom elsa_index.indexers import get_backend\n"
-            "from elsa_index.errors import BackendError\nimport numpy as np\nfrom elsa_index.checkpoint import Checkpoint\n"
+            "from elsa_index.errors import BackendError\nimport numpy as np\n"
+            "from elsa_index.checkpoint import Checkpoint\n"
             "cls = get_backend('milvus')\nprint(cls.missing_dependency())\n"
             "ck = Checkpoint(np.eye(3, dtype=np.float32), ['a', 'b', 'c'], [1, 1, 1], kind='elsa')\n"
             "try:\n    cls().build(ck)\nexcept BackendError as e:\n    print('ERR', e)\n")

@@ -40,7 +40,8 @@ def run(ckpt_dir: str, queries: str, items: int, n_queries: int, configs: list[d
     ref = exact.search(Q, k).scores
     t0 = time.perf_counter()
     be = get_backend("milvus")().build(ck)
-    out = {"items": E.shape[0], "queries": Q.shape[0], "k": k, "median_query_terms": float(np.median(np.diff(Q.indptr))),
+    out = {"items": E.shape[0], "queries": Q.shape[0], "k": k,
+           "median_query_terms": float(np.median(np.diff(Q.indptr))),
            "build_seconds": round(time.perf_counter() - t0, 1)}
     defaults = dict(be.search_params)
     lat = np.zeros((len(configs) + 1, Q.shape[0]))
@@ -63,14 +64,16 @@ def run(ckpt_dir: str, queries: str, items: int, n_queries: int, configs: list[d
     for i, c in enumerate(configs):
         true = np.where(ids[i] >= 0, np.take_along_axis(S, np.clip(ids[i], 0, None), 1), -np.inf)
         p50 = float(np.median(lat[i])) / 1e6
-        out["configs"].append({"search": c, "p50_ms": round(p50, 1), "p95_ms": round(float(np.percentile(lat[i], 95)) / 1e6, 1),
+        out["configs"].append({"search": c, "p50_ms": round(p50, 1),
+                               "p95_ms": round(float(np.percentile(lat[i], 95)) / 1e6, 1),
                                f"retrieval_recall@{k}": round(float(retrieval_recall(true, ids[i], ref, k).mean()), 4),
                                "p50_ratio_to_exact": round(p50 / (out["exact_p50_ms"] or np.nan), 1)})
     return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m elsa_index.eval.studies.milvus_lite", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m elsa_index.eval.studies.milvus_lite",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", help="a sparse checkpoint directory")
     ap.add_argument("queries", help="query vectors, a scipy.sparse .npz with the checkpoint's dims")
     ap.add_argument("--items", type=int, default=100_000, help="first rows of the catalogue indexed (default 100000)")
