@@ -23,17 +23,32 @@ clause), otherwise exact scores of the candidates
 ``sparse`` backend uses too) and :mod:`elsa_index.topk`. Ties go to the lower
 item index everywhere, so exact paths return identical rows.
 
+Catalogue updates (:meth:`Index.upsert_items`, :meth:`Index.delete_items`):
+only backends that change items in place (``milvus``) accept them; the others
+ask for a rebuild. An update makes a new checkpoint (changed rows replaced,
+new items appended with popularity 0, deleted items removed and the rows
+after them moved up), applies it to the backend (visible to the next query)
+and, for an index directory, rewrites its checkpoint copy, the backend's
+files and ``index.json``, each replaced in one step, in that order. A crash
+between the steps leaves parts that disagree on the checkpoint fingerprint;
+:func:`open_index` then refuses the directory (rebuild it). A checkpoint
+directory given to :func:`open_index` as ``checkpoint=`` is never written.
+Each update copies the catalogue's arrays once and rewrites the checkpoint
+copy: batch changes into few calls.
+
 Thread safety: an opened :class:`Index` only reads its arrays and the
 backend's index; ``recommend``, ``similar_items``, ``search`` and ``search_within`` may be called
-from several threads at once. ``set_search_params`` must not run concurrently
-with searches.
+from several threads at once. ``set_search_params``, ``upsert_items`` and
+``delete_items`` must not run concurrently with searches.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -43,7 +58,7 @@ import scipy.sparse as sp
 
 from . import __version__
 from ._checks import check_k
-from ._atomic import atomic_directory
+from ._atomic import _replace_dir, _unique, atomic_directory, atomic_file
 from ._io import read_manifest, write_json
 from .checkpoint import Checkpoint
 from .errors import BackendError, CheckpointError, DataError, NoPopularityWarning, UnknownItemsWarning
@@ -86,10 +101,13 @@ class Index:
                 f"the {backend.name!r} index was built from checkpoint {backend.fingerprint_}, "
                 f"but the given checkpoint is {checkpoint.fingerprint}; rebuild the index or use its own checkpoint"
             )
-        self.checkpoint = checkpoint
         self.backend = backend
         self.path = path
         self._closed = False
+        self._use_checkpoint(checkpoint)
+
+    def _use_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
         emb = checkpoint.embeddings
         self._emb = sp.csr_matrix(emb) if sp.issparse(emb) else emb
         self._popular = np.lexsort((np.arange(checkpoint.n_items), -checkpoint.popularity))
@@ -312,6 +330,135 @@ class Index:
             ex = be.as_exclude(exclude, Q.shape[0])
             ids, scores = self._score_within(Q, cand, ex, k)
         return Recommendations(self.checkpoint.item_ids.external(ids), scores, ids, np.zeros(ids.shape[0], bool))
+
+
+    # ------------------------------------------------------ catalogue updates
+
+    def upsert_items(self, ids: Sequence[str], embeddings) -> "Index":
+        """Add items or replace their embeddings; the next query sees them.
+
+        Parameters
+        ----------
+        ids : external item ids (str, unique); known ids get new embeddings
+            (their popularity is kept), unknown ones are appended (popularity 0).
+        embeddings : (len(ids), dims) rows: a scipy sparse matrix or an array
+            for a sparse checkpoint (stored as CSR), an array for a dense one.
+
+        Raises
+        ------
+        BackendError
+            The backend cannot change items in place (rebuild the index), or it failed.
+        DataError
+            Bad ids or embeddings.
+
+        See the module notes for what is written and when.
+        """
+        self._check_open()
+        self._check_updatable()
+        ids = self._update_ids(ids, "upsert_items")
+        E = self._update_rows(embeddings, len(ids))
+        old = self.checkpoint
+        idx = old.item_ids.index(ids, missing="ignore")
+        n_old = old.n_items
+        fresh = idx < 0
+        # Row r of the new catalogue is row src[r] of [old rows; given rows].
+        src = np.arange(n_old + int(fresh.sum()))
+        src[idx[~fresh]] = n_old + np.flatnonzero(~fresh)
+        src[n_old:] = n_old + np.flatnonzero(fresh)
+        if old.sparse:
+            emb = sp.vstack([sp.csr_matrix(old.embeddings), E], format="csr")[src]
+        else:
+            emb = np.concatenate([np.asarray(old.embeddings), E])[src]
+        new_ids = np.concatenate([old.item_ids.ids.astype(object), np.array(ids, dtype=object)[fresh]])
+        pop = np.concatenate([old.popularity, np.zeros(int(fresh.sum()), np.int64)])
+        rows = np.concatenate([idx[~fresh], np.arange(n_old, len(src))])
+        ckpt = self._updated_checkpoint(emb, new_ids, pop)
+        self.backend.upsert_items(ckpt, rows)
+        self._commit(ckpt)
+        return self
+
+    def delete_items(self, ids: Sequence[str]) -> "Index":
+        """Remove items from the catalogue; the next query no longer returns them.
+
+        The remaining items keep their order (row indices after a deleted
+        row move up by one). Unknown ids raise a DataError (nothing is
+        deleted); see :meth:`upsert_items` for the other errors.
+        """
+        self._check_open()
+        self._check_updatable()
+        ids = self._update_ids(ids, "delete_items")
+        rows = self._item_indices(ids, "delete_items")
+        old = self.checkpoint
+        if len(rows) >= old.n_items:
+            raise DataError(f"delete_items would remove all {old.n_items} items; an index needs at least one")
+        keep = np.setdiff1d(np.arange(old.n_items), rows)
+        emb = sp.csr_matrix(old.embeddings)[keep] if old.sparse else np.asarray(old.embeddings)[keep]
+        ckpt = self._updated_checkpoint(emb, old.item_ids.ids[keep], old.popularity[keep])
+        self.backend.delete_items(ckpt, rows)
+        self._commit(ckpt)
+        return self
+
+    def _check_updatable(self) -> None:
+        if not self.backend.supports_updates:
+            self.backend._check_updates(self.checkpoint)  # raises the backend's "rebuild" error
+
+    def _update_ids(self, ids, what: str) -> list[str]:
+        if isinstance(ids, (str, bytes)):
+            ids = [ids]
+        ids = list(ids)
+        if not ids or not all(isinstance(v, str) and v for v in ids):
+            raise DataError(f"{what} expects a non-empty list of item ids (non-empty strings), got {ids[:5]!r}")
+        if len(set(ids)) != len(ids):
+            dup = sorted({v for v in ids if ids.count(v) > 1})[:5]
+            raise DataError(f"{what} got the item id(s) {dup} more than once; expected each id once")
+        return ids
+
+    def _update_rows(self, embeddings, n: int):
+        ck = self.checkpoint
+        try:
+            if ck.sparse:
+                E = sp.csr_matrix(embeddings, dtype=np.float32)
+                data = E.data
+            else:
+                E = np.asarray(embeddings.toarray() if sp.issparse(embeddings) else embeddings, dtype=np.float32)
+                data = E
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"embeddings must be a 2-D array or scipy sparse matrix of real numbers: {exc}") from None
+        if E.ndim != 2 or E.shape != (n, ck.dims):
+            raise DataError(f"embeddings have shape {E.shape}; expected ({n}, {ck.dims}): one row per id")
+        if data.size and not np.isfinite(data).all():
+            raise DataError("embeddings contain NaN or inf values; expected finite vectors")
+        return E
+
+    def _updated_checkpoint(self, emb, ids, popularity) -> Checkpoint:
+        old = self.checkpoint
+        # The training metrics described the old embeddings: they are not carried over.
+        return Checkpoint(emb, ids, popularity, kind=old.kind, config=old.config, data=old.data)
+
+    def _commit(self, ckpt: Checkpoint) -> None:
+        """Use ``ckpt`` from now on; in an index directory, rewrite its checkpoint copy, then ``index.json``."""
+        self._use_checkpoint(ckpt)
+        if self.path is None:
+            return
+        # The checkpoint copy is a part of the index directory, which atomic_directory never replaces on its own:
+        # the new copy is written beside it, then swapped in (the leftover name of a killed writer is cleaned up
+        # by the next writer of that path, as for atomic_directory).
+        target = self.path / "checkpoint"
+        tmp = _unique(target, "tmp")
+        try:
+            ckpt.save(tmp)
+            _replace_dir(tmp, target)
+        except OSError as exc:
+            raise BackendError(f"could not replace the checkpoint copy {target}: {exc}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        m = read_manifest(self.path, "index.json", INDEX_DIR_FORMAT, INDEX_DIR_VERSION, "index", BackendError)
+        m["checkpoint_fingerprint"] = ckpt.fingerprint
+        m["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        with atomic_file(self.path / "index.json", error=BackendError) as f:
+            json.dump(m, f, indent=2)
+            f.write("\n")
 
 
 def build_index(checkpoint: Checkpoint | str | os.PathLike, backend: str = "sparse", out: str | os.PathLike | None = None,

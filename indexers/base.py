@@ -19,6 +19,12 @@ handles exclusions around it; :meth:`elsa_index.search.Index.search_within`
 uses it when ``has_search_within`` and otherwise scores the candidates
 exactly against the checkpoint.
 
+Optional hooks: ``_upsert_items(checkpoint, rows)`` / ``_delete_items(checkpoint,
+rows)``, catalogue updates in place (``supports_updates``; e.g. ``milvus``);
+every other backend refuses them with a message to rebuild the index. And
+``_unrecorded(directory)``: files of a backend directory that change while it
+is in use (a database's own files), left out of the recorded digests.
+
 Thread safety: ``search`` must be safe to call from several threads at once
 on one built or loaded backend (each subclass states how it ensures this);
 ``build`` / ``set_search_params`` must not run concurrently with searches.
@@ -79,6 +85,8 @@ class Backend:
     install_hint: ClassVar[str] = ""
     #: one line per build and search parameter, shown by ``elsa-index build --help``
     param_docs: ClassVar[dict[str, str]] = {}
+    #: whether ``upsert_items`` / ``delete_items`` change the index in place (else they ask for a rebuild)
+    supports_updates: ClassVar[bool] = False
 
     @classmethod
     def missing_dependency(cls) -> str | None:
@@ -329,6 +337,74 @@ class Backend:
         """Validated exclusions of ``n`` queries as CSR (n, n_items), or None; raises BackendError."""
         return check_exclude(exclude, n, self.n_items_)
 
+    # ------------------------------------------------------ catalogue updates
+
+    def upsert_items(self, checkpoint, rows) -> None:
+        """Serve ``checkpoint``: the indexed one with the item rows ``rows`` changed or appended.
+
+        Parameters
+        ----------
+        checkpoint : the new :class:`~elsa_index.checkpoint.Checkpoint`; rows not
+            in ``rows`` are the indexed ones, unchanged and in the same order,
+            and new items are appended at the end.
+        rows : int array of row indices of ``checkpoint`` whose embeddings are new or changed.
+
+        Raises
+        ------
+        BackendError
+            The backend cannot change items in place (``supports_updates`` is
+            False): rebuild the index from the updated checkpoint.
+        """
+        self._check_updates(checkpoint)
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= checkpoint.n_items):
+            raise BackendError(f"upsert rows outside [0, {checkpoint.n_items})")
+        if checkpoint.n_items < self.n_items_:
+            raise BackendError(f"an upsert cannot shrink the catalogue ({self.n_items_} -> {checkpoint.n_items} items); "
+                               "use delete_items")
+        self._upsert_items(checkpoint, rows)
+        self._updated(checkpoint)
+
+    def delete_items(self, checkpoint, rows) -> None:
+        """Serve ``checkpoint``: the indexed one without the (old) item rows ``rows``, the others in order.
+
+        Raises
+        ------
+        BackendError
+            As :meth:`upsert_items`.
+        """
+        self._check_updates(checkpoint)
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.n_items_):
+            raise BackendError(f"deleted rows outside [0, {self.n_items_})")
+        if checkpoint.n_items != self.n_items_ - len(rows):
+            raise BackendError(f"the checkpoint has {checkpoint.n_items} items; deleting {len(rows)} of "
+                               f"{self.n_items_} leaves {self.n_items_ - len(rows)}")
+        self._delete_items(checkpoint, rows)
+        self._updated(checkpoint)
+
+    def _check_updates(self, checkpoint) -> None:
+        if not self.supports_updates:
+            raise BackendError(
+                f"the {self.name!r} backend cannot add, change or delete items in place; rebuild the index from "
+                f"the updated checkpoint (elsa-index build CKPT --backend {self.name} --out DIR --overwrite), or "
+                "use a backend that supports catalogue updates ('milvus')")
+        self._check_built()
+        if checkpoint.dims != self.dims_:
+            raise BackendError(f"the updated checkpoint has {checkpoint.dims} dims; the index has {self.dims_}")
+
+    def _updated(self, checkpoint) -> None:
+        self.n_items_, self.dims_ = checkpoint.n_items, checkpoint.dims
+        self.fingerprint_ = checkpoint.fingerprint
+
+    def _upsert_items(self, checkpoint, rows: np.ndarray) -> None:
+        """Hook of :meth:`upsert_items` (rows validated, sorted unique)."""
+        raise NotImplementedError
+
+    def _delete_items(self, checkpoint, rows: np.ndarray) -> None:
+        """Hook of :meth:`delete_items` (rows validated, sorted unique)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ persistence
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False, with_embeddings: bool = True) -> Path:
@@ -348,17 +424,27 @@ class Backend:
         path = Path(path)
         with atomic_directory(path, overwrite=overwrite, error=BackendError, kind=INDEX_FORMAT) as tmp:
             self._save(tmp, with_embeddings=bool(with_embeddings))
-            # Every file the backend wrote, hashed once here and checked by every load.
-            files = record_files(tmp, skip=_UNRECORDED)
-            write_json(tmp / "backend.json", {
-                "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
-                "elsa_index_version": __version__, "build_params": self.params,
-                "search_params": self._search_params, "n_items": self.n_items_, "dims": self.dims_,
-                "checkpoint_fingerprint": self.fingerprint_, "build_seconds": self.build_seconds_,
-                "with_embeddings": bool(with_embeddings), "files": files,
-            })
+            self._write_manifest(tmp, with_embeddings=bool(with_embeddings))
         self.path_ = path
         return path
+
+    def _write_manifest(self, directory: Path, *, with_embeddings: bool) -> None:
+        """Write ``backend.json``, with the digests of every file of ``directory`` (hashed once here, checked by every load)."""
+        files = record_files(directory, skip=_UNRECORDED + self._unrecorded(directory))
+        tmp = directory / "backend.json.tmp"  # replaced in one step: an index updated in place is never half-described
+        write_json(tmp, {
+            "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "backend": self.name,
+            "elsa_index_version": __version__, "build_params": self.params,
+            "search_params": self._search_params, "n_items": self.n_items_, "dims": self.dims_,
+            "checkpoint_fingerprint": self.fingerprint_, "build_seconds": self.build_seconds_,
+            "with_embeddings": bool(with_embeddings), "files": files,
+        })
+        os.replace(tmp, directory / "backend.json")
+
+    @classmethod
+    def _unrecorded(cls, directory: Path) -> tuple[str, ...]:
+        """Relative paths of files in ``directory`` that change while the index is in use (no digests kept)."""
+        return ()
 
     def _save(self, directory: Path, *, with_embeddings: bool = True) -> None:
         """Write the backend's files into ``directory`` (``with_embeddings`` as in :meth:`save`)."""
@@ -401,7 +487,8 @@ class Backend:
                     f"{path} was written by an older elsa-index (backend format {m['format_version']}) and records "
                     "no file digests, so its files cannot be verified; rebuild the index (elsa-index build CKPT "
                     "--out DIR --overwrite), or load it with verify=False only if you trust its files")
-            verify_files(path, m["files"], BackendError, manifest="backend.json", exhaustive=True, skip=_UNRECORDED)
+            verify_files(path, m["files"], BackendError, manifest="backend.json", exhaustive=True,
+                         skip=_UNRECORDED + target._unrecorded(path))
         obj = target(**{**m.get("build_params", {}), **m.get("search_params", {})})
         obj.n_items_, obj.dims_ = m["n_items"], m["dims"]
         obj.fingerprint_ = m.get("checkpoint_fingerprint")
