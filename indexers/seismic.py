@@ -56,8 +56,9 @@ candidates : int >= 1, default 200. Items Seismic returns per query for the
 query_cut : int >= 1, default 50. Posting lists Seismic visits: those of the
     ``query_cut`` largest query components.
 heap_factor : float > 0, default 0.9. Seismic's block-skipping factor: a
-    block is scanned only when its summary's score times ``1 / heap_factor``
-    ... see Seismic; lower values scan more blocks (slower, better recall).
+    block is scanned only when its summary's score, divided by
+    ``heap_factor``, beats the current ``candidates``-th score; lower values
+    scan more blocks (slower, better recall), 1 trusts the (lossy) summaries.
 query_terms : int >= 1 or None (default). Send only the ``query_terms``
     largest ``|u_d|`` of each query to Seismic (they also order its
     candidates); None sends all. The re-rank always uses the whole query.
