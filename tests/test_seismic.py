@@ -32,7 +32,7 @@ def test_equals_exact_when_candidates_cover_the_catalogue(sparse_checkpoint, que
     exact top k (ids and bit-identical scores) wherever the exact k-th score is positive (an item scoring above 0
     shares an agreeing component with the query, so Seismic finds it)."""
     n, dims = sparse_checkpoint.n_items, sparse_checkpoint.dims
-    be = Seismic(**FULL, candidates=n, query_cut=2 * dims).build(sparse_checkpoint)
+    be = Seismic(**FULL, candidates=n, query_mass=None, query_cut=None).build(sparse_checkpoint)
     got, want = be.search(queries, 10), _exact(sparse_checkpoint, queries, 10)
     positive = want.scores[:, -1] > 0
     assert positive.sum() >= 0.8 * len(positive)
@@ -42,7 +42,7 @@ def test_equals_exact_when_candidates_cover_the_catalogue(sparse_checkpoint, que
 
 def test_scores_are_exact_whatever_the_query_budget(sparse_checkpoint, queries):
     """A tight query-term budget and query cut change which items are found, never their (exact, signed) scores."""
-    be = Seismic(query_terms=1, query_cut=1, candidates=20).build(sparse_checkpoint)
+    be = Seismic(query_terms=2, query_cut=1, candidates=20).build(sparse_checkpoint)
     res = be.search(queries, 10)
     E = sparse_checkpoint.embeddings
     for r in range(queries.shape[0]):
@@ -50,6 +50,23 @@ def test_scores_are_exact_whatever_the_query_budget(sparse_checkpoint, queries):
         true = np.asarray(queries[r] @ E[res.ids[r][ok]].T).ravel()
         np.testing.assert_allclose(res.scores[r][ok], true, rtol=1e-5, atol=1e-6)
         assert (np.diff(res.scores[r][ok]) <= 0).all()
+
+
+def test_query_mass_visits_the_largest_components_first(sparse_checkpoint, queries):
+    """A tiny mass share visits one posting list, the query's largest |u_d|: every item found carries that
+    dimension with the query's sign; the whole mass finds every item sharing an agreeing component."""
+    n = sparse_checkpoint.n_items
+    E = sparse_checkpoint.embeddings.toarray()
+    one = Seismic(**FULL, query_mass=1e-9, candidates=n).build(sparse_checkpoint)
+    full = Seismic(**FULL, query_mass=1.0, candidates=n).build(sparse_checkpoint)
+    res_one, res_full = one.search(queries, n), full.search(queries, n)
+    for r in range(queries.shape[0]):
+        u = np.asarray(queries[r], dtype=np.float32).ravel()
+        d = int(np.argmax(np.abs(u)))
+        found = res_one.ids[r][res_one.ids[r] >= 0]
+        assert len(found) and (np.sign(E[found, d]) == np.sign(u[d])).all()
+        agreeing = np.flatnonzero(((np.sign(E) == np.sign(u)) & (E != 0) & (u != 0)).any(axis=1))
+        np.testing.assert_array_equal(np.sort(res_full.ids[r][res_full.ids[r] >= 0]), agreeing)
 
 
 def test_dense_checkpoint_refused(dense_checkpoint):
@@ -71,6 +88,8 @@ def test_dense_checkpoint_refused(dense_checkpoint):
     ({"heap_factor": 0}, "heap_factor must be a finite number > 0"),
     ({"heap_factor": float("nan")}, "heap_factor must be a finite number"),
     ({"query_terms": 0}, "query_terms must be an integer >= 1"),
+    ({"query_mass": 0}, "query_mass must be a finite number > 0 and <= 1"),
+    ({"query_mass": 1.5}, "query_mass must be a finite number > 0 and <= 1"),
     ({"query_terms": True}, "query_terms must be an integer"),
 ])
 def test_bad_parameters_refused(params, match):
