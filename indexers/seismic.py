@@ -39,11 +39,13 @@ n_postings : int >= 1, default 4000. Postings kept per component on average
     components, keeping the largest values).
 max_fraction : float > 0, default 1.5. No posting list keeps more than
     ``max_fraction * n_postings`` postings.
-centroid_fraction : float in (0, 1], default 0.1. Blocks per posting list,
-    as a fraction of ``n_postings``.
+centroid_fraction : float in (0, 1], default 0.2. Blocks per posting list,
+    as a fraction of ``n_postings`` (0.2 rather than Seismic's 0.1: on the
+    1M-item catalogue, 0.2 with ``summary_energy=0.5`` searched 1.2x faster
+    at higher recall, for a 17% larger index).
 min_cluster_size : int >= 1, default 2. Smaller blocks are merged into
     others.
-summary_energy : float in (0, 1], default 0.4. Share of a block summary's
+summary_energy : float in (0, 1], default 0.5. Share of a block summary's
     L1 mass kept (summaries are pruned, so a block's bound is approximate).
 doc_cut : int >= 1, default 15. Item components used by the approximate
     clustering of each posting list.
@@ -60,10 +62,15 @@ query_mass : float in (0, 1] or None, default 0.55. Seismic visits the
     number of lists thus adapts to each query (on the 1M-item synthetic
     catalogue, 200-term queries: 23 lists at the median; ML-1M's 550-term
     user queries: 54). None: ``query_cut`` alone decides.
+min_query_cut : int >= 1, default 16. At least this many posting lists per
+    query (all of them for shorter queries): a mass share alone visits too
+    few lists of a short query (3 of 15 on the test catalogues, recall@10
+    0.88; 16 lists: 1.0), while long queries reach it by mass anyway.
 query_cut : int >= 1 or None (default). At most this many posting lists
-    per query (with ``query_mass`` None: exactly the ``query_cut`` largest
-    components). ``query_mass`` and ``query_cut`` both None: every list of
-    the query's components.
+    per query, whatever ``query_mass`` and ``min_query_cut`` ask (with
+    ``query_mass`` None: exactly the ``query_cut`` largest components, as
+    Seismic's own ``query_cut``). ``query_mass`` and ``query_cut`` both None:
+    every list of the query's components.
 heap_factor : float > 0, default 0.9. Seismic's block-skipping factor: a
     block is scanned only when its summary's score, divided by
     ``heap_factor``, beats the current ``candidates``-th score; lower values
@@ -187,13 +194,16 @@ def _components(embeddings) -> sp.csr_matrix:
     return emb
 
 
-def _lists_to_visit(w: np.ndarray, mass: float | None, cap: int | None) -> int:
-    """How many of the largest query weights ``w`` (absolute values) cover ``mass`` of ``sum w^2``, at most ``cap``."""
+def _lists_to_visit(w: np.ndarray, mass: float | None, floor: int, cap: int | None) -> int:
+    """Posting lists to visit for query weights ``w`` (absolute values): as many of the largest as cover ``mass``
+    of ``sum w^2``, at least ``floor``, at most ``cap``."""
     n = len(w)
     if mass is not None:
         c = np.cumsum(np.sort(w * w)[::-1])
-        n = min(n, int(np.searchsorted(c, mass * c[-1])) + 1)
-    return max(1, n if cap is None else min(n, int(cap)))
+        n = max(int(np.searchsorted(c, mass * c[-1])) + 1, floor)
+    if cap is not None:
+        n = min(n, int(cap))
+    return max(1, min(n, len(w)))
 
 
 def _ranked(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,24 +225,26 @@ class SeismicBackend(Backend):
     name = "seismic"
     accepts = "sparse"
     exact = False
-    build_params = {"n_postings": 4000, "max_fraction": 1.5, "centroid_fraction": 0.1, "min_cluster_size": 2,
-                    "summary_energy": 0.4, "doc_cut": 15, "threads": 1}
-    search_params = {"candidates": 200, "query_mass": 0.55, "query_cut": None, "heap_factor": 0.9,
-                     "query_terms": None}
+    build_params = {"n_postings": 4000, "max_fraction": 1.5, "centroid_fraction": 0.2, "min_cluster_size": 2,
+                    "summary_energy": 0.5, "doc_cut": 15, "threads": 1}
+    search_params = {"candidates": 200, "query_mass": 0.55, "min_query_cut": 16, "query_cut": None,
+                     "heap_factor": 0.9, "query_terms": None}
     requires = ("seismic",)
     install_hint = 'pip install "elsa-index[seismic]"'
     param_docs = {
         "n_postings": "postings kept per (dimension, sign) component on average, the largest values (default 4000)",
         "max_fraction": "longest posting list, as a multiple of n_postings (default 1.5)",
-        "centroid_fraction": "blocks per posting list, as a fraction of n_postings (default 0.1)",
+        "centroid_fraction": "blocks per posting list, as a fraction of n_postings (default 0.2)",
         "min_cluster_size": "smallest block; smaller ones are merged into others (default 2)",
-        "summary_energy": "share of each block summary's L1 mass kept (default 0.4)",
+        "summary_energy": "share of each block summary's L1 mass kept (default 0.5)",
         "doc_cut": "item components used by the approximate clustering of each posting list (default 15)",
         "threads": "build threads, 0 = all cores (default 1)",
         "candidates": "items Seismic returns per query for the exact re-rank, at least the results fetched "
                       "(default 200)",
         "query_mass": "visit the lists of the largest query components until they cover this share of the "
                       "query's squared norm (default 0.55; None: query_cut alone)",
+        "min_query_cut": "at least this many posting lists visited per query, all of a shorter query's "
+                         "(default 16)",
         "query_cut": "at most this many posting lists visited per query (default None = no cap)",
         "heap_factor": "Seismic's block-skipping factor; lower scans more blocks (default 0.9)",
         "query_terms": "send only this many largest query entries to Seismic (default None = all)",
@@ -268,7 +280,9 @@ class SeismicBackend(Backend):
                   hint=" (items Seismic returns per query for the exact re-rank)")
         check_float(s["query_mass"], "query_mass", 0, 1, low_open=True, allow_none=True, error=BackendError)
         check_int(s["query_cut"], "query_cut", 1, allow_none=True, error=BackendError,
-                  hint=" (posting lists of the largest query components visited)")
+                  hint=" (at most this many posting lists visited per query, or None)")
+        check_int(s["min_query_cut"], "min_query_cut", 1, error=BackendError,
+                  hint=" (at least this many posting lists visited per query)")
         check_float(s["heap_factor"], "heap_factor", 0, low_open=True, error=BackendError)
         check_int(s["query_terms"], "query_terms", 1, allow_none=True, error=BackendError,
                   hint="; expected the number of largest query entries kept, or None for all")
@@ -328,6 +342,7 @@ class SeismicBackend(Backend):
         n = queries.shape[0]
         depth = min(max(int(self._search_params["candidates"]), k), max(self.n_items_, 1))
         mass, cap = self._search_params["query_mass"], self._search_params["query_cut"]
+        floor = int(self._search_params["min_query_cut"])
         hf = float(self._search_params["heap_factor"])
         m = self._search_params["query_terms"]
         cand = np.full((n, depth), -1, np.int64)
@@ -337,7 +352,7 @@ class SeismicBackend(Backend):
                 continue
             comp = 2 * dims.astype(np.int64) + (vals < 0)
             w = np.abs(vals)
-            cut = _lists_to_visit(w, mass, cap)
+            cut = _lists_to_visit(w, mass, floor, cap)
             hits = index.search("q", names[comp], w.astype(np.float32), k=depth, query_cut=cut,
                                 heap_factor=hf)
             if hits:

@@ -52,12 +52,26 @@ def test_scores_are_exact_whatever_the_query_budget(sparse_checkpoint, queries):
         assert (np.diff(res.scores[r][ok]) <= 0).all()
 
 
+def test_query_cut_caps_the_lists_visited(sparse_checkpoint, queries):
+    """query_cut=1 wins over min_query_cut and query_mass: every item found carries the query's largest
+    dimension with the query's sign."""
+    n = sparse_checkpoint.n_items
+    E = sparse_checkpoint.embeddings.toarray()
+    be = Seismic(**FULL, query_mass=1.0, min_query_cut=16, query_cut=1, candidates=n).build(sparse_checkpoint)
+    res = be.search(queries, n)
+    for r in range(queries.shape[0]):
+        u = np.asarray(queries[r], dtype=np.float32).ravel()
+        d = int(np.argmax(np.abs(u)))
+        found = res.ids[r][res.ids[r] >= 0]
+        assert len(found) and (np.sign(E[found, d]) == np.sign(u[d])).all()
+
+
 def test_query_mass_visits_the_largest_components_first(sparse_checkpoint, queries):
     """A tiny mass share visits one posting list, the query's largest |u_d|: every item found carries that
     dimension with the query's sign; the whole mass finds every item sharing an agreeing component."""
     n = sparse_checkpoint.n_items
     E = sparse_checkpoint.embeddings.toarray()
-    one = Seismic(**FULL, query_mass=1e-9, candidates=n).build(sparse_checkpoint)
+    one = Seismic(**FULL, query_mass=1e-9, min_query_cut=1, candidates=n).build(sparse_checkpoint)
     full = Seismic(**FULL, query_mass=1.0, candidates=n).build(sparse_checkpoint)
     res_one, res_full = one.search(queries, n), full.search(queries, n)
     for r in range(queries.shape[0]):
@@ -90,6 +104,7 @@ def test_dense_checkpoint_refused(dense_checkpoint):
     ({"query_terms": 0}, "query_terms must be an integer >= 1"),
     ({"query_mass": 0}, "query_mass must be a finite number > 0 and <= 1"),
     ({"query_mass": 1.5}, "query_mass must be a finite number > 0 and <= 1"),
+    ({"min_query_cut": 0}, "min_query_cut must be an integer >= 1"),
     ({"query_terms": True}, "query_terms must be an integer"),
 ])
 def test_bad_parameters_refused(params, match):
