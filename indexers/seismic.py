@@ -109,7 +109,8 @@ Files
 ``embeddings_{data,indices,indptr}.npy`` (the float rows for the re-rank,
 CSR; left out when saved inside an index directory, whose checkpoint holds
 them). Every file is recorded with its sha256 in ``backend.json`` and
-checked at load.
+checked at load. Seismic reads its whole file into memory; ``mmap=True``
+maps the re-rank rows only.
 """
 
 from __future__ import annotations
