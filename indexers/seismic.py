@@ -55,7 +55,7 @@ Search parameters
 -----------------
 candidates : int >= 1, default 200. Items Seismic returns per query for the
     exact re-rank; the effective count is ``max(candidates, k_fetched)``
-    (``k`` plus the largest exclusion list), at most the catalogue.
+    (``k`` plus the query's excluded items), at most the catalogue.
 query_mass : float in (0, 1] or None, default 0.55. Seismic visits the
     posting lists of the query's largest components (by ``|u_d|``) until
     they cover this share of the query's squared norm ``sum u_d^2``; the

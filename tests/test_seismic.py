@@ -31,7 +31,7 @@ def test_equals_exact_when_candidates_cover_the_catalogue(sparse_checkpoint, que
     """Unpruned postings, every query component visited and the whole catalogue as candidates: the top k are the
     exact top k (ids and bit-identical scores) wherever the exact k-th score is positive (an item scoring above 0
     shares an agreeing component with the query, so Seismic finds it)."""
-    n, dims = sparse_checkpoint.n_items, sparse_checkpoint.dims
+    n = sparse_checkpoint.n_items
     be = Seismic(**FULL, candidates=n, query_mass=None, query_cut=None).build(sparse_checkpoint)
     got, want = be.search(queries, 10), _exact(sparse_checkpoint, queries, 10)
     positive = want.scores[:, -1] > 0
