@@ -30,6 +30,7 @@ BACKENDS: dict[str, str] = {
     "faiss-flat": "elsa_index.indexers.faiss_dense:FaissFlat",
     "faiss-hnsw": "elsa_index.indexers.faiss_dense:FaissHNSW",
     "faiss-ivf": "elsa_index.indexers.faiss_dense:FaissIVF",
+    "seismic": "elsa_index.indexers.seismic:SeismicBackend",
     "milvus": "elsa_index.indexers.milvus:MilvusIndex",
 }
 
