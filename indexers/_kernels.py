@@ -49,6 +49,32 @@ except ImportError:  # pragma: no cover - numba is a dependency; kept importable
     HAVE_NUMBA = False
 
 
+def _prefetch(array, index):
+    """Hint the CPU to load ``array[index]`` into its caches (no effect on results)."""
+
+
+if HAVE_NUMBA:
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _prefetch(typingctx, array, index):  # noqa: F811 - the compiled form of the stub above
+        # LLVM's prefetch intrinsic (read, high locality, data cache): a load that never stalls the core.
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return numba.types.void(array, index), codegen
+
+
 def _heap_less(s1, i1, s2, i2):
     # "Worse" ordering for the min-heap: lower score, or equal score and higher index.
     return s1 < s2 or (s1 == s2 and i1 > i2)
@@ -130,7 +156,8 @@ def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, 
 
     Row ``d * n_blocks + b`` of the postings holds dimension d's entries in
     block b, with block-local item ids. ``acc`` holds ``block_items`` zeros
-    (left zeroed); ``hs``/``hi`` hold at least k entries of scratch.
+    (left zeroed); ``hs``/``hi`` hold at least k entries of scratch. Ids in the last
+    (short) block must be below its size (checked when postings are loaded).
     """
     n_terms = dims.shape[0]
     size = 0
@@ -143,6 +170,10 @@ def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, 
             start = indptr[r]
             stop = indptr[r + 1]
             touched += stop - start
+            if t + 1 < n_terms:  # the next run is elsewhere in memory: start loading its first cache lines now
+                ahead = indptr[dims[t + 1] * n_blocks + b]
+                _prefetch(indices, ahead)
+                _prefetch(data, ahead)
             # Views indexed from 0: the compiler sees non-negative indices (no wraparound code).
             ids = indices[start:stop]
             vals = data[start:stop]
@@ -176,8 +207,6 @@ def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, 
             for c in range(stop - i):
                 chunk[c] = 0.0
             i = stop
-        for i in range(m, block_items):  # the last block is short: clear what a stray id may have left
-            acc[i] = 0.0
     # Pop the heap from worst to best into the output, best first.
     for pos in range(size - 1, -1, -1):
         out_scores[pos] = hs[0]

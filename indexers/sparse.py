@@ -24,6 +24,7 @@ accumulator, so concurrent calls are safe.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -58,6 +59,7 @@ def _kernels():
     return kernels
 
 
+@functools.lru_cache(maxsize=None)
 def _have_numba() -> bool:
     import importlib.util
 
