@@ -147,17 +147,28 @@ def _batch_topk(indptr, indices, data, q_indptr, q_dims, q_weights, acc, k, out_
 
 
 #: items per chunk of the top-k scan (one vectorised compare per chunk)
-_CHUNK = 64
+_CHUNK = 128
+#: items per group whose maxima give the first block's lower bound on the k-th score
+_GROUP = 32
 
 
-def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, weights, acc, hs, hi, k,
+def _group_max(values):
+    # Exact maximum of a few finite floats (compiled with fastmath: max is exact in any order, so it vectorises).
+    best = values[0]
+    for j in range(1, values.shape[0]):
+        best = max(best, values[j])
+    return best
+
+
+def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, weights, acc, hs, hi, maxima, k,
                    out_ids, out_scores):
     """Score one sparse query against blocked postings and write its sorted top-k.
 
     Row ``d * n_blocks + b`` of the postings holds dimension d's entries in
     block b, with block-local item ids. ``acc`` holds ``block_items`` zeros
-    (left zeroed); ``hs``/``hi`` hold at least k entries of scratch. Ids in the last
-    (short) block must be below its size (checked when postings are loaded).
+    (left zeroed); ``hs``/``hi`` hold at least k entries of scratch, ``maxima``
+    at least ``block_items // _GROUP``. Ids in the last (short) block must be
+    below its size (checked when postings are loaded).
     """
     n_terms = dims.shape[0]
     size = 0
@@ -182,28 +193,44 @@ def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, 
                 acc[ids[j]] += vals[j] * x
         if touched == 0 and size == k and hs[0] >= 0:
             continue  # every score of the block is 0, and 0 cannot beat the k-th score (ties: lower index)
+        # While the heap is not full, items enter it in index order. A lower bound on the final k-th score lets
+        # most of them be skipped: k groups whose maximum is >= the k-th largest group maximum hold k distinct
+        # items scoring at least that much, so an item scoring below it is never in the top-k.
+        lower = np.float32(-np.inf)
+        n_groups = m // _GROUP
+        if size < k and n_groups >= k:
+            for g in range(n_groups):
+                maxima[g] = _group_max(acc[g * _GROUP : (g + 1) * _GROUP])
+            lower = np.partition(maxima[:n_groups], n_groups - k)[n_groups - k]
         i = 0
-        while size < k and i < m:  # fill the heap with the first k items
-            hs[size] = acc[i]
-            hi[size] = base + i
-            acc[i] = 0.0
-            _sift_up(hs, hi, size)
-            size += 1
-            i += 1
         while i < m:
             stop = min(i + _CHUNK, m)
             chunk = acc[i:stop]
-            threshold = hs[0]
-            hit = False
-            for c in range(stop - i):  # vectorised: any score above the k-th?
-                hit |= chunk[c] > threshold
-            if hit:
+            if size < k:
                 for c in range(stop - i):
                     s = chunk[c]
-                    if s > hs[0]:  # equal scores keep the earlier (lower) index
-                        hs[0] = s
-                        hi[0] = base + i + c
-                        _sift_down(hs, hi, 0, size)
+                    if s >= lower:
+                        if size < k:
+                            hs[size] = s
+                            hi[size] = base + i + c
+                            _sift_up(hs, hi, size)
+                            size += 1
+                        elif s > hs[0]:  # equal scores keep the earlier (lower) index
+                            hs[0] = s
+                            hi[0] = base + i + c
+                            _sift_down(hs, hi, 0, size)
+            else:
+                threshold = hs[0]
+                hit = False
+                for c in range(stop - i):  # vectorised: any score above the k-th?
+                    hit |= chunk[c] > threshold
+                if hit:
+                    for c in range(stop - i):
+                        s = chunk[c]
+                        if s > hs[0]:
+                            hs[0] = s
+                            hi[0] = base + i + c
+                            _sift_down(hs, hi, 0, size)
             for c in range(stop - i):
                 chunk[c] = 0.0
             i = stop
@@ -221,10 +248,11 @@ def _blocked_batch(indptr, indices, data, n_blocks, block_items, n_items, q_indp
                    out_ids, out_scores):
     hs = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
+    maxima = np.empty(block_items // _GROUP + 1, np.float32)
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
         _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, q_dims[a:b], q_weights[a:b], acc,
-                       hs, hi, k, out_ids[r], out_scores[r])
+                       hs, hi, maxima, k, out_ids[r], out_scores[r])
 
 
 if HAVE_NUMBA:
@@ -234,6 +262,7 @@ if HAVE_NUMBA:
     _sift_up = _jit(_sift_up)
     _query_topk = _jit(_query_topk)
     _batch_topk = _jit(_batch_topk)
+    _group_max = numba.njit(nogil=True, cache=True, fastmath=True)(_group_max)
     _blocked_query = _jit(_blocked_query)
     _blocked_batch = _jit(_blocked_batch)
 

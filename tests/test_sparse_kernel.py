@@ -77,6 +77,16 @@ def test_blocked_kernel_bit_identical_to_reference(block_items, k):
     _bits_equal(_blocked(E, Q, k, block_items), _reference(E, Q, k))
 
 
+@pytest.mark.parametrize("k", [1, 40, 125, 126, 4000])
+def test_blocked_kernel_lower_bound_keeps_ties(k):
+    # 4000 items in one block: 125 groups of 32, so k <= 125 takes the lower bound from the group maxima while the
+    # heap fills. Few distinct scores (many ties at the bound itself) and duplicated rows.
+    E, Q = _random(n_items=2000, dims=20, density=0.1, seed=11, integer=True, n_queries=40)
+    E = sp.vstack([E, E]).tocsr()
+    for block_items in (65536, 1000):
+        _bits_equal(_blocked(E, Q, k, block_items), _reference(E, Q, k))
+
+
 def test_blocked_kernel_matches_exact_candidate_scoring_with_ties():
     # One summation order (elsa_index.scoring): the kernels and score_rows + topk agree to the bit, ties included.
     E, Q = _random(n_items=800, dims=60, density=0.15, seed=5)
