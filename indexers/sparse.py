@@ -158,10 +158,9 @@ class BlockedPostings:
 
     def to_postings(self):
         """The plain postings (scipy CSR dims x n_items, int32 item ids), sharing the value array."""
-        block = np.repeat(np.arange(self.dims * self.n_blocks, dtype=np.int64) % self.n_blocks,
-                          np.diff(self.indptr))
-        items = (block * self.block_items + self.indices).astype(np.int32)
-        del block
+        first = (np.arange(self.dims * self.n_blocks, dtype=np.int64) % self.n_blocks) * self.block_items
+        items = np.repeat(first.astype(np.int32), np.diff(self.indptr))  # first item of each entry's block
+        items += self.indices  # in place: no second array of nnz ids
         return sp.csr_matrix((self.data, items, np.asarray(self.indptr[:: self.n_blocks], dtype=np.int64)),
                              shape=(self.dims, self.n_items), copy=False)
 
