@@ -160,15 +160,14 @@ def _group_max(values):
     return best
 
 
-def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, weights, acc, hs, hi, maxima, k,
+def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, weights, acc, hs, hi, k,
                    out_ids, out_scores):
     """Score one sparse query against blocked postings and write its sorted top-k.
 
     Row ``d * n_blocks + b`` of the postings holds dimension d's entries in
     block b, with block-local item ids. ``acc`` holds ``block_items`` zeros
-    (left zeroed); ``hs``/``hi`` hold at least k entries of scratch, ``maxima``
-    at least ``block_items // _GROUP``. Ids in the last (short) block must be
-    below its size (checked when postings are loaded).
+    (left zeroed); ``hs``/``hi`` hold at least k entries of scratch. Ids in the
+    last (short) block must be below its size (checked when postings are loaded).
     """
     n_terms = dims.shape[0]
     size = 0
@@ -198,10 +197,19 @@ def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, 
         # items scoring at least that much, so an item scoring below it is never in the top-k.
         lower = np.float32(-np.inf)
         n_groups = m // _GROUP
-        if size < k and n_groups >= k:
+        if size == 0 and n_groups >= k:
+            # The k-th largest group maximum, selected with the (still empty) heap.
             for g in range(n_groups):
-                maxima[g] = _group_max(acc[g * _GROUP : (g + 1) * _GROUP])
-            lower = np.partition(maxima[:n_groups], n_groups - k)[n_groups - k]
+                v = _group_max(acc[g * _GROUP : (g + 1) * _GROUP])
+                if g < k:
+                    hs[g] = v
+                    hi[g] = g
+                    _sift_up(hs, hi, g)
+                elif v > hs[0]:
+                    hs[0] = v
+                    hi[0] = g
+                    _sift_down(hs, hi, 0, k)
+            lower = hs[0]
         i = 0
         while i < m:
             stop = min(i + _CHUNK, m)
@@ -248,11 +256,10 @@ def _blocked_batch(indptr, indices, data, n_blocks, block_items, n_items, q_indp
                    out_ids, out_scores):
     hs = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
-    maxima = np.empty(block_items // _GROUP + 1, np.float32)
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
         _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, q_dims[a:b], q_weights[a:b], acc,
-                       hs, hi, maxima, k, out_ids[r], out_scores[r])
+                       hs, hi, k, out_ids[r], out_scores[r])
 
 
 if HAVE_NUMBA:
