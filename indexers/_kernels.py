@@ -9,12 +9,16 @@ id within its block fits in a uint16), and each dimension's posting list is
 split at the block boundaries. One query is scored block by block: the
 posting runs of the query's dims that fall in the block are scattered into an
 accumulator of ``block_items`` floats (256 KiB at the default, resident in
-the core's L2 cache instead of a 4 MB array in memory), then the block's
-accumulator is scanned in chunks: a chunk is read by one vectorised compare
-against the heap's current k-th score and only chunks holding a better score
-are looked at item by item; a block the query does not touch is skipped once
-the k-th score is >= 0. Postings cost 6 bytes (float32 value, uint16 id)
-instead of 8.
+the core's L2 cache instead of a 4 MB array in memory; the start of the
+next posting run is prefetched), then the block's accumulator is scanned in
+chunks: a chunk is read by one vectorised compare against the heap's current
+k-th score and only chunks holding a better score are looked at item by
+item. While the heap fills, a lower bound on the final k-th score (the k-th
+largest maximum of groups of ``_GROUP`` items) keeps most items out of it; a
+block the query does not touch is skipped once the k-th score is >= 0.
+Postings cost 6 bytes (float32 value, uint16 id) instead of 8. Measured at 1M
+items of 16 nnz with 200-term queries: 0.13-0.33x the reference kernel's time
+(see the README).
 
 ``_batch_topk`` is the original kernel (one accumulator of n_items floats and
 one heap pass over all of it), kept as the ``kernel="reference"`` search
@@ -153,7 +157,8 @@ _GROUP = 32
 
 
 def _group_max(values):
-    # Exact maximum of a few finite floats (compiled with fastmath: max is exact in any order, so it vectorises).
+    # Exact maximum of a few floats, compiled with fastmath (no NaN/inf assumed: queries and postings are checked
+    # finite): a maximum is exact in any order, so the loop may be vectorised.
     best = values[0]
     for j in range(1, values.shape[0]):
         best = max(best, values[j])

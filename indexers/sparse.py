@@ -178,11 +178,6 @@ def n_blocks(n_items: int, block_items: int) -> int:
     return max(1, -(-int(n_items) // int(block_items)))
 
 
-def n_blocks(n_items: int, block_items: int) -> int:
-    """Number of item blocks (at least one, so an empty catalogue still has a valid layout)."""
-    return max(1, -(-int(n_items) // int(block_items)))
-
-
 class ExactSparse(Backend):
     """Exact top-k by inner product over sparse (or dense) item embeddings.
 
