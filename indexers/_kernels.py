@@ -53,17 +53,14 @@ except ImportError:  # pragma: no cover - numba is a dependency; kept importable
     HAVE_NUMBA = False
 
 
-def _prefetch(array, index):
-    """Hint the CPU to load ``array[index]`` into its caches (no effect on results)."""
-
-
 if HAVE_NUMBA:
     from llvmlite import ir
     from numba.core import cgutils
     from numba.extending import intrinsic
 
     @intrinsic
-    def _prefetch(typingctx, array, index):  # noqa: F811 - the compiled form of the stub above
+    def _prefetch(typingctx, array, index):
+        """Hint the CPU to load ``array[index]`` into its caches (no effect on results)."""
         # LLVM's prefetch intrinsic (read, high locality, data cache): a load that never stalls the core.
         def codegen(context, builder, signature, args):
             aryty = signature.args[0]
@@ -77,6 +74,11 @@ if HAVE_NUMBA:
             return context.get_dummy_value()
 
         return numba.types.void(array, index), codegen
+
+else:  # pragma: no cover
+
+    def _prefetch(array, index):
+        """Hint the CPU to load ``array[index]`` into its caches (no effect on results)."""
 
 
 def _heap_less(s1, i1, s2, i2):
