@@ -261,10 +261,10 @@ def test_touched_bytes_models(name, info, search, k, expect):
 
 
 def test_touched_bytes_of_postings_and_unknowns():
-    posting = np.array([800.0, 1600.0])
-    for name in ("sparse", "lucene"):
-        tb, model = get_backend(name).touched_bytes({"n_items": 5, "dims": 4}, {}, 10, posting, 2)
-        np.testing.assert_array_equal(tb, posting)
+    posting = np.array([800.0, 1600.0])  # 8 B per posting (float32 value, int32 id)
+    for name, search, share in (("sparse", {}, 0.75), ("sparse", {"kernel": "reference"}, 1.0), ("lucene", {}, 1.0)):
+        tb, model = get_backend(name).touched_bytes({"n_items": 5, "dims": 4}, search, 10, posting, 2)
+        np.testing.assert_array_equal(tb, posting * share)  # sparse's blocked postings: uint16 ids, 6 B each
         assert "postings" in model
     tb, model = get_backend("lucene").touched_bytes({"n_items": 5, "dims": 4}, {}, 10, None, 2)
     assert np.isnan(tb).all() and model == "n/a"
