@@ -168,9 +168,9 @@ def _protocol_lines(cfg, machine: dict) -> list[str]:
         "- Memory: bytes of the index directory on disk; peak RSS (VmHWM) of a fresh process that opens the index "
         "and serves every query one at a time, minus that of a fresh process that only imports the package "
         f"(mode `{cfg.memory_probe}`; the JVM is inside the process for Lucene).",
-        "- Lower bound: bytes a query must read (inverted index: 8 B per posting of its dimensions; Flat: every "
-        "vector; IVF/HNSW: a model of the vectors visited) divided by the measured bandwidth; `x bound` is the "
-        "measured p50 over the p50 bound.",
+        "- Lower bound: bytes a query must read, from each backend's own cost model (an inverted index: the bytes per "
+        "posting of its layout times the postings of the query's dimensions; Flat: every vector; IVF/HNSW: a model "
+        "of the vectors visited) divided by the measured bandwidth; `x bound` is the measured p50 over the p50 bound.",
         "",
     ]
 
