@@ -262,3 +262,35 @@ def test_compact_training_gives_the_masked_dense_model(planted, n_negatives, res
     # and it did train after the switch: the fine-tuned model differs from the pruned one
     pruned = CompressedELSA(48, 6, **dict(kw, epochs=2, finetune_epochs=0)).fit(inner.train.matrix).embeddings_
     assert abs(Ea - pruned).max() > 1e-3
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lean_loss_is_the_normalised_mse(weighted):
+    import torch
+    import torch.nn.functional as F
+
+    from elsa_index.models.elsa import _elsa_loss
+
+    g = torch.Generator().manual_seed(0)
+    b, n = 5, 12
+    X = sp.random(b, n, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    X.data[:] = 1
+    X = sp.csr_matrix(sp.diags(np.array([1, 1, 1, 0, 1], np.float32)) @ X)  # user 3: empty history
+    X.eliminate_zeros()
+    w = torch.ones(n, dtype=torch.float64)
+    if weighted:
+        w[np.setdiff1d(np.arange(n), X.indices)] = torch.rand(n - len(np.unique(X.indices)), generator=g,
+                                                             dtype=torch.float64) * 5
+    scores = torch.randn(b, n, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.from_numpy(X.toarray()).double()
+    ref = (F.normalize(torch.relu(scores - target) * w.sqrt(), dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
+    ref.backward()
+    g_ref = scores.grad.clone()
+    scores.grad = None
+    rows = torch.from_numpy(np.repeat(np.arange(b), np.diff(X.indptr)))
+    cols = torch.from_numpy(X.indices.astype(np.int64))
+    data = torch.from_numpy(X.data).double()
+    lean = _elsa_loss(scores.clone(), rows, cols, data, w.sqrt() if weighted else None)
+    lean.backward()
+    torch.testing.assert_close(lean, ref)
+    torch.testing.assert_close(scores.grad, g_ref)

@@ -299,15 +299,16 @@ class ELSA:
         init = torch.empty(n_items, width)
         torch.nn.init.kaiming_uniform_(init, generator=gen)
         init = torch.nn.functional.normalize(init, dim=-1)
-        weight = torch.nn.Parameter(init.to(device, copy=True))
-        # The initial weights are kept only for restarts; the mask only for pruning.
-        init = init if self._restart else None
         n_batches = max(1, math.ceil(n_users / self.batch_size))
         plan = self._pruning_plan(n_batches)  # global step -> nnz
         last_prune = max(plan) if plan else -1
-        mask = torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None
-        opt = torch.optim.NAdam([weight], lr=self.lr)
-        state = _DenseState(weight, mask)
+        # The mask exists only for pruning, the initial weights only for restarts.
+        # No other reference to the dense weight is kept, so it is freed when
+        # the compact state takes over.
+        state = _DenseState(torch.nn.Parameter(init.to(device, copy=True)),
+                            torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None)
+        init = init if self._restart else None
+        opt = torch.optim.NAdam([state.weight], lr=self.lr)
         sampler = self._make_sampler(X)
         self.n_outputs_ = n_items if sampler is None else sampler.n_negatives
 
@@ -384,30 +385,26 @@ class ELSA:
 
     def _step(self, Xb: sp.csr_matrix, state, opt, sampler, rng, device) -> float:
         import torch
-        import torch.nn.functional as F
 
+        Xb.sum_duplicates()  # Xb is a fresh row selection, not the caller's matrix
+        n_rows = Xb.shape[0]
         indptr = torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(device)
         idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
+        rows = torch.from_numpy(np.repeat(np.arange(n_rows), np.diff(Xb.indptr))).to(device)
+        data = torch.from_numpy(Xb.data.astype(np.float32)).to(device)
         if sampler is None:
-            cols, sqrt_w = None, None
-            target = torch.from_numpy(Xb.toarray()).to(device)
+            cols, sqrt_w, local = None, None, idx
         else:
             cols_np, w = sampler.sample(Xb, rng)
             lookup = np.full(Xb.shape[1], -1, np.int64)
             lookup[cols_np] = np.arange(len(cols_np))
-            sub = sp.csr_matrix((Xb.data, lookup[Xb.indices], Xb.indptr), shape=(Xb.shape[0], len(cols_np)))
-            target = torch.from_numpy(sub.toarray()).to(device)
+            local = torch.from_numpy(lookup[Xb.indices]).to(device)
             cols = torch.from_numpy(cols_np).to(device)
             sqrt_w = None if w is None else torch.from_numpy(np.sqrt(w).astype(np.float32)).to(device)
 
         opt.zero_grad(set_to_none=True)
-        scores = state.scores(idx, indptr, Xb.shape[0], cols)
-        pred = torch.relu(scores - target)
-        if sqrt_w is not None:
-            # A column weighted w counts w times in ‖pred‖²; targets live on
-            # the batch's positives, whose weight is 1.
-            pred = pred * sqrt_w
-        loss = (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
+        scores = state.scores(idx, indptr, n_rows, cols)
+        loss = _elsa_loss(scores, rows, local, data, sqrt_w)
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -428,6 +425,30 @@ class ELSA:
 
 
 # ---------------------------------------------------------------- training state
+
+
+def _elsa_loss(scores, rows, cols, data, sqrt_w=None):
+    """ELSA's normalised MSE ``mean_u ‖p/‖p‖ − x/‖x‖‖²`` with ``p = relu(scores − x)``, x given sparse.
+
+    ``scores`` (batch, n_cols) are consumed (modified in place); the history x
+    is ``data`` at ``(rows, cols)``. With ``sqrt_w`` (n_cols,), column j counts
+    ``w_j`` times in ``‖p‖²`` (sampled outputs; x must lie on columns of
+    weight 1). Expanding the square as ``‖p‖²/n_p² + ‖x‖²/n_x² − 2 p·x/(n_p n_x)``
+    (``n = max(‖·‖, 1e-12)``, as ``F.normalize``) keeps a single batch x
+    n_cols array alive instead of the target and the normalised copies.
+    """
+    import torch
+
+    eps = 1e-12
+    pred = scores.index_put_((rows, cols), -data, accumulate=True).relu_()
+    if sqrt_w is not None:
+        pred = pred * sqrt_w
+    pp = pred.pow(2).sum(-1)
+    px = torch.zeros_like(pp).index_add(0, rows, pred[rows, cols] * data)
+    xx = torch.zeros_like(pp).index_add(0, rows, data * data)
+    n_p, n_x = pp.sqrt().clamp_min(eps), xx.sqrt().clamp_min(eps)
+    return (pp / n_p**2 + xx / n_x**2 - 2 * px / (n_p * n_x)).mean()
+
 
 
 class _NegativeSampler:
