@@ -294,3 +294,24 @@ def test_lean_loss_is_the_normalised_mse(weighted):
     lean.backward()
     torch.testing.assert_close(lean, ref)
     torch.testing.assert_close(scores.grad, g_ref)
+
+
+def test_epoch_seconds_exclude_validation(planted, monkeypatch):
+    import time
+
+    from elsa_index.models import elsa as elsa_mod
+    from elsa_index.workflow import train_checkpoint
+
+    real = elsa_mod._validation_recall
+
+    def slow(*args):
+        time.sleep(1.0)  # a validation pass far slower than a training epoch here
+        return real(*args)
+
+    monkeypatch.setattr(elsa_mod, "_validation_recall", slow)
+    model = ELSA(8, epochs=2, batch_size=2000, progress=False)
+    t0 = time.perf_counter()
+    ckpt = train_checkpoint(model, planted, validation_users=100, patience=None, refit=False, evaluate_heldout=False)
+    assert time.perf_counter() - t0 > 2.0
+    assert all(h["seconds"] < 1.0 for h in model.history_)
+    assert 0 < ckpt.config["seconds_per_epoch"] < 1.0
