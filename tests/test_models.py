@@ -244,8 +244,6 @@ def test_compact_product_matches_dense_with_gradients(monkeypatch):
 @pytest.mark.parametrize("n_negatives", [None, 40])
 @pytest.mark.parametrize("restart", [False, True])
 def test_compact_training_gives_the_masked_dense_model(planted, n_negatives, restart):
-    X = planted.train.matrix
-
     class Masked(CompressedELSA):
         _compact_after_pruning = False
 
