@@ -108,7 +108,7 @@ def _tiny():
         (lambda: ELSA(8, epochs=0), "epochs must be"),
         (lambda: ELSA(8, lr=-1.0), "lr must be"),
         (lambda: ELSA(8, lr=float("nan")), "lr must be"),
-        (lambda: ELSA(8, n_negatives=-3), r"n_negatives must be an integer >= 0, got -3 \(or None\)"),
+        (lambda: ELSA(8, n_negatives=-3), r"n_negatives must be an integer >= 0, got -3 \(or None for all items, or .auto.\)"),
         (lambda: ELSA(8, batch_size=2.5), r"batch_size must be an integer >= 1, got 2.5"),
         (lambda: ELSA(8, epochs=True), r"epochs must be an integer >= 1, got True"),
         (lambda: CompressedELSA(16, 4, epochs=3, prune_steps=0), r"prune_steps must be an integer >= 1, got 0"),
@@ -150,3 +150,166 @@ def test_unavailable_device():
 def test_unfitted_model():
     with pytest.raises(TrainingError, match="not fitted"):
         ELSA(8).score(_tiny())
+
+
+# ---------------------------------------------------------------- outputs and sampling
+
+
+def test_auto_outputs_are_full_within_the_cap_and_sampled_beyond(planted, monkeypatch):
+    from elsa_index.models import elsa as elsa_mod
+
+    X = planted.train.matrix
+    full = ELSA(16, epochs=2, progress=False, seed=3).fit(X)
+    auto = ELSA(16, epochs=2, n_negatives="auto", progress=False, seed=3).fit(X)
+    none = ELSA(16, epochs=2, n_negatives=None, progress=False, seed=3).fit(X)
+    assert auto.n_outputs_ == none.n_outputs_ == X.shape[1]
+    np.testing.assert_array_equal(auto.embeddings_, none.embeddings_)
+    np.testing.assert_array_equal(full.embeddings_, none.embeddings_)
+    # A catalogue over the cap (here: a cap of 4 batches' worth of 8 items) switches to sampling.
+    monkeypatch.setattr(elsa_mod, "FULL_OUTPUT_CAP", 8 * 256)
+    m = ELSA(16, epochs=1, batch_size=256, progress=False).fit(X)
+    assert m.n_outputs_ == 8 and ELSA(16, batch_size=256).n_outputs(X.shape[1]) == 8
+
+
+def test_sampling_correction_leaves_full_outputs_unchanged(planted):
+    # The correction only weights sampled columns: full-output training is the same with it off.
+    X = planted.train.matrix
+
+    class Uncorrected(ELSA):
+        _sampling_correction = False
+
+    a = ELSA(16, epochs=2, n_negatives=None, progress=False, seed=1).fit(X)
+    b = Uncorrected(16, epochs=2, n_negatives=None, progress=False, seed=1).fit(X)
+    np.testing.assert_array_equal(a.embeddings_, b.embeddings_)
+
+
+@pytest.mark.parametrize("negatives", ["popularity", "uniform"])
+def test_sampled_weights_estimate_full_sums_without_bias(negatives):
+    from elsa_index.models.elsa import _NegativeSampler
+
+    rng = np.random.default_rng(0)
+    n = 50
+    counts = rng.integers(0, 30, n).astype(float)
+    f = rng.random(n) ** 3  # any per-item quantity, e.g. a user's squared prediction
+    Xb = sp.csr_matrix((np.ones(3, np.float32), [2, 7, 40], [0, 2, 3]), shape=(2, n))
+    s = _NegativeSampler(n, 10, counts if negatives == "popularity" else None)
+    est = []
+    for _ in range(4000):
+        cols, w = s.sample(Xb, rng)
+        assert (np.diff(cols) > 0).all()
+        assert set([2, 7, 40]) <= set(cols.tolist())
+        np.testing.assert_array_equal(w[np.isin(cols, [2, 7, 40])], 1.0)  # positives: always scored, weight 1
+        est.append(np.dot(w, f[cols]))
+    se = np.std(est) / np.sqrt(len(est))
+    assert abs(np.mean(est) - f.sum()) < 4 * se, (np.mean(est), f.sum(), se)
+    # Uncorrected sums fall short of the full one.
+    raw = [f[s.sample(Xb, rng)[0]].sum() for _ in range(200)]
+    assert np.mean(raw) < f.sum() - 10 * se
+
+
+def test_corrected_sampled_outputs_train_well(planted):
+    pop = _recall(planted, Popularity().fit(planted.train.matrix))
+    for negatives in ("popularity", "uniform"):
+        m = ELSA(32, epochs=12, lr=0.03, n_negatives=60, negatives=negatives, progress=False).fit(planted.train.matrix)
+        assert m.n_outputs_ == 60
+        assert _recall(planted, m) > pop + 0.1, negatives
+
+
+# ---------------------------------------------------------------- compact state after pruning
+
+
+def test_compact_product_matches_dense_with_gradients(monkeypatch):
+    import torch
+
+    from elsa_index.models import elsa as elsa_mod
+
+    monkeypatch.setattr(elsa_mod, "_CHUNK_FLOATS", 24)  # 3 rows of 8 dims a chunk: several chunks
+    g = torch.Generator().manual_seed(0)
+    n, d, k, b = 10, 8, 3, 4
+    cols = torch.stack([torch.randperm(d, generator=g)[:k].sort().values for _ in range(n)])
+    values = torch.randn(n, k, generator=g, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(b, d, generator=g, dtype=torch.float64, requires_grad=True)
+    out = elsa_mod._sparse_rows_product(u, values, cols)
+    w = torch.randn(b, n, generator=g, dtype=torch.float64)
+    (out * w).sum().backward()
+    dense = torch.zeros(n, d, dtype=torch.float64).scatter(1, cols, values.detach()).requires_grad_(True)
+    u2 = u.detach().clone().requires_grad_(True)
+    ref = u2 @ dense.T
+    (ref * w).sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(u.grad, u2.grad)
+    torch.testing.assert_close(values.grad, torch.gather(dense.grad, 1, cols))
+
+
+@pytest.mark.parametrize("n_negatives", [None, 40])
+@pytest.mark.parametrize("restart", [False, True])
+def test_compact_training_gives_the_masked_dense_model(planted, n_negatives, restart):
+    class Masked(CompressedELSA):
+        _compact_after_pruning = False
+
+    kw = dict(epochs=4, warmup_epochs=0, finetune_epochs=2, prune_steps=5, lr=0.03, batch_size=256,
+              n_negatives=n_negatives, restart=restart, progress=False, seed=2)
+    inner = strong_generalization_split(planted.train, 150, seed=9)
+    a = CompressedELSA(48, 6, **kw).fit(inner.train.matrix, validation=(inner.fold_in, inner.targets), patience=None)
+    b = Masked(48, 6, **kw).fit(inner.train.matrix, validation=(inner.fold_in, inner.targets), patience=None)
+    Ea, Eb = a.embeddings_, b.embeddings_
+    np.testing.assert_array_equal(Ea.indices, Eb.indices)
+    np.testing.assert_allclose(Ea.data, Eb.data, atol=2e-5)
+    assert a.best_epoch_ == b.best_epoch_
+    np.testing.assert_allclose([h["loss"] for h in a.history_], [h["loss"] for h in b.history_], rtol=1e-4)
+    # and it did train after the switch: the fine-tuned model differs from the pruned one
+    pruned = CompressedELSA(48, 6, **dict(kw, epochs=2, finetune_epochs=0)).fit(inner.train.matrix).embeddings_
+    assert abs(Ea - pruned).max() > 1e-3
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lean_loss_is_the_normalised_mse(weighted):
+    import torch
+    import torch.nn.functional as F
+
+    from elsa_index.models.elsa import _elsa_loss
+
+    g = torch.Generator().manual_seed(0)
+    b, n = 5, 12
+    X = sp.random(b, n, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    X.data[:] = 1
+    X = sp.csr_matrix(sp.diags(np.array([1, 1, 1, 0, 1], np.float32)) @ X)  # user 3: empty history
+    X.eliminate_zeros()
+    w = torch.ones(n, dtype=torch.float64)
+    if weighted:
+        w[np.setdiff1d(np.arange(n), X.indices)] = torch.rand(n - len(np.unique(X.indices)), generator=g,
+                                                             dtype=torch.float64) * 5
+    scores = torch.randn(b, n, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.from_numpy(X.toarray()).double()
+    ref = (F.normalize(torch.relu(scores - target) * w.sqrt(), dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
+    ref.backward()
+    g_ref = scores.grad.clone()
+    scores.grad = None
+    rows = torch.from_numpy(np.repeat(np.arange(b), np.diff(X.indptr)))
+    cols = torch.from_numpy(X.indices.astype(np.int64))
+    data = torch.from_numpy(X.data).double()
+    lean = _elsa_loss(scores.clone(), rows, cols, data, w.sqrt() if weighted else None)
+    lean.backward()
+    torch.testing.assert_close(lean, ref)
+    torch.testing.assert_close(scores.grad, g_ref)
+
+
+def test_epoch_seconds_exclude_validation(planted, monkeypatch):
+    import time
+
+    from elsa_index.models import elsa as elsa_mod
+    from elsa_index.workflow import train_checkpoint
+
+    real = elsa_mod._validation_recall
+
+    def slow(*args):
+        time.sleep(1.0)  # a validation pass far slower than a training epoch here
+        return real(*args)
+
+    monkeypatch.setattr(elsa_mod, "_validation_recall", slow)
+    model = ELSA(8, epochs=2, batch_size=2000, progress=False)
+    t0 = time.perf_counter()
+    ckpt = train_checkpoint(model, planted, validation_users=100, patience=None, refit=False, evaluate_heldout=False)
+    assert time.perf_counter() - t0 > 2.0
+    assert all(h["seconds"] < 1.0 for h in model.history_)
+    assert 0 < ckpt.config["seconds_per_epoch"] < 1.0

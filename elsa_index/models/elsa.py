@@ -13,9 +13,17 @@ surviving weights to their initial values and the optimiser state after each
 pruning event. User encoding and item scoring live in
 :mod:`elsa_index.models.scoring`.
 
-With ``n_negatives`` set, each batch scores only the batch's positive items
-plus that many uniformly sampled items (sampled outputs), so large catalogues
-train without an n_items-wide output per user.
+Outputs: by default (``n_negatives="auto"``) every batch scores the whole
+catalogue (full outputs) whenever ``batch_size x n_items`` scores fit under
+:data:`FULL_OUTPUT_CAP`; beyond that each batch scores the batch's positive
+items plus sampled negatives, with an importance-weighting correction that
+keeps the loss's normalisation an unbiased estimate of the full one (see
+:meth:`ELSA._sample_columns`).
+
+Memory: once Compressed ELSA's last pruning event has passed, the dense
+``n_items x dims`` weight, mask and optimiser state are dropped and training
+continues on a compact ``(n_items, nnz)`` values + column-indices
+parametrisation (same updates, a fraction of the memory).
 """
 
 from __future__ import annotations
@@ -41,6 +49,19 @@ logger = logging.getLogger(__name__)
 
 # torch is imported inside the methods that train: loading a checkpoint,
 # scoring and serving (which import this module) must not pay for it.
+
+#: Full outputs are used when ``batch_size * n_items`` scores stay within this
+#: many floats (128 MiB per float32 batch x catalogue array; a training step
+#: holds about eight such arrays: scores, target, their normalised copies and
+#: gradients). At batch 512 that is catalogues of up to 65,536 items.
+FULL_OUTPUT_CAP = 1 << 25
+
+#: Negatives are drawn with probability proportional to (training count + 1)
+#: to this power (word2vec's smoothing: popular items, which score high and
+#: dominate the loss's normalisation, are drawn often; rare ones still can be).
+POPULARITY_POWER = 0.75
+
+NEGATIVE_SAMPLERS = ("popularity", "uniform")
 
 # SCHEDULES, nnz_schedule, score_items and encode_users are re-exported for
 # code that imported them from here before they got their own modules.
@@ -105,8 +126,25 @@ class ELSA:
     epochs : passes over the training users.
     batch_size : users per step.
     lr : Nadam learning rate.
-    n_negatives : if set, sampled outputs: score only the batch's positives
-        plus this many uniformly drawn items per batch. ``None`` scores all items.
+    n_negatives : which items each batch scores.
+
+        - ``"auto"`` (default): all items (full outputs) when
+          ``batch_size * n_items <= FULL_OUTPUT_CAP`` (2**25 scores, i.e.
+          128 MiB per float32 batch x catalogue array; catalogues of up to
+          65,536 items at batch 512), else sampled outputs with
+          ``FULL_OUTPUT_CAP // batch_size`` negatives per batch.
+        - ``None``: always all items.
+        - an int N: sampled outputs, the batch's positive items plus N
+          negatives drawn (with replacement) per batch.
+    negatives : how sampled negatives are drawn: ``"popularity"`` (probability
+        proportional to ``(training count + 1) ** POPULARITY_POWER``) or
+        ``"uniform"``. The batch's positive items are always scored, and the
+        negatives are drawn among the other items. Either way each sampled
+        column is weighted by ``count / (N · q)`` (importance weights, the
+        equivalent for ELSA's normalised loss of the logQ correction of a
+        sampled softmax), so the squared norm of the prediction, which the
+        loss normalises by, is an unbiased estimate of the full-output one.
+        Full outputs use no weights and are unaffected.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     seed : seeds initialisation, shuffling and negative sampling.
     progress : show a progress bar.
@@ -114,8 +152,11 @@ class ELSA:
     Attributes
     ----------
     embeddings_ : ndarray float32 (n_items, dims), L2-normalised rows.
-    history_ : list of dict per epoch (epoch, loss, nnz, seconds[, val_recall@20]).
+    history_ : list of dict per epoch (epoch, loss, nnz, seconds[, val_recall@20]);
+        ``seconds`` is the epoch's training time, validation excluded.
     best_epoch_ : epoch whose weights were kept (with validation), else None.
+    n_outputs_ : items scored per batch (``n_items`` with full outputs, else
+        the number of sampled negatives).
 
     Notes
     -----
@@ -130,11 +171,17 @@ class ELSA:
     _: KW_ONLY
     epochs: int = 20
     batch_size: int = 512
-    lr: float = 0.1
-    n_negatives: int | None = None
+    lr: float = 0.01
+    n_negatives: int | str | None = "auto"
+    negatives: str = "popularity"
     device: str = "auto"
     seed: int = 0
     progress: bool = field(default=True, metadata=_NOT_A_PARAM)
+
+    #: weight sampled columns by 1 / (N q) (off only to measure the uncorrected loss)
+    _sampling_correction = True
+    #: train only the live entries after the last pruning event (off only to measure the masked dense state)
+    _compact_after_pruning = True
 
     # -- configuration
 
@@ -146,26 +193,42 @@ class ELSA:
         """Raise TrainingError for invalid settings (called by ``fit``; cheap, no data needed)."""
         _check_ints(self, (("dims", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)))
         check_float(self.lr, "lr", 0.0, low_open=True, error=TrainingError)
-        check_int(self.n_negatives, "n_negatives", 0, allow_none=True, error=TrainingError, hint=" (or None)")
+        if self.n_negatives != "auto" or not isinstance(self.n_negatives, str):
+            check_int(self.n_negatives, "n_negatives", 0, allow_none=True, error=TrainingError,
+                      hint=" (or None for all items, or 'auto')")
+        if self.negatives not in NEGATIVE_SAMPLERS:
+            raise TrainingError(f"unknown negatives sampler {self.negatives!r}; expected one of {NEGATIVE_SAMPLERS}")
+
+    def n_outputs(self, n_items: int) -> int | None:
+        """Negatives sampled per batch for a catalogue of ``n_items`` (``None``: full outputs), per ``n_negatives``."""
+        if self.n_negatives is None:
+            return None
+        if self.n_negatives == "auto":
+            if int(self.batch_size) * int(n_items) <= FULL_OUTPUT_CAP:
+                return None
+            return max(1, FULL_OUTPUT_CAP // int(self.batch_size))
+        return int(self.n_negatives)
 
     def _check_memory(self, n_users: int, n_items: int, device) -> None:
         """Refuse, before allocating, a model whose training state cannot fit in memory (naming ``dims``).
 
-        Per weight: the initial copy and its normalised copy, the weight, its
-        gradient, two NAdam moments, the mask and the best epoch's copy (about
-        32 bytes); per batch: the inputs, hidden and output activations and
-        their gradients. Host memory is checked (the initial weights are made
-        there); on a GPU the device has its own limit, reported by torch.
+        Per weight: the weight, its gradient, two NAdam moments, the masked
+        and normalised copies and the best epoch's copy (about 28 bytes; the
+        initial copy too with ``restart``); per batch: the inputs, hidden and
+        output activations and their gradients. Host memory is checked (the
+        initial weights are made there); on a GPU the device has its own
+        limit, reported by torch.
         """
         width = int(self._start_dims)
-        outputs = n_items if self.n_negatives is None else min(n_items, int(self.n_negatives) + int(self.batch_size) * 64)
+        neg = self.n_outputs(n_items)
+        outputs = n_items if neg is None else min(n_items, neg + int(self.batch_size) * 64)
         batch = min(int(self.batch_size), n_users)
         need = float(n_items) * width * (32 if device.type == "cpu" else 8) + float(batch) * (width + outputs + n_items) * 16
         check_fits(need, f"training with dims={width} on {n_items} items", error=TrainingError,
                    hint="lower --dims (the embedding width)")
-        if self.n_negatives is not None:
-            # Each step draws n_negatives int64 ids and sorts them together with the positives.
-            check_fits(float(self.n_negatives) * 32, f"n_negatives={self.n_negatives} (sampled items per batch)",
+        if neg is not None:
+            # Each step draws n_negatives int64 ids and counts them.
+            check_fits(float(neg) * 32, f"n_negatives={neg} (sampled items per batch)",
                        error=TrainingError, hint=f"use at most the {n_items} items, or leave it unset to score all items")
 
     def _validate(self, X) -> sp.csr_matrix:
@@ -236,16 +299,23 @@ class ELSA:
         init = torch.empty(n_items, width)
         torch.nn.init.kaiming_uniform_(init, generator=gen)
         init = torch.nn.functional.normalize(init, dim=-1)
-        weight = torch.nn.Parameter(init.clone().to(device))
-        mask = torch.ones(n_items, width, dtype=torch.bool, device=device)
-        opt = torch.optim.NAdam([weight], lr=self.lr)
-
         n_batches = max(1, math.ceil(n_users / self.batch_size))
         plan = self._pruning_plan(n_batches)  # global step -> nnz
+        last_prune = max(plan) if plan else -1
+        # The mask exists only for pruning, the initial weights only for restarts.
+        # No other reference to the dense weight is kept, so it is freed when
+        # the compact state takes over.
+        state = _DenseState(torch.nn.Parameter(init.to(device, copy=True)),
+                            torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None)
+        init = init if self._restart else None
+        opt = torch.optim.NAdam([state.weight], lr=self.lr)
+        sampler = self._make_sampler(X)
+        self.n_outputs_ = n_items if sampler is None else sampler.n_negatives
+
         cur_nnz = width
         self.history_ = []
         self.best_epoch_ = None
-        best = None  # (val recall, epoch, weight, mask)
+        best = None  # (val recall, epoch, snapshot)
         bar = None
         if self.progress:
             bar = tqdm(total=self.epochs * n_batches, desc=f"{self.kind} {width}d", unit="batch", leave=False)
@@ -258,11 +328,15 @@ class ELSA:
                 for b in range(n_batches):
                     if step in plan:
                         cur_nnz = plan[step]
-                        self._prune(weight, mask, init.to(device), cur_nnz)
+                        self._prune(state.weight, state.mask, None if init is None else init.to(device), cur_nnz)
                         if self._restart:
-                            opt = torch.optim.NAdam([weight], lr=self.lr)
+                            opt = torch.optim.NAdam([state.weight], lr=self.lr)
+                        if step == last_prune and cur_nnz < width and self._compact_after_pruning:
+                            # From here on only the live entries change: train them alone.
+                            state, opt = _CompactState.from_masked(state, opt, self.lr)
+                            init = None
                     rows = order[b * self.batch_size : (b + 1) * self.batch_size]
-                    loss = self._step(X[rows], weight, mask, opt, rng, device, cur_nnz < width)
+                    loss = self._step(X[rows], state, opt, sampler, rng, device)
                     if not math.isfinite(loss):
                         raise TrainingError(
                             f"training loss became {loss} at epoch {epoch + 1}, batch {b + 1}; "
@@ -277,12 +351,10 @@ class ELSA:
                 stats = EpochStats(epoch + 1, total / seen, cur_nnz, time.perf_counter() - t0).as_dict()
                 logger.info("epoch %d loss %.5f nnz %d (%.1fs)", epoch + 1, stats["loss"], cur_nnz, stats["seconds"])
                 if validation is not None:
-                    with torch.no_grad():
-                        A = torch.nn.functional.normalize(weight * mask, dim=-1).cpu().numpy()
-                    stats["val_recall@20"] = score = _validation_recall(A, *validation)
+                    stats["val_recall@20"] = score = _validation_recall(state.embeddings(), *validation)
                     # Only epochs at the final width are eligible (pruning may still be under way).
                     if cur_nnz == self._final_nnz and (best is None or score > best[0]):
-                        best = (score, epoch + 1, weight.detach().clone(), mask.clone())
+                        best = (score, epoch + 1, state.snapshot())
                     elif best is not None and patience is not None and epoch + 1 - best[1] >= patience:
                         self.history_.append(stats)
                         logger.info("early stop after epoch %d; best epoch %d", epoch + 1, best[1])
@@ -294,10 +366,8 @@ class ELSA:
             if bar is not None:
                 bar.close()
         if best is not None:
-            _, self.best_epoch_, weight, mask = best
-        with torch.no_grad():
-            A = torch.nn.functional.normalize(weight * mask, dim=-1).cpu().numpy().astype(np.float32)
-        self._finish(A, mask.cpu().numpy())
+            _, self.best_epoch_, state = best
+        self._finish(state)
         self.n_items_ = n_items
         return self
 
@@ -306,40 +376,41 @@ class ELSA:
     def _prune(self, weight, mask, init, nnz: int) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _step(self, Xb: sp.csr_matrix, weight, mask, opt, rng, device, masked: bool) -> float:
-        import torch
-        import torch.nn.functional as F
+    def _make_sampler(self, X: sp.csr_matrix) -> "_NegativeSampler | None":
+        neg = self.n_outputs(X.shape[1])
+        if neg is None:
+            return None
+        counts = np.asarray(X.sum(axis=0)).ravel() if self.negatives == "popularity" else None
+        return _NegativeSampler(X.shape[1], neg, counts, correct=self._sampling_correction)
 
-        n_items = Xb.shape[1]
+    def _step(self, Xb: sp.csr_matrix, state, opt, sampler, rng, device) -> float:
+        import torch
+
+        Xb.sum_duplicates()  # Xb is a fresh row selection, not the caller's matrix
+        n_rows = Xb.shape[0]
         indptr = torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(device)
         idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
-        if self.n_negatives is None:
-            cols = None
-            target = torch.from_numpy(Xb.toarray()).to(device)
+        rows = torch.from_numpy(np.repeat(np.arange(n_rows), np.diff(Xb.indptr))).to(device)
+        data = torch.from_numpy(Xb.data.astype(np.float32)).to(device)
+        if sampler is None:
+            cols, sqrt_w, local = None, None, idx
         else:
-            pos = np.unique(Xb.indices)
-            neg = rng.integers(0, n_items, size=self.n_negatives)
-            cols_np = np.union1d(pos, neg)
-            lookup = np.full(n_items, -1, np.int64)
+            cols_np, w = sampler.sample(Xb, rng)
+            lookup = np.full(Xb.shape[1], -1, np.int64)
             lookup[cols_np] = np.arange(len(cols_np))
-            sub = sp.csr_matrix((Xb.data, lookup[Xb.indices], Xb.indptr), shape=(Xb.shape[0], len(cols_np)))
-            target = torch.from_numpy(sub.toarray()).to(device)
+            local = torch.from_numpy(lookup[Xb.indices]).to(device)
             cols = torch.from_numpy(cols_np).to(device)
+            sqrt_w = None if w is None else torch.from_numpy(np.sqrt(w).astype(np.float32)).to(device)
 
         opt.zero_grad(set_to_none=True)
-        W = weight * mask if masked else weight
-        A = F.normalize(W, dim=-1)
-        # x·A as a sum of history rows: cheap for sparse histories on any catalogue size.
-        xA = F.embedding_bag(idx, A, indptr, mode="sum")
-        A_out = A if cols is None else A[cols]
-        pred = torch.relu(xA @ A_out.T - target)
-        loss = (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
+        scores = state.scores(idx, indptr, n_rows, cols)
+        loss = _elsa_loss(scores, rows, local, data, sqrt_w)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    def _finish(self, A: np.ndarray, mask: np.ndarray) -> None:
-        self.embeddings_ = A
+    def _finish(self, state) -> None:
+        self.embeddings_ = state.embeddings()
 
     # -- inference
 
@@ -351,6 +422,233 @@ class ELSA:
         """Item scores for users' histories, float32 (n_users, n_items)."""
         self._check_fitted()
         return score_items(X, self.embeddings_)
+
+
+# ---------------------------------------------------------------- training state
+
+
+def _elsa_loss(scores, rows, cols, data, sqrt_w=None):
+    """ELSA's normalised MSE ``mean_u ‖p/‖p‖ − x/‖x‖‖²`` with ``p = relu(scores − x)``, x given sparse.
+
+    ``scores`` (batch, n_cols) are consumed (modified in place); the history x
+    is ``data`` at ``(rows, cols)``. With ``sqrt_w`` (n_cols,), column j counts
+    ``w_j`` times in ``‖p‖²`` (sampled outputs; x must lie on columns of
+    weight 1). Expanding the square as ``‖p‖²/n_p² + ‖x‖²/n_x² − 2 p·x/(n_p n_x)``
+    (``n = max(‖·‖, 1e-12)``, as ``F.normalize``) keeps a single batch x
+    n_cols array alive instead of the target and the normalised copies.
+    """
+    import torch
+
+    eps = 1e-12
+    pred = scores.index_put_((rows, cols), -data, accumulate=True).relu_()
+    if sqrt_w is not None:
+        pred = pred * sqrt_w
+    pp = pred.pow(2).sum(-1)
+    px = torch.zeros_like(pp).index_add(0, rows, pred[rows, cols] * data)
+    xx = torch.zeros_like(pp).index_add(0, rows, data * data)
+    n_p, n_x = pp.sqrt().clamp_min(eps), xx.sqrt().clamp_min(eps)
+    return (pp / n_p**2 + xx / n_x**2 - 2 * px / (n_p * n_x)).mean()
+
+
+
+class _NegativeSampler:
+    """Draws a batch's sampled negatives and their importance weights.
+
+    The batch's positive items are always scored (probability 1, weight 1);
+    ``n_negatives`` draws with replacement come from ``q`` restricted to the
+    other items. An item drawn ``c`` times gets weight ``c / (n_negatives · q_j)``,
+    so ``Σ_cols w_j f(j)`` is an unbiased estimate of ``Σ_all items f(j)``.
+    Without correction (``correct=False``) it reproduces the earlier behaviour:
+    uniform draws over all items, no weights.
+    """
+
+    def __init__(self, n_items: int, n_negatives: int, counts: np.ndarray | None, *, correct: bool = True):
+        self.n_items = n_items
+        self.n_negatives = n_negatives
+        self.correct = correct
+        if counts is None:
+            self.q = np.full(n_items, 1.0 / n_items)
+        else:
+            q = (np.asarray(counts, dtype=np.float64) + 1.0) ** POPULARITY_POWER
+            self.q = q / q.sum()
+
+    def sample(self, Xb: sp.csr_matrix, rng) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sorted column ids to score and their weights (``None``: all 1)."""
+        pos = np.unique(Xb.indices)
+        if not self.correct:
+            neg = rng.integers(0, self.n_items, size=self.n_negatives)
+            return np.union1d(pos, neg), None
+        q = self.q.copy()
+        q[pos] = 0.0
+        rest = q.sum()
+        if self.n_negatives == 0 or rest <= 0:
+            return pos.astype(np.int64), None
+        q /= rest
+        draws = rng.choice(self.n_items, size=self.n_negatives, p=q)
+        neg, counts = np.unique(draws, return_counts=True)
+        cols = np.concatenate([pos, neg]).astype(np.int64)
+        w = np.concatenate([np.ones(len(pos)), counts / (self.n_negatives * q[neg])])
+        order = np.argsort(cols, kind="stable")
+        return cols[order], w[order]
+
+
+class _DenseState:
+    """The trainable n_items x dims weight, with an optional bool mask of live entries."""
+
+    def __init__(self, weight, mask):
+        self.weight, self.mask = weight, mask
+
+    def _normalised(self):
+        import torch.nn.functional as F
+
+        W = self.weight if self.mask is None else self.weight * self.mask
+        return F.normalize(W, dim=-1)
+
+    def scores(self, idx, offsets, n_rows: int, cols):
+        """(batch, n_cols) scores ``(x·A)·a_j`` (all items when ``cols`` is None)."""
+        import torch.nn.functional as F
+
+        A = self._normalised()
+        # x·A as a sum of history rows: cheap for sparse histories on any catalogue size.
+        xA = F.embedding_bag(idx, A, offsets, mode="sum")
+        A_out = A if cols is None else A[cols]
+        return xA @ A_out.T
+
+    def embeddings(self) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self._normalised().cpu().numpy().astype(np.float32)
+
+    def snapshot(self) -> "_DenseState":
+        return _DenseState(self.weight.detach().clone(), None if self.mask is None else self.mask.clone())
+
+    def live_columns(self) -> np.ndarray:
+        """int64 (n_items, nnz): the live columns of each row, sorted (every row has the same count)."""
+        mask = self.mask.cpu().numpy()
+        return np.nonzero(mask)[1].reshape(mask.shape[0], -1)
+
+
+class _CompactState:
+    """Only the live entries: values (n_items, nnz) trained, their columns (n_items, nnz) fixed.
+
+    Holds ``n_items · nnz`` floats (and int64 columns) instead of
+    ``n_items · dims``; scores and gradients are computed item-chunk by
+    item-chunk (:func:`_sparse_rows_product`), so no dense n_items x dims array
+    is ever formed.
+    """
+
+    def __init__(self, values, cols, dims: int):
+        self.values, self.cols, self.dims = values, cols, dims
+
+    @classmethod
+    def from_masked(cls, dense: _DenseState, opt, lr: float):
+        """The compact state of a masked dense one, with the optimiser's state of the live entries carried over."""
+        import torch
+
+        cols_np = dense.live_columns()
+        cols = torch.from_numpy(cols_np).to(dense.weight.device)
+        with torch.no_grad():
+            values = torch.nn.Parameter(torch.gather(dense.weight, 1, cols))
+        new = torch.optim.NAdam([values], lr=lr)
+        old = opt.state.get(dense.weight, {})
+        if old:
+            # NAdam is elementwise: the live entries' moments and step counters
+            # carry over, so the updates are those of the masked dense model.
+            new.state[values] = {k: (torch.gather(v, 1, cols) if torch.is_tensor(v) and v.shape == dense.weight.shape
+                                     else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
+        return cls(values, cols, dense.weight.shape[1]), new
+
+    def _normalised(self):
+        import torch.nn.functional as F
+
+        return F.normalize(self.values, dim=-1)
+
+    def scores(self, idx, offsets, n_rows: int, cols):
+        import torch
+
+        V = self._normalised()
+        C = self.cols
+        # x·A: scatter the history rows' live entries into (batch, dims).
+        seg = torch.repeat_interleave(torch.arange(n_rows, device=idx.device),
+                                      torch.diff(torch.cat([offsets, offsets.new_tensor([idx.numel()])])))
+        pos = (seg[:, None] * self.dims + C[idx]).reshape(-1)
+        xA = torch.zeros(n_rows * self.dims, dtype=V.dtype, device=V.device).index_add(0, pos, V[idx].reshape(-1))
+        xA = xA.view(n_rows, self.dims)
+        if cols is not None:
+            V, C = V[cols], C[cols]
+        return _sparse_rows_product(xA, V, C)
+
+    def embeddings(self) -> sp.csr_matrix:
+        import torch
+
+        with torch.no_grad():
+            V = self._normalised().cpu().numpy().astype(np.float32)
+        n, k = V.shape
+        indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+        return sp.csr_matrix((V.ravel(), self.cols.cpu().numpy().ravel(), indptr), shape=(n, self.dims))
+
+    def snapshot(self) -> "_CompactState":
+        return _CompactState(self.values.detach().clone(), self.cols, self.dims)
+
+    def live_columns(self) -> np.ndarray:
+        return self.cols.cpu().numpy()
+
+
+#: items per chunk of the compact products (a chunk's dense rows: chunk x dims floats)
+_CHUNK_FLOATS = 1 << 22
+
+_SPARSE_ROWS = None
+
+
+def _sparse_rows_product(u, values, cols):
+    """``u @ Aᵀ`` for A given by its rows' live entries, differentiable in ``u`` and ``values``.
+
+    ``u`` (batch, dims), ``values`` and ``cols`` (n_rows, nnz); returns (batch, n_rows).
+    Each item chunk's rows are expanded to dense (chunk, dims) for one matmul,
+    so the work is a dense product's but the memory a chunk's.
+    """
+    global _SPARSE_ROWS
+    if _SPARSE_ROWS is None:
+        import torch
+
+        class SparseRows(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, u, values, cols):
+                ctx.save_for_backward(u, values, cols)
+                out = u.new_empty(u.shape[0], values.shape[0])
+                for lo, hi, rows in _chunks(values, cols, u.shape[1]):
+                    out[:, lo:hi] = u @ rows.T
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):
+                u, values, cols = ctx.saved_tensors
+                gu = torch.zeros_like(u) if ctx.needs_input_grad[0] else None
+                gv = torch.empty_like(values) if ctx.needs_input_grad[1] else None
+                for lo, hi, rows in _chunks(values, cols, u.shape[1]):
+                    g = grad[:, lo:hi]
+                    if gu is not None:
+                        gu.addmm_(g, rows)
+                    if gv is not None:
+                        # Only the live entries' gradients: gathered from the chunk's dense one.
+                        gv[lo:hi] = torch.gather(g.T @ u, 1, cols[lo:hi])
+                return gu, gv, None
+
+        _SPARSE_ROWS = SparseRows
+    return _SPARSE_ROWS.apply(u, values, cols)
+
+
+def _chunks(values, cols, dims: int):
+    import torch
+
+    n = values.shape[0]
+    step = max(1, _CHUNK_FLOATS // dims)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        rows = torch.zeros(hi - lo, dims, dtype=values.dtype, device=values.device)
+        rows.scatter_(1, cols[lo:hi], values[lo:hi])
+        yield lo, hi, rows
 
 
 #: upper bound on pruning events (more cannot be spread over any realistic training run)
@@ -383,11 +681,12 @@ class CompressedELSA(ELSA):
     dims: int = 1024
     nnz: int = 16
     _: KW_ONLY
+    epochs: int = 8
     schedule: str = "exponential"
     restart: bool = False
-    prune_steps: int = 10
-    warmup_epochs: int = 1
-    finetune_epochs: int = 5
+    prune_steps: int = 100
+    warmup_epochs: int = 0
+    finetune_epochs: int = 6
 
     @property
     def _final_nnz(self) -> int:  # type: ignore[override]
@@ -427,16 +726,20 @@ class CompressedELSA(ELSA):
             new = torch.zeros_like(mask)
             new.scatter_(1, top, True)
             mask.copy_(new)
-            if self.restart:
+            if self.restart and init is not None:
                 weight.copy_(init)
             weight.mul_(mask)
 
-    def _finish(self, A: np.ndarray, mask: np.ndarray) -> None:
-        # Exactly nnz entries per row, taken from the mask (an exact zero stays stored).
+    def _finish(self, state) -> None:
+        # Exactly nnz entries per row, taken from the live columns (an exact zero stays stored).
+        A = state.embeddings()
+        if sp.issparse(A):
+            self.embeddings_ = A
+            return
         n_items = A.shape[0]
-        cols = np.nonzero(mask)[1].reshape(n_items, -1)
+        cols = state.live_columns() if state.mask is not None else np.tile(np.arange(A.shape[1]), (n_items, 1))
         if cols.shape[1] != self.nnz:
-            raise TrainingError(f"internal: mask has {cols.shape[1]} active dims per row, expected {self.nnz}")
+            raise TrainingError(f"internal: {cols.shape[1]} active dims per row, expected {self.nnz}")
         data = np.take_along_axis(A, cols, axis=1)
         indptr = np.arange(0, n_items * self.nnz + 1, self.nnz, dtype=np.int64)
         self.embeddings_ = sp.csr_matrix((data.ravel(), cols.ravel(), indptr), shape=A.shape)
