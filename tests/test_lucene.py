@@ -112,11 +112,11 @@ def test_sparse_and_dense_queries_agree(case):
 def test_quantisation_error_is_bounded(case):
     """Without re-rank, scores are the de-quantised agreeing part, within the computed bound."""
     name, ckpt, U, lu, ex = case
-    lu.set_search_params(rerank=False)
+    lu.set_search_params(rerank=False, query_mass=1.0)  # the whole query: its agreeing part is what is bounded
     try:
         res = lu.search(U, 10)
     finally:
-        lu.set_search_params(rerank=True)
+        lu.set_search_params(rerank=True, query_mass=LuceneImpact.search_params["query_mass"])
     s = lu.scale_
     assert s == pytest.approx(255 / np.abs(ckpt.embeddings.data).max())
     checked = 0
@@ -234,6 +234,14 @@ def test_depth_below_k(case):
 
 def test_exclusions(case):
     name, ckpt, U, lu, ex = case
+    lu.set_search_params(query_mass=1.0)  # the whole query: the results equal the exact ones
+    try:
+        _check_exclusions(ckpt, U, lu, ex)
+    finally:
+        lu.set_search_params(query_mass=LuceneImpact.search_params["query_mass"])
+
+
+def _check_exclusions(ckpt, U, lu, ex):
     plain = ex.search(U, 10)
     exclude = [plain.ids[r, ::3] for r in range(U.shape[0])]
     res, ref = lu.search(U, 10, exclude=exclude), ex.search(U, 10, exclude=exclude)
@@ -391,8 +399,9 @@ def test_saved_row_table_must_match_the_documents(sparse_checkpoint, tmp_path):
 
     a = get_backend("lucene")().build(sparse_checkpoint).save(tmp_path / "a")
     # Another index of the same items in another order: its segment (unique id) is not the one recorded.
-    rev = Checkpoint(sparse_checkpoint.embeddings[::-1], sparse_checkpoint.item_ids[::-1],
-                     sparse_checkpoint.popularity[::-1], kind="imported")
+    n = sparse_checkpoint.n_items
+    rev = Checkpoint(sparse_checkpoint.embeddings[::-1], [f"r{i}" for i in range(n)], np.ones(n, np.int64),
+                     kind="imported")
     b = get_backend("lucene")().build(rev).save(tmp_path / "b")
     shutil.rmtree(a / "lucene")
     shutil.copytree(b / "lucene", a / "lucene")
