@@ -97,8 +97,18 @@ def test_rerank_agrees_with_exact(case):
 
 def test_default_depth_recall_at_20(case):
     name, ckpt, U, lu, ex = case
-    res, ref = lu.search(U, 20), ex.search(U, 20)
-    assert _recall(_exact_scores(ckpt, U), res, ref, 20).mean() >= 0.99
+    ref = ex.search(U, 20)
+    S = _exact_scores(ckpt, U)
+    default = _recall(S, lu.search(U, 20), ref, 20).mean()
+    lu.set_search_params(query_mass=1.0)
+    try:
+        whole = _recall(S, lu.search(U, 20), ref, 20).mean()
+    finally:
+        lu.set_search_params(query_mass=LuceneImpact.search_params["query_mass"])
+    assert whole >= 0.99  # every query term: the default depth finds the exact top 20
+    # The default query_mass sends part of each query; these toy queries (tens of terms over 64 dims, against
+    # hundreds over 1,024+ dims for real users) lose more to it than real ones (0.99+, see the module notes).
+    assert 0.9 <= default <= whole
 
 
 def test_sparse_and_dense_queries_agree(case):
@@ -219,11 +229,11 @@ def test_query_terms_pruning(case):
 
 def test_depth_below_k(case):
     name, ckpt, U, lu, ex = case
-    lu.set_search_params(depth=1)
+    lu.set_search_params(depth=1, query_mass=1.0)
     try:
         res = lu.search(U, 15)
     finally:
-        lu.set_search_params(depth=200)
+        lu.set_search_params(depth=200, query_mass=LuceneImpact.search_params["query_mass"])
     assert res.ids.shape == (U.shape[0], 15)
     assert (res.ids >= 0).all()  # the effective depth is k: rows are full
     for r in range(U.shape[0]):
