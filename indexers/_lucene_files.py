@@ -240,7 +240,9 @@ def doc_rows(rt, reader, searcher, n_items: int, where: Path) -> np.ndarray:
 
 
 def segments(rt, reader) -> list[dict]:
-    """The segments of an open index in docid order: ``[{"name", "id", "docs"}]`` (``id``: Lucene's unique segment id, hex).
+    """The segments of an open index in docid order: ``[{"name", "id", "docs"}]``.
+
+    ``id`` is Lucene's unique segment id (hex), ``docs`` the segment's size.
 
     Docids are assigned segment after segment, so the same segments in the
     same order mean the same docids: a docid -> row table is valid exactly
@@ -267,7 +269,8 @@ def check_doc_rows(rt, reader, table: np.ndarray, recorded: list, where: Path) -
     if now != recorded:
         raise BackendError(
             f"the Lucene index in {where} does not hold the segments its docid -> row table was made for "
-            f"(found {[(s['name'], s['docs']) for s in now]}, recorded {[(s.get('name'), s.get('docs')) for s in recorded]}): "
+            f"(found {[(s['name'], s['docs']) for s in now]}, "
+            f"recorded {[(s.get('name'), s.get('docs')) for s in recorded]}): "
             "its documents may be in another order; rebuild the index")
     n_docs = int(reader.maxDoc())
     if len(table) != n_docs:

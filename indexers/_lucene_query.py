@@ -45,7 +45,7 @@ def query_entries(queries, r: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prune(dims: np.ndarray, vals: np.ndarray, m: int | None, mass: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of largest ``|value|`` that Lucene gets: a share ``mass`` of the query's total ``|value|``, at most ``m``.
+    """The entries of largest ``|value|`` sent to Lucene: a share ``mass`` of the total ``|value|``, at most ``m``.
 
     The entries are taken in order of decreasing ``|value|`` (equal values:
     lower dimension first) until their ``|value|`` sum reaches ``mass`` times

