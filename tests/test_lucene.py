@@ -33,6 +33,7 @@ from elsa_index.indexers.lucene import LuceneImpact  # noqa: E402
 from elsa_index.metrics import retrieval_recall  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEPTH = LuceneImpact.search_params["depth"]  # the default, restored after tests that change it
 
 
 # ----------------------------------------------------------------- helpers
@@ -162,7 +163,7 @@ def test_dynamic_pruning_returns_the_same_top_k(case, depth):
         lu.set_search_params(dynamic_pruning=True)
         pruned = lu.search(U, 5)
     finally:
-        lu.set_search_params(depth=200, rerank=True, dynamic_pruning=False)
+        lu.set_search_params(depth=DEPTH, rerank=True, dynamic_pruning=False)
     assert (exhaustive.ids >= 0).sum() > 0.9 * exhaustive.ids.size
     np.testing.assert_allclose(pruned.scores, exhaustive.scores, rtol=1e-6)
     assert_tie_tolerant_equal(pruned, exhaustive)
@@ -221,7 +222,7 @@ def test_query_terms_pruning(case):
             assert valid.max() < ckpt.n_items
             recalls.append(_recall(S, res, ref, 10).mean())
     finally:
-        lu.set_search_params(query_terms=None, depth=200, query_mass=LuceneImpact.search_params["query_mass"])
+        lu.set_search_params(query_terms=None, depth=DEPTH, query_mass=LuceneImpact.search_params["query_mass"])
     assert recalls[0] >= 0.97
     assert recalls[-1] < recalls[0]
     for a, b in zip(recalls, recalls[1:]):  # monotone, up to small wobbles
@@ -234,7 +235,7 @@ def test_depth_below_k(case):
     try:
         res = lu.search(U, 15)
     finally:
-        lu.set_search_params(depth=200, query_mass=LuceneImpact.search_params["query_mass"])
+        lu.set_search_params(depth=DEPTH, query_mass=LuceneImpact.search_params["query_mass"])
     assert res.ids.shape == (U.shape[0], 15)
     assert (res.ids >= 0).all()  # the effective depth is k: rows are full
     for r in range(U.shape[0]):
@@ -340,12 +341,12 @@ def test_save_load_round_trip(case, tmp_path):
     try:
         path = lu.save(tmp_path / "ix")
     finally:
-        lu.set_search_params(depth=200)
+        lu.set_search_params(depth=DEPTH)
     assert (path / "lucene").is_dir() and not (path / "lucene" / "write.lock").exists()
     back = Backend.load(path)
     assert isinstance(back, LuceneImpact) and back.fingerprint_ == ckpt.fingerprint
     assert back.get_search_params()["depth"] == 50 and back.scale_ == lu.scale_
-    back.set_search_params(depth=200)
+    back.set_search_params(depth=DEPTH)
     a, b = lu.search(U, 10), back.search(U, 10)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.scores, b.scores)
