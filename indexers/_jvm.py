@@ -109,8 +109,6 @@ _CLASSES = {
     "TopScoreDocCollector": "org.apache.lucene.search.TopScoreDocCollector",
     "MatchAllDocsQuery": "org.apache.lucene.search.MatchAllDocsQuery",
     "ScoreDoc": "org.apache.lucene.search.ScoreDoc",
-    "SegmentReader": "org.apache.lucene.index.SegmentReader",
-    "StringHelper": "org.apache.lucene.util.StringHelper",
     # Jackson (bundled with Anserini) writes a TopDocs as one JSON string: the hits cross into Python in one call.
     "ObjectMapper": "com.fasterxml.jackson.databind.ObjectMapper",
     "QueryParser": "org.apache.lucene.queryparser.classic.QueryParser",
