@@ -79,8 +79,10 @@ class JavaRuntime:
     """Java classes looked up once, plus the versions of what runs them.
 
     Each class is an attribute named by its short name in ``_CLASSES`` (a
-    pyjnius ``autoclass`` proxy); ``cast`` is ``jnius.cast`` and
-    ``JavaException`` the exception type pyjnius raises for Java exceptions.
+    pyjnius ``autoclass`` proxy); ``cast`` is ``jnius.cast``,
+    ``JavaException`` the exception type pyjnius raises for Java exceptions
+    and ``json`` a Jackson ``ObjectMapper`` (one Java call turns a result
+    object into a JSON string, instead of one call per hit).
     """
 
     def __init__(self, versions: dict[str, str], cast: Any, java_exception: type, classes: dict[str, Any]):
@@ -105,6 +107,10 @@ _CLASSES = {
     "DirectoryReader": "org.apache.lucene.index.DirectoryReader",
     "IndexSearcher": "org.apache.lucene.search.IndexSearcher",
     "TopScoreDocCollector": "org.apache.lucene.search.TopScoreDocCollector",
+    "MatchAllDocsQuery": "org.apache.lucene.search.MatchAllDocsQuery",
+    "ScoreDoc": "org.apache.lucene.search.ScoreDoc",
+    # Jackson (bundled with Anserini) writes a TopDocs as one JSON string: the hits cross into Python in one call.
+    "ObjectMapper": "com.fasterxml.jackson.databind.ObjectMapper",
     "QueryParser": "org.apache.lucene.queryparser.classic.QueryParser",
     "WhitespaceAnalyzer": "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
     "LuceneVersion": "org.apache.lucene.util.Version",
@@ -330,6 +336,7 @@ def _lookup(jnius, jar: Path) -> JavaRuntime:
         "anserini": _jar_version(jar),
     }
     rt = JavaRuntime(versions, jnius.cast, jnius.JavaException, classes)
+    rt.json = classes["ObjectMapper"]()  # thread-safe once configured (it is never reconfigured)
     # Lucene logs an INFO line through java.util.logging when it first maps a file; keep its logger quiet.
     lucene_logger = classes["Logger"].getLogger("org.apache.lucene")
     lucene_logger.setLevel(classes["Level"].WARNING)

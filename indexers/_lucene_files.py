@@ -24,7 +24,7 @@ from elsa_index.errors import BackendError
 from . import _jvm
 
 __all__ = ["new_work_dir", "remove_stale_work_dirs", "FIELD", "clean_rows", "impacts", "write_documents", "run_indexer", "open_searcher", "verify_checksums",
-           "release", "IndexingProgress"]
+           "release", "IndexingProgress", "doc_rows", "segments", "check_doc_rows"]
 
 FIELD = "contents"  # Anserini's default field of the pseudo-document
 
@@ -181,6 +181,115 @@ def verify_checksums(rt, index: Path) -> None:
             directory.close()
     except rt.JavaException as exc:
         raise BackendError(f"the Lucene index in {index} is corrupted or incomplete: {_jvm.java_error(exc)}") from None
+
+
+#: documents read per call when the docid -> row table is made (bounds the Java objects alive at once)
+_PAGE = 65_536
+#: documents whose stored id is compared with the docid -> row table when an index is opened
+_SAMPLE = 64
+
+
+def doc_rows(rt, reader, searcher, n_items: int, where: Path) -> np.ndarray:
+    """The item row of every Lucene document, by docid (int32, length ``maxDoc``), read once from the stored ids.
+
+    Lucene's docids need not follow the row order (merges may reorder
+    segments; empty rows are not indexed), so the row of each document is read
+    from its stored field ``id`` once here and kept as a table: a search then
+    maps its hits with one array lookup instead of reading a stored field per
+    hit. The documents come in pages of a match-all query (constant scores,
+    so in docid order; Anserini's ``ScoredDocs`` reads the ids in Java, and
+    the page crosses into Python as two arrays).
+
+    Raises
+    ------
+    BackendError : a stored id that is not a row number in ``[0, n_items)``,
+        a row held by several documents, or a document left without a row.
+    """
+    n_docs = int(reader.maxDoc())
+    table = np.full(n_docs, -1, np.int64)
+    query = rt.MatchAllDocsQuery()
+    after = None
+    try:
+        while True:
+            top = searcher.search(query, _PAGE) if after is None else searcher.searchAfter(after, query, _PAGE)
+            found = rt.ScoredDocs.fromTopDocs(top, searcher)
+            docs = np.asarray(found.lucene_docids, dtype=np.int64)
+            if not len(docs):
+                break
+            try:
+                rows = np.array(found.docids, dtype=np.int64)
+            except (ValueError, TypeError, OverflowError):
+                raise BackendError(f"the Lucene index in {where} holds a document whose stored id is not an item row "
+                                   "number; the index is corrupted: rebuild it") from None
+            table[docs] = rows
+            last = int(docs.argmax())
+            after = rt.ScoreDoc(int(docs[last]), float(found.scores[last]))
+            if len(docs) < _PAGE:
+                break
+    except rt.JavaException as exc:
+        raise BackendError(f"cannot read the stored item ids of the Lucene index in {where}: "
+                           f"{_jvm.java_error(exc)}") from None
+    if (table < 0).any() or (table >= n_items).any():
+        raise BackendError(f"the Lucene index in {where} holds documents without an item row in [0, {n_items}) "
+                           f"({int((table < 0).sum() + (table >= n_items).sum())} of {n_docs}); the index is "
+                           "corrupted: rebuild it")
+    if len(np.unique(table)) != n_docs:
+        raise BackendError(f"the Lucene index in {where} holds several documents for one item row; "
+                           "the index is corrupted: rebuild it")
+    return table.astype(np.int32)
+
+
+def segments(rt, reader) -> list[dict]:
+    """The segments of an open index in docid order: ``[{"name", "id", "docs"}]``.
+
+    ``id`` is Lucene's unique segment id (hex), ``docs`` the segment's size.
+
+    Docids are assigned segment after segment, so the same segments in the
+    same order mean the same docids: a docid -> row table is valid exactly
+    for the segment list it was made with.
+    """
+    out = []
+    leaves = reader.leaves()
+    for i in range(int(leaves.size())):
+        seg = rt.cast("org.apache.lucene.index.SegmentReader", leaves.get(i).reader())
+        raw = seg.getSegmentInfo().info.getId()
+        out.append({"name": str(seg.getSegmentName()), "id": bytes(b & 0xFF for b in raw).hex(),
+                    "docs": int(seg.maxDoc())})
+    return out
+
+
+def check_doc_rows(rt, reader, table: np.ndarray, recorded: list, where: Path) -> None:
+    """Check a stored docid -> row table against an opened index: same segments, and a sample of stored ids.
+
+    The segment list (names, unique ids, sizes, order) must be the one the
+    table was made with; the stored ids of up to 64 documents spread over the
+    index (first and last included) must equal the table's rows.
+    """
+    now = segments(rt, reader)
+    if now != recorded:
+        raise BackendError(
+            f"the Lucene index in {where} does not hold the segments its docid -> row table was made for "
+            f"(found {[(s['name'], s['docs']) for s in now]}, "
+            f"recorded {[(s.get('name'), s.get('docs')) for s in recorded]}): "
+            "its documents may be in another order; rebuild the index")
+    n_docs = int(reader.maxDoc())
+    if len(table) != n_docs:
+        raise BackendError(f"the docid -> row table of {where} has {len(table)} entries for {n_docs} Lucene documents; "
+                           "rebuild the index")
+    if not n_docs:
+        return
+    try:
+        stored = reader.storedFields()
+        for doc in np.unique(np.linspace(0, n_docs - 1, min(_SAMPLE, n_docs)).astype(np.int64)).tolist():
+            got = stored.document(int(doc)).get("id")
+            if got is None or str(got) != str(int(table[doc])):
+                raise BackendError(
+                    f"Lucene document {doc} of {where} holds item {got!r}, but the docid -> row table says "
+                    f"{int(table[doc])}: the documents are in another order than when the table was made; "
+                    "rebuild the index")
+    except rt.JavaException as exc:
+        raise BackendError(f"cannot read the stored item ids of the Lucene index in {where}: "
+                           f"{_jvm.java_error(exc)}") from None
 
 
 def release(reader, owned: Path | None) -> None:

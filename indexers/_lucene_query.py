@@ -44,11 +44,27 @@ def query_entries(queries, r: int) -> tuple[np.ndarray, np.ndarray]:
     return dims[keep], vals[keep].astype(np.float64)
 
 
-def prune(dims: np.ndarray, vals: np.ndarray, m: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``m`` entries of largest ``|value|`` (all when ``m`` is None or not smaller)."""
-    if m is None or len(dims) <= m:
+def prune(dims: np.ndarray, vals: np.ndarray, m: int | None, mass: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of largest ``|value|`` sent to Lucene: a share ``mass`` of the total ``|value|``, at most ``m``.
+
+    The entries are taken in order of decreasing ``|value|`` (equal values:
+    lower dimension first) until their ``|value|`` sum reaches ``mass`` times
+    the sum over all entries; ``mass=1`` keeps all of them. At most ``m``
+    entries are kept (``m=None``: no cap). Dims and values come back in that
+    order (largest first).
+    """
+    n = len(dims)
+    if n == 0 or (mass >= 1.0 and (m is None or n <= m)):
         return dims, vals
-    top = np.argpartition(-np.abs(vals), m - 1)[:m]
+    w = np.abs(vals)
+    order = np.argsort(-w, kind="stable")
+    keep = n
+    if mass < 1.0:
+        # The first position whose running sum reaches the share (the running sums never decrease).
+        keep = min(n, int(np.searchsorted(np.cumsum(w[order]), mass * float(w.sum()), side="left")) + 1)
+    if m is not None:
+        keep = min(keep, m)
+    top = order[:keep]
     return dims[top], vals[top]
 
 
