@@ -189,6 +189,7 @@ from ._lucene_files import (FIELD, check_doc_rows, clean_rows, doc_rows, new_wor
                             run_indexer, segments, verify_checksums, write_documents)
 from ._lucene_query import MAX_CLAUSES, filter_terms, prune, query_entries, thread_parser, weighted_terms
 from .base import Backend
+from .requests import ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ class LuceneImpact(Backend):
             raise
         self.close()  # a previous build or load of this object
         # The re-rank reads the checkpoint's rows themselves (stored zeros add nothing); no second copy is kept.
-        self.emb_, self.scale_, self.n_indexed_ = _rerank_rows(embeddings), scale, n - n_empty
+        self.emb_, self.scale_, self.n_indexed_ = rerank_rows(embeddings), scale, n - n_empty
         self._set_index(reader, searcher, index, owned=work, table=table, segs=segs)
 
     def _fit_scale(self, emb: sp.csr_matrix) -> float:
@@ -404,7 +405,7 @@ class LuceneImpact(Backend):
             if not len(cand):
                 continue
             s = self._exact_scores(cand, dims, vals) if rerank else lscore * (wmax / self.scale_)
-            ids[r], scores[r] = _ranked(cand, s, k)
+            ids[r], scores[r] = ranked(cand, s, k)
         return ids, scores
 
     def _search_within(self, queries, k: int, candidates: np.ndarray):
@@ -447,7 +448,7 @@ class LuceneImpact(Backend):
                 got = got[np.isin(got, candidates)]
             if len(got) < k:  # few candidates, a filter too wide, or too few candidates among Lucene's best
                 got = candidates
-            ids[r], scores[r] = _ranked(got, self._exact_scores(got, dims, vals), k)
+            ids[r], scores[r] = ranked(got, self._exact_scores(got, dims, vals), k)
         return ids, scores
 
     def _session(self):
@@ -524,7 +525,7 @@ class LuceneImpact(Backend):
         if checkpoint is not None:  # one copy of the rows: the checkpoint's (its fingerprint was checked)
             if not checkpoint.sparse or checkpoint.embeddings.shape != shape:
                 raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
-            emb = _rerank_rows(checkpoint.embeddings)
+            emb = rerank_rows(checkpoint.embeddings)
         else:
             emb = load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
         index = directory / LUCENE_DIR
@@ -598,16 +599,3 @@ class LuceneImpact(Backend):
 # ----------------------------------------------------------------- helpers
 
 
-def _rerank_rows(embeddings) -> sp.csr_matrix:
-    """The rows for the exact re-rank as float32 CSR, sharing the given arrays when they already are."""
-    return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)
-
-
-def _ranked(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best k ``(ids, float32 scores)`` padded to k, ranked on the float32 scores (ties: lower index)."""
-    s = np.asarray(scores, dtype=np.float32)
-    order = np.lexsort((cand, -s))[:k]
-    ids = np.full(k, -1, np.int64)
-    out = np.full(k, -np.inf, np.float32)
-    ids[: len(order)], out[: len(order)] = cand[order], s[order]
-    return ids, out

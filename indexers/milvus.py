@@ -132,6 +132,7 @@ from elsa_index.scoring import score_rows
 
 from ._lucene_query import prune, query_entries
 from .base import Backend
+from .requests import rerank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ class MilvusIndex(Backend):
                 shutil.rmtree(work, ignore_errors=True)
             raise
         # The re-rank reads the checkpoint's rows themselves; no second copy is kept.
-        self.keys_, self.emb_ = keys, (_rerank_rows(embeddings) if sparse else embeddings)
+        self.keys_, self.emb_ = keys, (rerank_rows(embeddings) if sparse else embeddings)
 
     def _prepare_collection(self, name: str, dims: int, fp: str) -> bool:
         """Create the (empty, not yet indexed) collection; True once created."""
@@ -518,7 +519,7 @@ class MilvusIndex(Backend):
         self._after_update(checkpoint)
 
     def _rerank_source(self, checkpoint):
-        return _rerank_rows(checkpoint.embeddings) if self.storage_ == "sparse" else checkpoint.embeddings
+        return rerank_rows(checkpoint.embeddings) if self.storage_ == "sparse" else checkpoint.embeddings
 
     def _after_update(self, checkpoint) -> None:
         self._call("property update", self._client.alter_collection_properties, self.collection_,
@@ -579,7 +580,7 @@ class MilvusIndex(Backend):
         if checkpoint is not None:
             if checkpoint.sparse != (storage == "sparse") or checkpoint.embeddings.shape != shape:
                 raise BackendError(f"{directory}: the checkpoint given is not a {storage} {shape} one")
-            emb = _rerank_rows(checkpoint.embeddings) if storage == "sparse" else checkpoint.embeddings
+            emb = rerank_rows(checkpoint.embeddings) if storage == "sparse" else checkpoint.embeddings
         elif storage == "sparse":
             emb = load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
         else:
@@ -756,10 +757,6 @@ def _disconnect(client, lite_uri: str | None, owned_dir: str | None) -> None:
     if owned_dir is not None:
         shutil.rmtree(owned_dir, ignore_errors=True)
 
-
-def _rerank_rows(embeddings) -> sp.csr_matrix:
-    """The rows for the exact re-rank as float32 CSR, sharing the given arrays when they already are."""
-    return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)
 
 
 def _nonempty(emb) -> np.ndarray:

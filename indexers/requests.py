@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from elsa_index.errors import BackendError
 
-__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish"]
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "ranked", "rerank_rows"]
 
 
 class Results(NamedTuple):
@@ -135,3 +135,19 @@ def finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
     out_scores[:, :w] = scores[:, :w]
     out_ids[~np.isfinite(out_scores)] = -1
     return Results(out_ids, out_scores)
+
+
+def ranked(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of candidates ``cand`` by exact ``scores``: ``(ids int64, float32 scores)``, padded to k with
+    -1 / -inf; ranked on the float32 scores, ties to the lower item index (the package's tie rule)."""
+    s = np.asarray(scores, dtype=np.float32)
+    order = np.lexsort((cand, -s))[:k]
+    ids = np.full(k, -1, np.int64)
+    out = np.full(k, -np.inf, np.float32)
+    ids[: len(order)], out[: len(order)] = cand[order], s[order]
+    return ids, out
+
+
+def rerank_rows(embeddings) -> sp.csr_matrix:
+    """Item rows for an exact re-rank of candidates, as float32 CSR (sharing the given arrays when they already are)."""
+    return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)

@@ -136,6 +136,7 @@ from elsa_index.scoring import score_rows
 
 from ._lucene_query import prune, query_entries
 from .base import Backend
+from .requests import ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -211,14 +212,6 @@ def _lists_to_visit(w: np.ndarray, mass: float | None, floor: int, cap: int | No
         n = min(n, int(cap))
     return max(1, min(n, len(w)))
 
-
-def _ranked(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best k ``(ids, float32 scores)`` padded to k with -1 / -inf (ties: lower item index)."""
-    order = np.lexsort((cand, -scores))[:k]
-    ids = np.full(k, -1, np.int64)
-    out = np.full(k, -np.inf, np.float32)
-    ids[: len(order)], out[: len(order)] = cand[order], scores[order]
-    return ids, out
 
 
 class SeismicBackend(Backend):
@@ -328,7 +321,7 @@ class SeismicBackend(Backend):
         self.close()
         self._index, self.n_indexed_, self.index_class_, self.index_bytes_ = index, n_indexed, index_class, nbytes
         # The re-rank reads the checkpoint's rows themselves (stored zeros add nothing); no second copy is kept.
-        self.emb_ = _rerank_rows(embeddings)
+        self.emb_ = rerank_rows(embeddings)
         self._set_names(n_comp, seismic)
 
     def _set_names(self, n_comp: int, seismic) -> None:
@@ -369,7 +362,7 @@ class SeismicBackend(Backend):
         out = np.full((n, k), -np.inf, np.float32)
         for r in range(n):
             ok = cand[r] >= 0
-            ids[r], out[r] = _ranked(cand[r, ok], scores[r, ok], k)
+            ids[r], out[r] = ranked(cand[r, ok], scores[r, ok], k)
         return ids, out
 
     def _rows(self, doc_ids: list[str]) -> np.ndarray:
@@ -418,7 +411,7 @@ class SeismicBackend(Backend):
         if checkpoint is not None:  # one copy of the rows: the checkpoint's (its fingerprint was checked)
             if not checkpoint.sparse or checkpoint.embeddings.shape != shape:
                 raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
-            emb = _rerank_rows(checkpoint.embeddings)
+            emb = rerank_rows(checkpoint.embeddings)
         else:
             emb = load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
         index = None
@@ -456,7 +449,3 @@ class SeismicBackend(Backend):
         except metadata.PackageNotFoundError:
             return {"pyseismic-lsr": "not installed"}
 
-
-def _rerank_rows(embeddings) -> sp.csr_matrix:
-    """The rows for the exact re-rank as float32 CSR, sharing the given arrays when they already are."""
-    return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)
