@@ -1,0 +1,225 @@
+"""Approximate in-process backend for signed sparse embeddings: impact-ordered lists, exact candidate scores.
+
+Built for Compressed ELSA catalogues: items with few active dimensions (8-128),
+queries with hundreds, values of both signs. Each dimension has two impact
+lists (its positive and its negative entries, each by decreasing magnitude);
+a query reads only the list that agrees with the sign of each of its terms,
+in rounds of decreasing contribution ``|w_d| * |a_jd|`` across all terms, and
+scores every item it meets exactly through a forward index (item -> its
+entries). It stops when no unseen item can reach the current k-th score
+(scaled by ``heap_factor``) or when its posting budget is spent. See
+:mod:`elsa_index.indexers._approx_kernels` for the algorithm.
+
+What is approximate: which items become candidates. Every returned score is
+the exact inner product, bit-identical to the ``sparse`` backend's (same
+summation order, ties to the lower item index). With ``heap_factor=1``,
+``query_share=1``, ``max_postings=0`` and ``posting_share=1`` the results
+equal the exact top k.
+
+Thread safety: searches only read the index; the scratch arrays (a dense
+copy of the query and a bitset of the items met) are per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from elsa_index._checks import check_float, check_int
+from elsa_index._io import load_array, save_array
+from elsa_index.errors import BackendError
+
+from . import _approx_kernels as _k
+from .base import Backend
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ApproxSparse"]
+
+#: bytes of one impact-list entry (int32 item + uint16 magnitude code)
+_LIST_ENTRY_BYTES = 6
+
+
+class ApproxSparse(Backend):
+    """Approximate top-k by inner product over signed sparse item embeddings.
+
+    Build parameters
+    ----------------
+    posting_share : share of each impact list kept (its largest magnitudes); 1 keeps every entry.
+
+    Search parameters
+    -----------------
+    heap_factor : in (0, 1]; stop once ``heap_factor`` x the bound on unseen items falls to the k-th score
+        (1: the bound itself, nothing unseen could enter; smaller stops earlier).
+    query_share : in (0, 1]; query terms are taken by decreasing |weight| until this share of the query's
+        L1 mass is covered.
+    max_postings : posting budget per query (0: none).
+    """
+
+    name = "sparse-approx"
+    accepts = "sparse"
+    exact = False
+    build_params = {"posting_share": 1.0}
+    search_params = {"heap_factor": 0.1, "query_share": 1.0, "max_postings": 0}
+    param_docs = {
+        "posting_share": "share of each impact list kept at build time, largest |values| first (0-1]; "
+                         "1 keeps every entry",
+        "heap_factor": "(0-1]: stop reading postings once heap_factor x the bound on unseen items "
+                       "(nnz_max x current contribution threshold) falls to the k-th score; 1 is safe "
+                       "(nothing unseen could enter the top k), smaller is faster and approximate",
+        "query_share": "(0-1]: query terms are used by decreasing |weight| until this share of the query's "
+                       "L1 mass is covered",
+        "max_postings": "posting budget per query (integer >= 0; 0 means no budget)",
+    }
+
+    @classmethod
+    def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
+        """Upper model: the agreeing half of the query's postings (6 B each), capped by ``max_postings``."""
+        if posting is None:
+            return np.full(n_queries, np.nan), "n/a"
+        share = float((info.get("build_params") or {}).get("posting_share", 1.0))
+        entries = np.asarray(posting, dtype=np.float64) / 8.0 * share / 2.0
+        budget = int(search_params.get("max_postings", cls.search_params["max_postings"]) or 0)
+        if budget > 0:
+            entries = np.minimum(entries, budget)
+        return entries * _LIST_ENTRY_BYTES, "agreeing-sign half of the query's postings x 6 B (capped by max_postings)"
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._local = threading.local()
+
+    def _check_params(self) -> None:
+        check_float(self.params["posting_share"], "posting_share", 0.0, 1.0, low_open=True, error=BackendError)
+        check_float(self._search_params["heap_factor"], "heap_factor", 0.0, 1.0, low_open=True, error=BackendError)
+        check_float(self._search_params["query_share"], "query_share", 0.0, 1.0, low_open=True, error=BackendError)
+        check_int(self._search_params["max_postings"], "max_postings", 0, error=BackendError,
+                  hint=" (0 means no budget)")
+
+    # ------------------------------------------------------------------ build
+
+    def _set_forward(self, embeddings, perm=None) -> None:
+        """The forward index: rows in internal order (``perm``: internal -> original; computed when None)."""
+        E = sp.csr_matrix(embeddings, dtype=np.float32)
+        if not E.has_sorted_indices:  # the shared summation order: ascending dims
+            E = E.sorted_indices()
+        n, dims = E.shape
+        if perm is None:
+            perm = _k.item_order(E.indptr.astype(np.int64), E.indices, E.data, n)
+        E = E[perm]
+        dim_type = np.uint16 if dims <= 65536 else np.int32
+        self.perm_ = np.asarray(perm, dtype=np.int64)
+        self.inv_ = np.empty_like(self.perm_)
+        self.inv_[self.perm_] = np.arange(n, dtype=np.int64)
+        self.fptr_ = np.asarray(E.indptr, dtype=np.int64)
+        self.fdim_ = np.asarray(E.indices, dtype=dim_type)
+        self.fval_ = np.asarray(E.data, dtype=np.float32)
+        self.nnz_max_ = int(np.diff(self.fptr_).max()) if n else 0
+
+    def _build(self, embeddings, *, progress: bool) -> None:
+        self._set_forward(embeddings)
+        n, dims = embeddings.shape
+        self.lptr_, self.lids_, self.lcodes_, scale = _k.build_lists(
+            self.fptr_, self.fdim_, self.fval_, n, dims, float(self.params["posting_share"]))
+        self.scale_ = np.float64(scale)
+
+    # ----------------------------------------------------------------- search
+
+    def _scratch(self):
+        loc = self._local
+        qdense = getattr(loc, "qdense", None)
+        if qdense is None or qdense.shape[0] != self.dims_ or loc.seen.shape[0] != (self.n_items_ + 63) // 64:
+            loc.qdense = np.zeros(self.dims_, np.float32)
+            loc.seen = np.zeros((self.n_items_ + 63) // 64, np.uint64)
+        return loc.qdense, loc.seen
+
+    def _search(self, queries, k: int):
+        Q = queries if sp.issparse(queries) else sp.csr_matrix(queries)
+        Q = sp.csr_matrix(Q, dtype=np.float32)
+        if not Q.has_sorted_indices:
+            Q = Q.sorted_indices()
+        qdense, seen = self._scratch()
+        p = self._search_params
+        ids, scores, stats = _k.search_batch(
+            (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_), (self.lptr_, self.lids_, self.lcodes_, self.scale_),
+            Q, k, qdense, seen, p["heap_factor"], p["query_share"], p["max_postings"])
+        total = getattr(self._local, "stats", None)
+        self._local.stats = (stats if total is None else total + stats)
+        return ids, scores
+
+    def search_stats(self, *, reset: bool = True) -> dict:
+        """Postings read and items scored by this thread's searches since the last reset (summed over queries)."""
+        stats = getattr(self._local, "stats", None)
+        if reset:
+            self._local.stats = None
+        if stats is None:
+            return {"postings": 0, "scored": 0}
+        return {"postings": int(stats[0]), "scored": int(stats[1])}
+
+    # ------------------------------------------------------------ persistence
+
+    def _save(self, directory: Path, *, with_embeddings: bool = True) -> None:
+        save_array(directory / "lists_indptr.npy", self.lptr_)
+        save_array(directory / "lists_items.npy", self.lids_)
+        save_array(directory / "lists_codes.npy", self.lcodes_)
+        save_array(directory / "lists_scale.npy", np.array([self.scale_], np.float64))
+        save_array(directory / "item_order.npy", self.perm_)
+        if with_embeddings:
+            save_array(directory / "forward_indptr.npy", self.fptr_)
+            save_array(directory / "forward_dims.npy", self.fdim_)
+            save_array(directory / "forward_values.npy", self.fval_)
+        # else: the forward index is the checkpoint's rows, taken from it at load.
+
+    def _load(self, directory: Path, *, checkpoint=None, mmap: bool = False) -> None:
+        n, dims = self.n_items_, self.dims_
+        perm = load_array(directory / "item_order.npy", BackendError)
+        if perm.dtype != np.int64 or perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
+            raise BackendError(f"{directory}/item_order.npy must be a permutation of the {n} item rows (int64)")
+        if (directory / "forward_indptr.npy").exists():
+            fptr = load_array(directory / "forward_indptr.npy", BackendError, mmap=mmap)
+            fdim = load_array(directory / "forward_dims.npy", BackendError, mmap=mmap)
+            fval = load_array(directory / "forward_values.npy", BackendError, mmap=mmap)
+            _check_csr_arrays(directory, "forward", fptr, fdim, fval, n, dims, (np.uint16, np.int32))
+            if fval.dtype != np.float32 or (fval.size and not np.isfinite(fval).all()):
+                raise BackendError(f"{directory}/forward_values.npy must hold finite float32 values")
+            self.fptr_, self.fdim_, self.fval_ = fptr, fdim, fval
+            self.perm_ = perm
+            self.inv_ = np.empty_like(perm)
+            self.inv_[perm] = np.arange(n, dtype=np.int64)
+            self.nnz_max_ = int(np.diff(fptr).max()) if n else 0
+        elif checkpoint is not None and checkpoint.sparse:
+            self._set_forward(checkpoint.embeddings, perm)
+        else:
+            raise BackendError(f"{directory} holds no forward_*.npy; expected a directory written by the "
+                               f"{self.name!r} backend, or pass the sparse checkpoint it was built from")
+        lptr = load_array(directory / "lists_indptr.npy", BackendError, mmap=mmap)
+        lids = load_array(directory / "lists_items.npy", BackendError, mmap=mmap)
+        codes = load_array(directory / "lists_codes.npy", BackendError, mmap=mmap)
+        scale = load_array(directory / "lists_scale.npy", BackendError)
+        _check_csr_arrays(directory, "lists", lptr, lids, codes, 2 * dims, n, (np.int32,))
+        if codes.dtype != np.uint16:
+            raise BackendError(f"{directory}/lists_codes.npy must be uint16, got {codes.dtype}")
+        if scale.shape != (1,) or not np.isfinite(scale).all() or scale[0] <= 0:
+            raise BackendError(f"{directory}/lists_scale.npy must hold one positive number")
+        self.lptr_, self.lids_, self.lcodes_, self.scale_ = lptr, lids, codes, np.float64(scale[0])
+
+
+def _check_csr_arrays(directory, prefix, indptr, indices, values, n_rows, n_cols, index_types) -> None:
+    """Range-check CSR-like arrays, so that no file can make the compiled kernel read outside them."""
+    if indptr.dtype != np.int64 or indptr.shape != (n_rows + 1,):
+        raise BackendError(f"{directory}/{prefix}_indptr.npy must be int64 of shape ({n_rows + 1},), "
+                           f"got {indptr.dtype} {indptr.shape}")
+    if indices.dtype not in [np.dtype(t) for t in index_types] or indices.ndim != 1:
+        raise BackendError(f"{directory}: {prefix} indices must be a 1-D array of "
+                           f"{' or '.join(np.dtype(t).name for t in index_types)}, got {indices.dtype} {indices.shape}")
+    if values.shape != indices.shape:
+        raise BackendError(f"{directory}: {prefix} values and indices differ in length "
+                           f"({values.shape} vs {indices.shape})")
+    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise BackendError(f"{directory}/{prefix}_indptr.npy is not a monotone offset array ending at "
+                           f"{len(indices)}")
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
+        raise BackendError(f"{directory}: {prefix} indices fall outside [0, {n_cols})")
