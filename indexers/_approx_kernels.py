@@ -87,6 +87,50 @@ def item_order(indptr, indices, data, n_items):
     return np.argsort((dom + 1) * (CODE_MAX + 1) + code, kind="stable").astype(np.int64)
 
 
+def _code(value, scale):
+    # Rounded up: a code never understates a magnitude, so bounds from codes hold; zero only for zero.
+    c = np.ceil(abs(np.float64(value)) / scale * CODE_MAX)
+    return min(c, CODE_MAX)
+
+
+def _fill_lists(indptr, indices, data, dims, scale, share, lptr, lids, lcodes):
+    """Write the impact lists into lptr/lids/lcodes (sized for every nonzero entry); return the kept count."""
+    n_lists = 2 * dims
+    count = np.zeros(n_lists, np.int64)
+    for p in range(indptr[-1]):
+        if _code(data[p], scale) > 0:
+            count[2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)] += 1
+    start = np.zeros(n_lists + 1, np.int64)
+    for L in range(n_lists):
+        start[L + 1] = start[L] + count[L]
+    # Rows ascending within each list, then a stable sort of each list by decreasing code.
+    pos = start[:-1].copy()
+    for i in range(indptr.shape[0] - 1):
+        for p in range(indptr[i], indptr[i + 1]):
+            c = _code(data[p], scale)
+            if c > 0:
+                L = 2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)
+                lids[pos[L]] = i
+                lcodes[pos[L]] = c
+                pos[L] += 1
+    out = 0
+    lptr[0] = 0
+    for L in range(n_lists):
+        a, b = start[L], start[L + 1]
+        m = b - a
+        keep = m if share >= 1.0 else min(m, max(1, np.int64(np.ceil(m * share))))
+        if m > 0:
+            seg_ids = lids[a:b].copy()
+            seg_codes = lcodes[a:b].copy()
+            order = np.argsort(-seg_codes.astype(np.int64), kind="mergesort")
+            for r in range(keep):
+                lids[out + r] = seg_ids[order[r]]
+                lcodes[out + r] = seg_codes[order[r]]
+        out += keep
+        lptr[L + 1] = out
+    return out
+
+
 def build_lists(indptr, indices, data, n_items, dims, share):
     """Impact lists of a CSR item matrix (rows sorted by dimension).
 
@@ -100,28 +144,13 @@ def build_lists(indptr, indices, data, n_items, dims, share):
     -------
     (lptr int64 (2 dims + 1,), lids int32, lcodes uint16, scale float)
     """
-    rows = np.repeat(np.arange(n_items, dtype=np.int32), np.diff(indptr))
-    v = np.asarray(data, dtype=np.float32)
-    lst = 2 * np.asarray(indices, dtype=np.int64) + (v < 0)
-    mag = np.abs(v)
-    scale = float(mag.max()) if len(mag) else 1.0
-    # Round up: a code never understates a magnitude, so bounds from codes hold. Zeros get no entry.
-    codes = np.clip(np.ceil(mag.astype(np.float64) / scale * CODE_MAX), 0, CODE_MAX).astype(np.int64)
-    keep = codes > 0
-    rows, lst, codes = rows[keep], lst[keep], codes[keep]
-    # By list, then decreasing code; the stable sort keeps rows ascending among equal codes.
-    order = np.argsort(lst * (CODE_MAX + 1) + (CODE_MAX - codes), kind="stable")
-    lst, rows, codes = lst[order], rows[order], codes[order]
-    counts = np.bincount(lst, minlength=2 * dims)
-    if share < 1.0:
-        kept = np.where(counts > 0, np.maximum(1, np.ceil(counts * share)), 0).astype(np.int64)
-        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        sel = (np.arange(len(lst)) - start[lst]) < kept[lst]
-        rows, codes = rows[sel], codes[sel]
-        counts = kept
+    mag_max = float(np.abs(data).max()) if len(data) else 0.0
+    scale = mag_max if mag_max > 0 else 1.0
     lptr = np.zeros(2 * dims + 1, np.int64)
-    np.cumsum(counts, out=lptr[1:])
-    return lptr, rows, codes.astype(np.uint16), scale
+    lids = np.empty(len(data), np.int32)
+    lcodes = np.empty(len(data), np.uint16)
+    kept = _fill_lists(np.asarray(indptr, np.int64), indices, data, dims, scale, float(share), lptr, lids, lcodes)
+    return lptr, lids[:kept].copy(), lcodes[:kept].copy(), scale
 
 
 def _heap_less(s1, i1, s2, i2):
@@ -320,6 +349,8 @@ def _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_in
 if HAVE_NUMBA:
     _jit = numba.njit(nogil=True, cache=True)
     _dominant = _jit(_dominant)
+    _code = _jit(_code)
+    _fill_lists = _jit(_fill_lists)
     _heap_less = _jit(_heap_less)
     _sift_down = _jit(_sift_down)
     _sift_up = _jit(_sift_up)
