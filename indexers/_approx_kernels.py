@@ -46,8 +46,11 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     HAVE_NUMBA = False
 
-#: uint16 magnitude codes
-CODE_MAX = 65535
+#: uint8 magnitude codes: code c > 0 stands for scale x LEVELS[c], levels spaced by a constant ratio over
+#: LEVEL_DECADES decades below scale (3.7% apart); code 0 is an exact zero
+CODE_MAX = 255
+LEVEL_DECADES = 4.0
+LEVELS = np.concatenate([[0.0], 10.0 ** (LEVEL_DECADES * (np.arange(1, CODE_MAX + 1) - CODE_MAX) / (CODE_MAX - 1))])
 #: threshold ratio between rounds: smaller reads more postings per round past the point of stopping
 ROUND_RATIO = 0.85
 #: a round threshold this far below the first one reads everything that is left
@@ -82,23 +85,33 @@ def item_order(indptr, indices, data, n_items):
     mag = np.zeros(n_items, np.float32)
     _dominant(indptr, indices, data, dom, mag)
     top = float(mag.max(initial=0.0)) or 1.0
-    code = CODE_MAX - np.floor(mag.astype(np.float64) / top * CODE_MAX).astype(np.int64)
+    fine = 1 << 20
+    code = fine - np.floor(mag.astype(np.float64) / top * fine).astype(np.int64)
     # One integer key; the stable sort keeps the original order among equal keys.
-    return np.argsort((dom + 1) * (CODE_MAX + 1) + code, kind="stable").astype(np.int64)
+    return np.argsort((dom + 1) * (fine + 1) + code, kind="stable").astype(np.int64)
 
 
-def _code(value, scale):
-    # Rounded up: a code never understates a magnitude, so bounds from codes hold; zero only for zero.
-    c = np.ceil(abs(np.float64(value)) / scale * CODE_MAX)
-    return min(c, CODE_MAX)
+def _code(value, scale, levels):
+    # Rounded up: a code never understates a magnitude (levels[c] >= |value| / scale), so bounds from codes
+    # hold; zero only for zero.
+    r = abs(np.float64(value)) / scale
+    if r == 0.0:
+        return 0
+    c = np.int64(np.ceil(CODE_MAX + np.log10(r) * (CODE_MAX - 1) / LEVEL_DECADES))
+    c = min(max(c, 1), CODE_MAX)
+    while c > 1 and levels[c - 1] >= r:
+        c -= 1
+    while c < CODE_MAX and levels[c] < r:
+        c += 1
+    return c
 
 
-def _fill_lists(indptr, indices, data, dims, scale, share, lptr, lids, lcodes):
+def _fill_lists(indptr, indices, data, dims, scale, levels, share, lptr, lids, lcodes):
     """Write the impact lists into lptr/lids/lcodes (sized for every nonzero entry); return the kept count."""
     n_lists = 2 * dims
     count = np.zeros(n_lists, np.int64)
     for p in range(indptr[-1]):
-        if _code(data[p], scale) > 0:
+        if _code(data[p], scale, levels) > 0:
             count[2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)] += 1
     start = np.zeros(n_lists + 1, np.int64)
     for L in range(n_lists):
@@ -107,7 +120,7 @@ def _fill_lists(indptr, indices, data, dims, scale, share, lptr, lids, lcodes):
     pos = start[:-1].copy()
     for i in range(indptr.shape[0] - 1):
         for p in range(indptr[i], indptr[i + 1]):
-            c = _code(data[p], scale)
+            c = _code(data[p], scale, levels)
             if c > 0:
                 L = 2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)
                 lids[pos[L]] = i
@@ -142,14 +155,15 @@ def build_lists(indptr, indices, data, n_items, dims, share):
 
     Returns
     -------
-    (lptr int64 (2 dims + 1,), lids int32, lcodes uint16, scale float)
+    (lptr int64 (2 dims + 1,), lids int32, lcodes uint8, scale float)
     """
     mag_max = float(np.abs(data).max()) if len(data) else 0.0
     scale = mag_max if mag_max > 0 else 1.0
     lptr = np.zeros(2 * dims + 1, np.int64)
     lids = np.empty(len(data), np.int32)
-    lcodes = np.empty(len(data), np.uint16)
-    kept = _fill_lists(np.asarray(indptr, np.int64), indices, data, dims, scale, float(share), lptr, lids, lcodes)
+    lcodes = np.empty(len(data), np.uint8)
+    kept = _fill_lists(np.asarray(indptr, np.int64), indices, data, dims, scale, LEVELS, float(share), lptr, lids,
+                       lcodes)
     return lptr, lids[:kept].copy(), lcodes[:kept].copy(), scale
 
 
@@ -229,7 +243,7 @@ def _flush(fptr, fdim, fval, perm, qdense, buf, nbuf, sbuf, hs, hi, size, k):
     return size
 
 
-def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_dims, q_w, qdense, seen, k,
+def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense, seen, k,
            heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     n_items = fptr.shape[0] - 1
     nt = q_dims.shape[0]
@@ -250,8 +264,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_di
     while n_keep < nt and absw[order[n_keep]] > 0.0 and (query_share >= 1.0 or mass < query_share * total):
         mass += absw[order[n_keep]]
         n_keep += 1
-    # Each kept term's agreeing list and the largest contribution it can make (code x |w| x scale / CODE_MAX).
-    step = scale / CODE_MAX
+    # Each kept term's agreeing list and the largest contribution it can make (|w| x scale x level).
     cur = np.empty(n_keep, np.int64)
     end = np.empty(n_keep, np.int64)
     mult = np.empty(n_keep, np.float64)
@@ -261,8 +274,8 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_di
         lst = 2 * np.int64(q_dims[t]) + (1 if q_w[t] < 0 else 0)
         cur[r] = lptr[lst]
         end[r] = lptr[lst + 1]
-        mult[r] = absw[t] * step
-        top[r] = lcodes[cur[r]] * mult[r] if cur[r] < end[r] else 0.0
+        mult[r] = absw[t] * scale
+        top[r] = levels[lcodes[cur[r]]] * mult[r] if cur[r] < end[r] else 0.0
     torder = np.argsort(-top, kind="mergesort")
     cur, end, mult, top = cur[torder], end[torder], mult[torder], top[torder]
     scanned = 0
@@ -280,7 +293,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_di
                 c = cur[r]
                 e = end[r]
                 m = mult[r]
-                while c < e and lcodes[c] * m >= tau:
+                while c < e and levels[lcodes[c]] * m >= tau:
                     j = lids[c]
                     c += 1
                     w = j >> 6
@@ -338,11 +351,11 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_di
     stats[1] += met
 
 
-def _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_indptr, q_dims, q_w, qdense, seen,
+def _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w, qdense, seen,
            k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
-        _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, scale, nnz_max, q_dims[a:b], q_w[a:b], qdense,
+        _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b], qdense,
                seen, k, heap_factor, query_share, max_postings, out_ids[r], out_scores[r], stats)
 
 
@@ -368,7 +381,7 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     ----------
     forward : (fptr int64, fdim uint16/int32, fval float32, perm int64, inv int64, nnz_max int): the item
         rows in internal order, internal -> original row, original -> internal row, the most entries of a row.
-    lists : (lptr int64, lids int32, lcodes uint16, scale float), the impact lists (internal rows).
+    lists : (lptr int64, lids int32, lcodes uint8, scale float), the impact lists (internal rows).
     k : results per query (<= n_items).
     qdense : float32 (dims,) zeroed scratch; seen : uint64 (ceil(n_items / 64),) zeroed scratch (both
         left zeroed; one pair per thread).
@@ -384,7 +397,7 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     stats = np.zeros(2, np.int64)
-    _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, float(scale), int(nnz_max),
+    _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
            queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
            qdense, seen, int(k), float(heap_factor), float(query_share), int(max_postings), ids, scores, stats)
     return ids, scores, stats

@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ApproxSparse"]
 
-#: bytes of one impact-list entry (int32 item + uint16 magnitude code)
-_LIST_ENTRY_BYTES = 6
+#: bytes of one impact-list entry (int32 item + uint8 magnitude code)
+_LIST_ENTRY_BYTES = 5
 
 
 class ApproxSparse(Backend):
@@ -64,7 +64,7 @@ class ApproxSparse(Backend):
     accepts = "sparse"
     exact = False
     build_params = {"posting_share": 1.0}
-    search_params = {"heap_factor": 0.1, "query_share": 1.0, "max_postings": 0}
+    search_params = {"heap_factor": 0.13, "query_share": 1.0, "max_postings": 0}
     param_docs = {
         "posting_share": "share of each impact list kept at build time, largest |values| first (0-1]; "
                          "1 keeps every entry",
@@ -78,7 +78,7 @@ class ApproxSparse(Backend):
 
     @classmethod
     def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
-        """Upper model: the agreeing half of the query's postings (6 B each), capped by ``max_postings``."""
+        """Upper model: the agreeing half of the query's postings (5 B each), capped by ``max_postings``."""
         if posting is None:
             return np.full(n_queries, np.nan), "n/a"
         share = float((info.get("build_params") or {}).get("posting_share", 1.0))
@@ -86,7 +86,7 @@ class ApproxSparse(Backend):
         budget = int(search_params.get("max_postings", cls.search_params["max_postings"]) or 0)
         if budget > 0:
             entries = np.minimum(entries, budget)
-        return entries * _LIST_ENTRY_BYTES, "agreeing-sign half of the query's postings x 6 B (capped by max_postings)"
+        return entries * _LIST_ENTRY_BYTES, "agreeing-sign half of the query's postings x 5 B (capped by max_postings)"
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -166,7 +166,7 @@ class ApproxSparse(Backend):
         save_array(directory / "lists_items.npy", self.lids_)
         save_array(directory / "lists_codes.npy", self.lcodes_)
         save_array(directory / "lists_scale.npy", np.array([self.scale_], np.float64))
-        save_array(directory / "item_order.npy", self.perm_)
+        save_array(directory / "item_order.npy", self.perm_.astype(np.int32 if self.n_items_ < 2**31 else np.int64))
         if with_embeddings:
             save_array(directory / "forward_indptr.npy", self.fptr_)
             save_array(directory / "forward_dims.npy", self.fdim_)
@@ -176,8 +176,9 @@ class ApproxSparse(Backend):
     def _load(self, directory: Path, *, checkpoint=None, mmap: bool = False) -> None:
         n, dims = self.n_items_, self.dims_
         perm = load_array(directory / "item_order.npy", BackendError)
-        if perm.dtype != np.int64 or perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
-            raise BackendError(f"{directory}/item_order.npy must be a permutation of the {n} item rows (int64)")
+        if perm.dtype not in (np.int32, np.int64) or perm.shape != (n,) or not _is_permutation(perm):
+            raise BackendError(f"{directory}/item_order.npy must be a permutation of the {n} item rows (int32)")
+        perm = perm.astype(np.int64)
         if (directory / "forward_indptr.npy").exists():
             fptr = load_array(directory / "forward_indptr.npy", BackendError, mmap=mmap)
             fdim = load_array(directory / "forward_dims.npy", BackendError, mmap=mmap)
@@ -200,11 +201,18 @@ class ApproxSparse(Backend):
         codes = load_array(directory / "lists_codes.npy", BackendError, mmap=mmap)
         scale = load_array(directory / "lists_scale.npy", BackendError)
         _check_csr_arrays(directory, "lists", lptr, lids, codes, 2 * dims, n, (np.int32,))
-        if codes.dtype != np.uint16:
-            raise BackendError(f"{directory}/lists_codes.npy must be uint16, got {codes.dtype}")
+        if codes.dtype != np.uint8:
+            raise BackendError(f"{directory}/lists_codes.npy must be uint8, got {codes.dtype}")
         if scale.shape != (1,) or not np.isfinite(scale).all() or scale[0] <= 0:
             raise BackendError(f"{directory}/lists_scale.npy must hold one positive number")
         self.lptr_, self.lids_, self.lcodes_, self.scale_ = lptr, lids, codes, np.float64(scale[0])
+
+
+def _is_permutation(perm: np.ndarray) -> bool:
+    n = len(perm)
+    if n and (int(perm.min()) < 0 or int(perm.max()) >= n):
+        return False
+    return bool((np.bincount(perm, minlength=n) == 1).all())
 
 
 def _check_csr_arrays(directory, prefix, indptr, indices, values, n_rows, n_cols, index_types) -> None:
