@@ -222,7 +222,7 @@ def _score(fptr, fdim, fval, qdense, j):
     return s
 
 
-def _flush(fptr, fdim, fval, perm, qdense, buf, nbuf, sbuf, hs, hi, size, k):
+def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
     # Touch the candidates' row offsets, then the first and last entry of each row: independent loads, so
     # their cache misses overlap (measured 2x faster than scoring rows as they come); then score, then offer.
     t = 0
@@ -239,7 +239,12 @@ def _flush(fptr, fdim, fval, perm, qdense, buf, nbuf, sbuf, hs, hi, size, k):
     if t == -1:  # keeps the touching loads from being optimised away; never true
         sbuf[0] = np.float32(0.0)
     for c in range(nbuf):
-        size = _offer(hs, hi, size, k, sbuf[c], perm[buf[c]])
+        j = perm[buf[c]]
+        if size < k or _heap_less(hs[0], hi[0], sbuf[c], j):
+            # Admitted: the ratio of its score to the contribution it was found by (its largest, within a round).
+            rstat[0] += sbuf[c] / cbuf[c]
+            rstat[1] += 1.0
+            size = _offer(hs, hi, size, k, sbuf[c], j)
     return size
 
 
@@ -253,6 +258,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
     hi = np.empty(k, np.int64)
     size = 0
     buf = np.empty(FLUSH, np.int64)
+    cbuf = np.empty(FLUSH, np.float64)
     sbuf = np.empty(FLUSH, np.float32)
     nbuf = 0
     # Query terms by decreasing |w| (stable: ties in dimension order) until query_share of the L1 mass.
@@ -280,6 +286,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
     cur, end, mult, top = cur[torder], end[torder], mult[torder], top[torder]
     scanned = 0
     met = 0
+    rstat = np.zeros(2, np.float64)
     if n_keep > 0 and top[0] > 0.0:
         tau = top[0]
         floor = tau * TAU_FLOOR
@@ -302,9 +309,10 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                         continue
                     seen[w] |= bit
                     buf[nbuf] = j
+                    cbuf[nbuf] = levels[lcodes[c - 1]] * m
                     nbuf += 1
                     if nbuf == FLUSH:
-                        size = _flush(fptr, fdim, fval, perm, qdense, buf, nbuf, sbuf, hs, hi, size, k)
+                        size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
                         met += nbuf
                         nbuf = 0
                 scanned += c - cur[r]
@@ -314,13 +322,17 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                 if max_postings > 0 and scanned >= max_postings:
                     spent = True
                     break
-            size = _flush(fptr, fdim, fval, perm, qdense, buf, nbuf, sbuf, hs, hi, size, k)
+            size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
             met += nbuf
             nbuf = 0
             if spent or left == 0 or tau == 0.0:
                 break
-            # Unseen items: every agreeing contribution < tau, so (all terms kept) score < nnz_max * tau.
-            if size == k and hs[0] > 0.0 and heap_factor * nnz_max * tau * (1.0 + BOUND_SLACK) <= hs[0]:
+            # Unseen items: every agreeing contribution < tau, so (all terms kept) score < nnz_max * tau. The
+            # admitted items scored on average ratio x the contribution they were found by; assume unseen ones
+            # score at most max(1, ratio) / heap_factor x tau (never more than the safe nnz_max x tau).
+            ratio = max(1.0, rstat[0] / rstat[1]) if rstat[1] > 0 else 1.0
+            bound = tau * min(np.float64(nnz_max), ratio / heap_factor) * (1.0 + BOUND_SLACK)
+            if size == k and hs[0] > 0.0 and bound <= hs[0]:
                 break
             tau *= ROUND_RATIO
             if tau < floor:
