@@ -300,7 +300,8 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                 c = cur[r]
                 e = end[r]
                 m = mult[r]
-                while c < e and levels[lcodes[c]] * m >= tau:
+                stop = e if max_postings <= 0 else min(e, c + (max_postings - scanned))
+                while c < stop and levels[lcodes[c]] * m >= tau:
                     j = lids[c]
                     c += 1
                     w = j >> 6

@@ -64,7 +64,7 @@ class ApproxSparse(Backend):
     accepts = "sparse"
     exact = False
     build_params = {"posting_share": 1.0}
-    search_params = {"heap_factor": 0.13, "query_share": 1.0, "max_postings": 0}
+    search_params = {"heap_factor": 0.5, "query_share": 1.0, "max_postings": 0}
     param_docs = {
         "posting_share": "share of each impact list kept at build time, largest |values| first (0-1]; "
                          "1 keeps every entry",
