@@ -125,6 +125,15 @@ class ApproxSparse(Backend):
         self.lptr_, self.lids_, self.lcodes_, scale = _k.build_lists(
             self.fptr_, self.fdim_, self.fval_, n, dims, float(self.params["posting_share"]))
         self.scale_ = np.float64(scale)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """Make the index arrays read-only: built, loaded and memory-mapped indexes then share one compiled
+        kernel (numba compiles one version per array writability)."""
+        for name in ("fptr_", "fdim_", "fval_", "perm_", "inv_", "lptr_", "lids_", "lcodes_"):
+            arr = getattr(self, name)
+            if arr.flags.writeable:
+                arr.flags.writeable = False
 
     # ----------------------------------------------------------------- search
 
@@ -206,6 +215,7 @@ class ApproxSparse(Backend):
         if scale.shape != (1,) or not np.isfinite(scale).all() or scale[0] <= 0:
             raise BackendError(f"{directory}/lists_scale.npy must hold one positive number")
         self.lptr_, self.lids_, self.lcodes_, self.scale_ = lptr, lids, codes, np.float64(scale[0])
+        self._freeze()
 
 
 def _is_permutation(perm: np.ndarray) -> bool:
