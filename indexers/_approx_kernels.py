@@ -1,38 +1,54 @@
 """Compiled kernels of the approximate sparse backend (numba).
 
-Index layout (built by :func:`build_lists`):
+Index layout (built by :func:`item_order` and :func:`build_lists`):
 
+* internal item order: items grouped by their dominant signed dimension
+  (largest ``|value|``), by decreasing dominant magnitude. The heads of the
+  impact lists then hold runs of consecutive items, so the candidates a
+  query meets first sit next to each other in the forward index.
 * impact lists: for each dimension ``d`` two lists, ``2d`` holding the items
   with a positive value in ``d`` and ``2d + 1`` those with a negative one,
-  each sorted by decreasing ``|value|`` (ties: lower item first). Their
-  magnitudes are stored as uint16 codes ``ceil(|value| / scale * 65535)``:
-  never below the true magnitude, so a bound computed from a code holds for
-  the true value. Only the traversal order and the stopping rule read them.
-* forward index: the item rows (CSR, dims ascending), from which every
-  candidate is scored exactly.
+  each sorted by decreasing ``|value|`` (ties: lower internal item first),
+  optionally cut to a share of their largest entries. Magnitudes are stored
+  as uint8 codes on a log scale (3.7% steps over 4 decades below the
+  largest ``|value|``), rounded up: a code never understates a magnitude, so
+  a bound computed from codes holds for the true values. Only the traversal
+  order and the stopping rule read them.
+* forward index: the item rows in internal order (CSR, dims ascending,
+  uint16 dims when there are at most 65,536), from which every candidate is
+  scored exactly.
 
 Search (:func:`search_batch`), for one query ``u``: a query term ``(d, w)``
 can raise an item's score only through the list of its own sign (``w > 0``:
 the positive list of ``d``; ``w < 0``: the negative one), where the item's
-contribution is ``|w| * |a_jd|``. The kept terms' agreeing lists are read in
-rounds of decreasing contribution threshold ``tau`` (``tau`` shrinks by a
-fixed ratio per round), so the postings with the largest contributions
-across all terms come first. Each item met for the first time is scored
-exactly through the forward index and offered to a top-k heap. After a
-round, every item not yet met has each agreeing contribution below ``tau``,
-so (when every term is kept) its score is below ``nnz_max * tau``; the search
-stops once ``heap_factor * nnz_max * tau`` falls to the current k-th score
-(``heap_factor = 1``: nothing unseen can still enter the top k), or when the
-posting budget is spent. If fewer than k items were met, or the k-th score
-is not positive, the remaining items are scored in index order until the
-top k is settled (items met by no agreeing list score <= 0).
+contribution is ``|w| * |a_jd|``. Terms are kept by decreasing ``|w|`` up
+to ``query_share`` of the query's L1 mass. Their agreeing lists are read in
+rounds of decreasing contribution threshold ``tau`` (x0.85 per round), so
+the postings with the largest contributions across all terms come first, and
+an item is met first through (about) its largest contribution. Items met for
+the first time are gathered, scored exactly through the forward index
+(their rows touched first so that the cache misses overlap) and offered to a
+top-k heap.
+
+Stopping: after a round, an item not yet met has every agreeing
+contribution below ``tau``, so (when every term is kept) its score is below
+``nnz_max * tau``: a safe bound, but loose (items score on few of their
+dimensions). The kernel also measures ``ratio``, the mean over the items
+admitted to the heap of score / the contribution they were found by, and
+stops once ``tau * min(nnz_max, max(1, ratio) / heap_factor)`` falls to the
+current k-th score, or when ``max_postings`` postings were read. With
+``heap_factor <= 1 / nnz_max``, ``query_share = 1`` and no posting budget
+the bound is the safe one and the result is the exact top k. If fewer than
+k items were met, or the k-th score is not positive, the remaining items
+are scored in original index order until the top k is settled (items met by
+no agreeing list score <= 0).
 
 Scores follow the package's one summation order
 (:func:`elsa_index.scoring.score_rows`): float32 products ``a_jd * u_d``
 added in float32, from 0, in ascending dimension order. The forward rows are
 sorted by dimension, and products with dimensions absent from the query are
 ``±0``, which leave a float32 sum unchanged; so the scores equal the exact
-backend's bit for bit, and ties go to the lower item index.
+backend's bit for bit, and ties go to the lower original item index.
 """
 
 from __future__ import annotations

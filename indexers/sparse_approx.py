@@ -4,20 +4,24 @@ Built for Compressed ELSA catalogues: items with few active dimensions (8-128),
 queries with hundreds, values of both signs. Each dimension has two impact
 lists (its positive and its negative entries, each by decreasing magnitude);
 a query reads only the list that agrees with the sign of each of its terms,
-in rounds of decreasing contribution ``|w_d| * |a_jd|`` across all terms, and
+in rounds of decreasing contribution ``|u_d| * |a_jd|`` across all terms, and
 scores every item it meets exactly through a forward index (item -> its
-entries). It stops when no unseen item can reach the current k-th score
-(scaled by ``heap_factor``) or when its posting budget is spent. See
+entries, items grouped by their dominant signed dimension so that the items
+met together sit together). It stops when unseen items, judged by how far
+the scores of the items found so far exceeded the contributions they were
+found by, can no longer reach the current k-th score (``heap_factor``), or
+when its posting budget is spent. See
 :mod:`elsa_index.indexers._approx_kernels` for the algorithm.
 
 What is approximate: which items become candidates. Every returned score is
 the exact inner product, bit-identical to the ``sparse`` backend's (same
-summation order, ties to the lower item index). With ``heap_factor=1``,
-``query_share=1``, ``max_postings=0`` and ``posting_share=1`` the results
-equal the exact top k.
+summation order, ties to the lower item index). With ``heap_factor <= 1 /
+nnz_max`` (e.g. 1e-6), ``query_share=1``, ``max_postings=0`` and
+``posting_share=1`` the results equal the exact top k.
 
-Thread safety: searches only read the index; the scratch arrays (a dense
-copy of the query and a bitset of the items met) are per thread.
+Thread safety: searches only read the index (its arrays are read-only); the
+scratch arrays (a dense copy of the query and a bitset of the items met) are
+per thread.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ class ApproxSparse(Backend):
 
     Search parameters
     -----------------
-    heap_factor : in (0, 1]; stop once ``heap_factor`` x the bound on unseen items falls to the k-th score
-        (1: the bound itself, nothing unseen could enter; smaller stops earlier).
+    heap_factor : in (0, 1]; stop once ``tau * min(nnz_max, ratio / heap_factor)`` falls to the k-th score,
+        where ``tau`` is the contribution threshold reached and ``ratio`` the mean score / contribution of
+        the items admitted so far. Smaller reads more (<= 1 / nnz_max: exact). None (default):
+        :func:`default_heap_factor` of the index's largest item.
     query_share : in (0, 1]; query terms are taken by decreasing |weight| until this share of the query's
         L1 mass is covered.
     max_postings : posting budget per query (0: none).
@@ -64,13 +70,14 @@ class ApproxSparse(Backend):
     accepts = "sparse"
     exact = False
     build_params = {"posting_share": 1.0}
-    search_params = {"heap_factor": 0.5, "query_share": 1.0, "max_postings": 0}
+    search_params = {"heap_factor": None, "query_share": 1.0, "max_postings": 0}
     param_docs = {
         "posting_share": "share of each impact list kept at build time, largest |values| first (0-1]; "
                          "1 keeps every entry",
-        "heap_factor": "(0-1]: stop reading postings once heap_factor x the bound on unseen items "
-                       "(nnz_max x current contribution threshold) falls to the k-th score; 1 is safe "
-                       "(nothing unseen could enter the top k), smaller is faster and approximate",
+        "heap_factor": "(0-1]: stop reading postings once the contribution threshold x min(nnz_max, "
+                       "ratio / heap_factor) falls to the k-th score (ratio: mean score / finding contribution "
+                       "of the items admitted so far); smaller reads more, <= 1/nnz_max is exact; None: 0.5, "
+                       "lowered as (32/nnz_max)^(1/4) for items of more than 32 entries",
         "query_share": "(0-1]: query terms are used by decreasing |weight| until this share of the query's "
                        "L1 mass is covered",
         "max_postings": "posting budget per query (integer >= 0; 0 means no budget)",
@@ -94,7 +101,8 @@ class ApproxSparse(Backend):
 
     def _check_params(self) -> None:
         check_float(self.params["posting_share"], "posting_share", 0.0, 1.0, low_open=True, error=BackendError)
-        check_float(self._search_params["heap_factor"], "heap_factor", 0.0, 1.0, low_open=True, error=BackendError)
+        check_float(self._search_params["heap_factor"], "heap_factor", 0.0, 1.0, low_open=True, allow_none=True,
+                    error=BackendError)
         check_float(self._search_params["query_share"], "query_share", 0.0, 1.0, low_open=True, error=BackendError)
         check_int(self._search_params["max_postings"], "max_postings", 0, error=BackendError,
                   hint=" (0 means no budget)")
@@ -154,10 +162,16 @@ class ApproxSparse(Backend):
         p = self._search_params
         ids, scores, stats = _k.search_batch(
             (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_), (self.lptr_, self.lids_, self.lcodes_, self.scale_),
-            Q, k, qdense, seen, p["heap_factor"], p["query_share"], p["max_postings"])
+            Q, k, qdense, seen, self.heap_factor_, p["query_share"], p["max_postings"])
         total = getattr(self._local, "stats", None)
         self._local.stats = (stats if total is None else total + stats)
         return ids, scores
+
+    @property
+    def heap_factor_(self) -> float:
+        """The heap factor in use: the search parameter, or :func:`default_heap_factor` when it is None."""
+        h = self._search_params["heap_factor"]
+        return float(h) if h is not None else default_heap_factor(self.nnz_max_)
 
     def search_stats(self, *, reset: bool = True) -> dict:
         """Postings read and items scored by this thread's searches since the last reset (summed over queries)."""
@@ -216,6 +230,17 @@ class ApproxSparse(Backend):
             raise BackendError(f"{directory}/lists_scale.npy must hold one positive number")
         self.lptr_, self.lids_, self.lcodes_, self.scale_ = lptr, lids, codes, np.float64(scale[0])
         self._freeze()
+
+
+def default_heap_factor(nnz_max: int) -> float:
+    """The default heap factor: 0.5, lowered as ``(32 / nnz_max) ** 0.25`` for items of more than 32 entries.
+
+    Measured (retrieval recall@20 >= 0.99 and Recall@20 within 0.002 of exact): 0.5 suits items of 4-32
+    entries (planted test catalogue, the synthetic 1M catalogue, ML-1M Compressed ELSA with 16 and 32), while
+    items of 128 entries score on more of their dimensions, so the contribution an item is found by
+    understates its score more, and needed 0.35 (ML-1M, 128 entries).
+    """
+    return 0.5 * min(1.0, (32.0 / max(int(nnz_max), 1)) ** 0.25)
 
 
 def _is_permutation(perm: np.ndarray) -> bool:

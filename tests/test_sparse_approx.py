@@ -179,3 +179,14 @@ def test_corrupted_files_refused(catalogue, tmp_path):
         Backend.load(tmp_path / "ix", verify=False)
     with pytest.raises(ElsaIndexError, match="lists_items.npy"):
         Backend.load(tmp_path / "ix")  # the recorded digest no longer matches
+
+
+def test_default_heap_factor_follows_the_largest_item(catalogue):
+    from elsa_index.indexers.sparse_approx import default_heap_factor
+
+    ck, Q = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ == default_heap_factor(8) == 0.5
+    assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.5
+    explicit = get_backend("sparse-approx")(heap_factor=0.5).build(ck)
+    np.testing.assert_array_equal(ap.search(Q, 10).ids, explicit.search(Q, 10).ids)
