@@ -85,15 +85,23 @@ class ApproxSparse(Backend):
 
     @classmethod
     def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
-        """Upper model: the agreeing half of the query's postings (5 B each), capped by ``max_postings``."""
-        if posting is None:
+        """Lower model: the k items returned, each found through one list entry (5 B) and scored from its
+        forward row (6 B per stored entry + 8 B of offset). The postings actually read depend on where the
+        adaptive stop falls; ``search_stats`` reports them."""
+        n_items = int(info.get("n_items") or 0)
+        entries = info.get("stored_entries")
+        if not n_items or entries is None:
             return np.full(n_queries, np.nan), "n/a"
-        share = float((info.get("build_params") or {}).get("posting_share", 1.0))
-        entries = np.asarray(posting, dtype=np.float64) / 8.0 * share / 2.0
-        budget = int(search_params.get("max_postings", cls.search_params["max_postings"]) or 0)
-        if budget > 0:
-            entries = np.minimum(entries, budget)
-        return entries * _LIST_ENTRY_BYTES, "agreeing-sign half of the query's postings x 5 B (capped by max_postings)"
+        row = 6.0 * float(entries) / n_items + 8.0
+        per_query = min(int(k), n_items) * (_LIST_ENTRY_BYTES + row)
+        return np.full(n_queries, per_query), "k x (one list entry 5 B + its forward row, 6 B/entry + 8 B)"
+
+    def info(self) -> dict:
+        out = super().info()
+        if getattr(self, "fval_", None) is not None:
+            out["stored_entries"] = int(len(self.fval_))
+            out["heap_factor_in_use"] = self.heap_factor_
+        return out
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -160,9 +168,10 @@ class ApproxSparse(Backend):
             Q = Q.sorted_indices()
         qdense, seen = self._scratch()
         p = self._search_params
-        ids, scores, stats = _k.search_batch(
-            (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_), (self.lptr_, self.lids_, self.lcodes_, self.scale_),
-            Q, k, qdense, seen, self.heap_factor_, p["query_share"], p["max_postings"])
+        forward = (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_)
+        lists = (self.lptr_, self.lids_, self.lcodes_, self.scale_)
+        ids, scores, stats = _k.search_batch(forward, lists, Q, k, qdense, seen, self.heap_factor_,
+                                             p["query_share"], p["max_postings"])
         total = getattr(self._local, "stats", None)
         self._local.stats = (stats if total is None else total + stats)
         return ids, scores

@@ -190,3 +190,14 @@ def test_default_heap_factor_follows_the_largest_item(catalogue):
     assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.5
     explicit = get_backend("sparse-approx")(heap_factor=0.5).build(ck)
     np.testing.assert_array_equal(ap.search(Q, 10).ids, explicit.search(Q, 10).ids)
+
+
+def test_touched_bytes_model(catalogue):
+    ck, _ = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    tb, model = type(ap).touched_bytes(ap.info(), ap.get_search_params(), 10, None, 2)
+    # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each) + an offset
+    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6 + 8.0)))
+    assert "forward row" in model
+    tb, model = type(ap).touched_bytes({"n_items": 5, "dims": 4}, {}, 10, None, 2)
+    assert np.isnan(tb).all() and model == "n/a"
