@@ -26,6 +26,7 @@ __all__ = ["BACKENDS", "register_backend", "get_backend", "backend_names"]
 #: backend name -> "module:Class"; adding a backend is one module plus one line here.
 BACKENDS: dict[str, str] = {
     "sparse": "elsa_index.indexers.sparse:ExactSparse",
+    "sparse-approx": "elsa_index.indexers.sparse_approx:ApproxSparse",
     "lucene": "elsa_index.indexers.lucene:LuceneImpact",
     "faiss-flat": "elsa_index.indexers.faiss_dense:FaissFlat",
     "faiss-hnsw": "elsa_index.indexers.faiss_dense:FaissHNSW",

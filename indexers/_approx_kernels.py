@@ -1,0 +1,432 @@
+"""Compiled kernels of the approximate sparse backend (numba).
+
+Index layout (built by :func:`item_order` and :func:`build_lists`):
+
+* internal item order: items grouped by their dominant signed dimension
+  (largest ``|value|``), by decreasing dominant magnitude. The heads of the
+  impact lists then hold runs of consecutive items, so the candidates a
+  query meets first sit next to each other in the forward index.
+* impact lists: for each dimension ``d`` two lists, ``2d`` holding the items
+  with a positive value in ``d`` and ``2d + 1`` those with a negative one,
+  each sorted by decreasing ``|value|`` (ties: lower internal item first),
+  optionally cut to a share of their largest entries. Magnitudes are stored
+  as uint8 codes on a log scale (3.7% steps over 4 decades below the
+  largest ``|value|``), rounded up: a code never understates a magnitude, so
+  a bound computed from codes holds for the true values. Only the traversal
+  order and the stopping rule read them.
+* forward index: the item rows in internal order (CSR, dims ascending,
+  uint16 dims when there are at most 65,536), from which every candidate is
+  scored exactly.
+
+Search (:func:`search_batch`), for one query ``u``: a query term ``(d, w)``
+can raise an item's score only through the list of its own sign (``w > 0``:
+the positive list of ``d``; ``w < 0``: the negative one), where the item's
+contribution is ``|w| * |a_jd|``. Terms are kept by decreasing ``|w|`` up
+to ``query_share`` of the query's L1 mass. Their agreeing lists are read in
+rounds of decreasing contribution threshold ``tau`` (x0.85 per round), so
+the postings with the largest contributions across all terms come first, and
+an item is met first through (about) its largest contribution. Items met for
+the first time are gathered, scored exactly through the forward index
+(their rows touched first so that the cache misses overlap) and offered to a
+top-k heap.
+
+Stopping: after a round, an item not yet met has every agreeing
+contribution below ``tau``, so (when every term is kept) its score is below
+``nnz_max * tau``: a safe bound, but loose (items score on few of their
+dimensions). The kernel also measures ``ratio``, the mean over the items
+admitted to the heap of score / the contribution they were found by, and
+stops once ``tau * min(nnz_max, max(1, ratio) / heap_factor)`` falls to the
+current k-th score, or when ``max_postings`` postings were read. With
+``heap_factor <= 1 / nnz_max``, ``query_share = 1`` and no posting budget
+the bound is the safe one and the result is the exact top k. If fewer than
+k items were met, or the k-th score is not positive, the remaining items
+are scored in original index order until the top k is settled (items met by
+no agreeing list score <= 0).
+
+Scores follow the package's one summation order
+(:func:`elsa_index.scoring.score_rows`): float32 products ``a_jd * u_d``
+added in float32, from 0, in ascending dimension order. The forward rows are
+sorted by dimension, and products with dimensions absent from the query are
+``±0``, which leave a float32 sum unchanged; so the scores equal the exact
+backend's bit for bit, and ties go to the lower original item index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba is a dependency
+    HAVE_NUMBA = False
+
+#: uint8 magnitude codes: code c > 0 stands for scale x LEVELS[c], levels spaced by a constant ratio over
+#: LEVEL_DECADES decades below scale (3.7% apart); code 0 is an exact zero
+CODE_MAX = 255
+LEVEL_DECADES = 4.0
+LEVELS = np.concatenate([[0.0], 10.0 ** (LEVEL_DECADES * (np.arange(1, CODE_MAX + 1) - CODE_MAX) / (CODE_MAX - 1))])
+#: threshold ratio between rounds: smaller reads more postings per round past the point of stopping
+ROUND_RATIO = 0.85
+#: a round threshold this far below the first one reads everything that is left
+TAU_FLOOR = 1e-6
+#: candidates gathered before they are scored together
+FLUSH = 256
+#: relative slack of the stopping bound for float32 rounding of the scores
+BOUND_SLACK = 1e-3
+
+
+def _dominant(indptr, indices, data, dom, mag):
+    # Per row: 2 d + (value < 0) of its largest |value| (first such dimension), and that magnitude.
+    for i in range(indptr.shape[0] - 1):
+        best = -1.0
+        for p in range(indptr[i], indptr[i + 1]):
+            m = abs(data[p])
+            if m > best:
+                best = m
+                dom[i] = 2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)
+        mag[i] = best if best > 0 else 0.0
+
+
+def item_order(indptr, indices, data, n_items):
+    """Internal item order: grouped by dominant signed dimension, by decreasing dominant magnitude.
+
+    An item's dominant entry is its largest ``|value|`` (ties: the lower dimension). Items sharing a
+    dominant (dimension, sign) are the ones that head that dimension's impact list of that sign, so a
+    query reading the head of a list reads consecutive forward rows. Returns int64 ``perm`` (internal ->
+    original row).
+    """
+    dom = np.full(n_items, -1, np.int64)
+    mag = np.zeros(n_items, np.float32)
+    _dominant(indptr, indices, data, dom, mag)
+    top = float(mag.max(initial=0.0)) or 1.0
+    fine = 1 << 20
+    code = fine - np.floor(mag.astype(np.float64) / top * fine).astype(np.int64)
+    # One integer key; the stable sort keeps the original order among equal keys.
+    return np.argsort((dom + 1) * (fine + 1) + code, kind="stable").astype(np.int64)
+
+
+def _code(value, scale, levels):
+    # Rounded up: a code never understates a magnitude (levels[c] >= |value| / scale), so bounds from codes
+    # hold; zero only for zero.
+    r = abs(np.float64(value)) / scale
+    if r == 0.0:
+        return 0
+    c = np.int64(np.ceil(CODE_MAX + np.log10(r) * (CODE_MAX - 1) / LEVEL_DECADES))
+    c = min(max(c, 1), CODE_MAX)
+    while c > 1 and levels[c - 1] >= r:
+        c -= 1
+    while c < CODE_MAX and levels[c] < r:
+        c += 1
+    return c
+
+
+def _fill_lists(indptr, indices, data, dims, scale, levels, share, lptr, lids, lcodes):
+    """Write the impact lists into lptr/lids/lcodes (sized for every nonzero entry); return the kept count."""
+    n_lists = 2 * dims
+    count = np.zeros(n_lists, np.int64)
+    for p in range(indptr[-1]):
+        if _code(data[p], scale, levels) > 0:
+            count[2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)] += 1
+    start = np.zeros(n_lists + 1, np.int64)
+    for L in range(n_lists):
+        start[L + 1] = start[L] + count[L]
+    # Rows ascending within each list, then a stable sort of each list by decreasing code.
+    pos = start[:-1].copy()
+    for i in range(indptr.shape[0] - 1):
+        for p in range(indptr[i], indptr[i + 1]):
+            c = _code(data[p], scale, levels)
+            if c > 0:
+                L = 2 * np.int64(indices[p]) + (1 if data[p] < 0 else 0)
+                lids[pos[L]] = i
+                lcodes[pos[L]] = c
+                pos[L] += 1
+    out = 0
+    lptr[0] = 0
+    for L in range(n_lists):
+        a, b = start[L], start[L + 1]
+        m = b - a
+        keep = m if share >= 1.0 else min(m, max(1, np.int64(np.ceil(m * share))))
+        if m > 0:
+            seg_ids = lids[a:b].copy()
+            seg_codes = lcodes[a:b].copy()
+            order = np.argsort(-seg_codes.astype(np.int64), kind="mergesort")
+            for r in range(keep):
+                lids[out + r] = seg_ids[order[r]]
+                lcodes[out + r] = seg_codes[order[r]]
+        out += keep
+        lptr[L + 1] = out
+    return out
+
+
+def build_lists(indptr, indices, data, n_items, dims, share):
+    """Impact lists of a CSR item matrix (rows sorted by dimension).
+
+    Parameters
+    ----------
+    indptr, indices, data : the item CSR arrays (int64, int, float32), in internal item order.
+    n_items, dims : its shape.
+    share : float in (0, 1], the share of each list kept (its largest magnitudes, at least one entry).
+
+    Returns
+    -------
+    (lptr int64 (2 dims + 1,), lids int32, lcodes uint8, scale float)
+    """
+    mag_max = float(np.abs(data).max()) if len(data) else 0.0
+    scale = mag_max if mag_max > 0 else 1.0
+    lptr = np.zeros(2 * dims + 1, np.int64)
+    lids = np.empty(len(data), np.int32)
+    lcodes = np.empty(len(data), np.uint8)
+    kept = _fill_lists(np.asarray(indptr, np.int64), indices, data, dims, scale, LEVELS, float(share), lptr, lids,
+                       lcodes)
+    return lptr, lids[:kept].copy(), lcodes[:kept].copy(), scale
+
+
+def _heap_less(s1, i1, s2, i2):
+    # "Worse" for the min-heap: lower score, or equal score and higher index (ties go to the lower index).
+    return s1 < s2 or (s1 == s2 and i1 > i2)
+
+
+def _sift_down(hs, hi, pos, size):
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            return
+        worst = left
+        right = left + 1
+        if right < size and _heap_less(hs[right], hi[right], hs[left], hi[left]):
+            worst = right
+        if _heap_less(hs[worst], hi[worst], hs[pos], hi[pos]):
+            hs[pos], hs[worst] = hs[worst], hs[pos]
+            hi[pos], hi[worst] = hi[worst], hi[pos]
+            pos = worst
+        else:
+            return
+
+
+def _sift_up(hs, hi, pos):
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if _heap_less(hs[pos], hi[pos], hs[parent], hi[parent]):
+            hs[pos], hs[parent] = hs[parent], hs[pos]
+            hi[pos], hi[parent] = hi[parent], hi[pos]
+            pos = parent
+        else:
+            return
+
+
+def _offer(hs, hi, size, k, s, j):
+    """Offer (s, j) to the heap of ``size`` entries (capacity k); return the new size."""
+    if size < k:
+        hs[size] = s
+        hi[size] = j
+        _sift_up(hs, hi, size)
+        return size + 1
+    if _heap_less(hs[0], hi[0], s, j):
+        hs[0] = s
+        hi[0] = j
+        _sift_down(hs, hi, 0, size)
+    return size
+
+
+def _score(fptr, fdim, fval, qdense, j):
+    # The shared summation order: float32 products, float32 sum from 0, ascending dims.
+    s = np.float32(0.0)
+    for p in range(fptr[j], fptr[j + 1]):
+        s += fval[p] * qdense[fdim[p]]
+    return s
+
+
+def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
+    # Touch the candidates' row offsets, then the first and last entry of each row: independent loads, so
+    # their cache misses overlap (measured 2x faster than scoring rows as they come); then score, then offer.
+    t = 0
+    for c in range(nbuf):
+        t += fptr[buf[c]]
+    for c in range(nbuf):
+        j = buf[c]
+        a = fptr[j]
+        b = fptr[j + 1] - 1
+        if b >= a:
+            t += np.int64(fdim[a]) + np.int64(fdim[b]) + np.int64(fval[a] > fval[b])
+    for c in range(nbuf):
+        sbuf[c] = _score(fptr, fdim, fval, qdense, buf[c])
+    if t == -1:  # keeps the touching loads from being optimised away; never true
+        sbuf[0] = np.float32(0.0)
+    for c in range(nbuf):
+        j = perm[buf[c]]
+        if size < k or _heap_less(hs[0], hi[0], sbuf[c], j):
+            # Admitted: the ratio of its score to the contribution it was found by (its largest, within a round).
+            rstat[0] += sbuf[c] / cbuf[c]
+            rstat[1] += 1.0
+            size = _offer(hs, hi, size, k, sbuf[c], j)
+    return size
+
+
+def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense, seen, k,
+           heap_factor, query_share, max_postings, out_ids, out_scores, stats):
+    n_items = fptr.shape[0] - 1
+    nt = q_dims.shape[0]
+    for t in range(nt):
+        qdense[q_dims[t]] = q_w[t]
+    hs = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    buf = np.empty(FLUSH, np.int64)
+    cbuf = np.empty(FLUSH, np.float64)
+    sbuf = np.empty(FLUSH, np.float32)
+    nbuf = 0
+    # Query terms by decreasing |w| (stable: ties in dimension order) until query_share of the L1 mass.
+    absw = np.abs(q_w).astype(np.float64)
+    order = np.argsort(-absw, kind="mergesort")
+    total = absw.sum()
+    n_keep = 0
+    mass = 0.0
+    while n_keep < nt and absw[order[n_keep]] > 0.0 and (query_share >= 1.0 or mass < query_share * total):
+        mass += absw[order[n_keep]]
+        n_keep += 1
+    # Each kept term's agreeing list and the largest contribution it can make (|w| x scale x level).
+    cur = np.empty(n_keep, np.int64)
+    end = np.empty(n_keep, np.int64)
+    mult = np.empty(n_keep, np.float64)
+    top = np.empty(n_keep, np.float64)
+    for r in range(n_keep):
+        t = order[r]
+        lst = 2 * np.int64(q_dims[t]) + (1 if q_w[t] < 0 else 0)
+        cur[r] = lptr[lst]
+        end[r] = lptr[lst + 1]
+        mult[r] = absw[t] * scale
+        top[r] = levels[lcodes[cur[r]]] * mult[r] if cur[r] < end[r] else 0.0
+    torder = np.argsort(-top, kind="mergesort")
+    cur, end, mult, top = cur[torder], end[torder], mult[torder], top[torder]
+    scanned = 0
+    met = 0
+    rstat = np.zeros(2, np.float64)
+    if n_keep > 0 and top[0] > 0.0:
+        tau = top[0]
+        floor = tau * TAU_FLOOR
+        while True:
+            left = 0
+            spent = False
+            for r in range(n_keep):
+                if top[r] < tau:  # terms sorted by top: none further can reach tau yet
+                    left += n_keep - r
+                    break
+                c = cur[r]
+                e = end[r]
+                m = mult[r]
+                stop = e if max_postings <= 0 else min(e, c + (max_postings - scanned))
+                while c < stop and levels[lcodes[c]] * m >= tau:
+                    j = lids[c]
+                    c += 1
+                    w = j >> 6
+                    bit = np.uint64(1) << np.uint64(j & 63)
+                    if seen[w] & bit:
+                        continue
+                    seen[w] |= bit
+                    buf[nbuf] = j
+                    cbuf[nbuf] = levels[lcodes[c - 1]] * m
+                    nbuf += 1
+                    if nbuf == FLUSH:
+                        size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
+                        met += nbuf
+                        nbuf = 0
+                scanned += c - cur[r]
+                cur[r] = c
+                if c < e:
+                    left += 1
+                if max_postings > 0 and scanned >= max_postings:
+                    spent = True
+                    break
+            size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
+            met += nbuf
+            nbuf = 0
+            if spent or left == 0 or tau == 0.0:
+                break
+            # Unseen items: every agreeing contribution < tau, so (all terms kept) score < nnz_max * tau. The
+            # admitted items scored on average ratio x the contribution they were found by; assume unseen ones
+            # score at most max(1, ratio) / heap_factor x tau (never more than the safe nnz_max x tau).
+            ratio = max(1.0, rstat[0] / rstat[1]) if rstat[1] > 0 else 1.0
+            bound = tau * min(np.float64(nnz_max), ratio / heap_factor) * (1.0 + BOUND_SLACK)
+            if size == k and hs[0] > 0.0 and bound <= hs[0]:
+                break
+            tau *= ROUND_RATIO
+            if tau < floor:
+                tau = 0.0
+    # Too few items met, or a k-th score <= 0: items met by no agreeing list (score <= 0 when every list was
+    # read) may belong to the top k; score the rest in original index order until nothing later can enter.
+    if size < k or hs[0] <= 0.0:
+        for j in range(n_items):
+            if size == k and (hs[0] > 0.0 or (hs[0] == 0.0 and hi[0] < j)):
+                break
+            i = inv[j]
+            if seen[i >> 6] & (np.uint64(1) << np.uint64(i & 63)):
+                continue
+            met += 1
+            size = _offer(hs, hi, size, k, _score(fptr, fdim, fval, qdense, i), j)
+    # Leave the scratch clean for the next query.
+    for t in range(nt):
+        qdense[q_dims[t]] = 0.0
+    seen[:] = 0
+    for pos in range(size - 1, -1, -1):
+        out_scores[pos] = hs[0]
+        out_ids[pos] = hi[0]
+        hs[0] = hs[size - 1]
+        hi[0] = hi[size - 1]
+        size -= 1
+        _sift_down(hs, hi, 0, size)
+    stats[0] += scanned
+    stats[1] += met
+
+
+def _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w, qdense, seen,
+           k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
+    for r in range(q_indptr.shape[0] - 1):
+        a, b = q_indptr[r], q_indptr[r + 1]
+        _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b], qdense,
+               seen, k, heap_factor, query_share, max_postings, out_ids[r], out_scores[r], stats)
+
+
+if HAVE_NUMBA:
+    _jit = numba.njit(nogil=True, cache=True)
+    _dominant = _jit(_dominant)
+    _code = _jit(_code)
+    _fill_lists = _jit(_fill_lists)
+    _heap_less = _jit(_heap_less)
+    _sift_down = _jit(_sift_down)
+    _sift_up = _jit(_sift_up)
+    _offer = _jit(_offer)
+    _score = _jit(_score)
+    _flush = _jit(_flush)
+    _query = _jit(_query)
+    _batch = _jit(_batch)
+
+
+def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings):
+    """Approximate top-k of sparse ``queries`` (CSR n x dims, indices sorted).
+
+    Parameters
+    ----------
+    forward : (fptr int64, fdim uint16/int32, fval float32, perm int64, inv int64, nnz_max int): the item
+        rows in internal order, internal -> original row, original -> internal row, the most entries of a row.
+    lists : (lptr int64, lids int32, lcodes uint8, scale float), the impact lists (internal rows).
+    k : results per query (<= n_items).
+    qdense : float32 (dims,) zeroed scratch; seen : uint64 (ceil(n_items / 64),) zeroed scratch (both
+        left zeroed; one pair per thread).
+    heap_factor, query_share, max_postings : the search parameters (0 postings: no budget).
+
+    Returns
+    -------
+    (ids int64 (n, k) original rows, scores float32 (n, k), stats int64 (2,): postings read, items scored)
+    """
+    fptr, fdim, fval, perm, inv, nnz_max = forward
+    lptr, lids, lcodes, scale = lists
+    n = queries.shape[0]
+    ids = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    stats = np.zeros(2, np.int64)
+    _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
+           queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
+           qdense, seen, int(k), float(heap_factor), float(query_share), int(max_postings), ids, scores, stats)
+    return ids, scores, stats

@@ -1,0 +1,203 @@
+"""The approximate sparse backend: exact when unlimited, accurate at its defaults, strict about its parameters."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from conftest import _ckpt, planted_sparse_embeddings
+from elsa_index.errors import BackendError, ElsaIndexError
+from elsa_index.indexers import get_backend
+from elsa_index.indexers.base import Backend
+from elsa_index.metrics import retrieval_recall
+from elsa_index.scoring import score_rows
+
+#: budgets that read every agreeing posting: heap_factor <= 1 / nnz_max makes the stopping bound safe
+UNLIMITED = {"heap_factor": 1e-6, "query_share": 1.0, "max_postings": 0}
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    """1,500 signed items (8 of 128 dims each, planted groups) and 40 signed queries of ~60 terms."""
+    E = planted_sparse_embeddings(n_items=1500, dims=128, nnz=8, n_groups=16, seed=5)
+    ck = _ckpt(E, "compressed_elsa")
+    rng = np.random.default_rng(11)
+    Q = sp.random(40, 128, density=0.45, random_state=12, dtype=np.float32, format="csr")
+    Q.data = rng.normal(size=Q.nnz).astype(np.float32)
+    return ck, Q
+
+
+@pytest.fixture(scope="module")
+def exact(catalogue):
+    return get_backend("sparse")().build(catalogue[0])
+
+
+def _tied_queries(dims: int, n: int, rng) -> sp.csr_matrix:
+    """Queries with a few distinct weights on few dims: many items tie."""
+    Q = sp.random(n, dims, density=0.1, random_state=3, dtype=np.float32, format="csr")
+    Q.data = rng.choice(np.array([-1.0, 0.5, 1.0], np.float32), size=Q.nnz)
+    return Q
+
+
+def test_unlimited_budgets_equal_exact_bit_for_bit(catalogue, exact):
+    ck, Q = catalogue
+    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    for k in (1, 10, 200, ck.n_items):
+        a, b = exact.search(Q, k), ap.search(Q, k)
+        np.testing.assert_array_equal(b.ids, a.ids)
+        np.testing.assert_array_equal(b.scores, a.scores)  # same summation order: identical floats
+
+
+def test_unlimited_budgets_keep_the_tie_rule(exact, catalogue):
+    """Quantised values and weights make many equal scores: both backends keep the lower item index."""
+    ck, _ = catalogue
+    E = ck.embeddings.copy()
+    E.data = np.round(E.data * 4).astype(np.float32) / 4
+    tied = _ckpt(E, "compressed_elsa")
+    Q = _tied_queries(ck.dims, 30, np.random.default_rng(2))
+    ex = get_backend("sparse")().build(tied)
+    ap = get_backend("sparse-approx")(**UNLIMITED).build(tied)
+    a, b = ex.search(Q, 50), ap.search(Q, 50)
+    assert (np.diff(a.scores, axis=1) == 0).any()  # the case has ties
+    np.testing.assert_array_equal(b.ids, a.ids)
+    np.testing.assert_array_equal(b.scores, a.scores)
+
+
+def test_scores_are_exact_and_recall_high_at_defaults(catalogue, exact):
+    ck, Q = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    res = ap.search(Q, 10)
+    # Every returned score is the exact inner product in the shared summation order.
+    np.testing.assert_array_equal(res.scores, score_rows(ck.embeddings, Q, res.ids))
+    ref = exact.search(Q, 10)
+    true = np.where(res.ids >= 0, res.scores, -np.inf)
+    assert retrieval_recall(true, res.ids, ref.scores, 10).mean() >= 0.9
+    # ...and it reads less than everything.
+    ap.search_stats()
+    ap.search(Q, 10)
+    lazy = ap.search_stats()["postings"]
+    ap.set_search_params(**UNLIMITED)
+    ap.search(Q, 10)
+    assert lazy < ap.search_stats()["postings"]
+
+
+def test_budgets_trade_recall_for_work(catalogue, exact):
+    ck, Q = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    ref = exact.search(Q, 10)
+    recall, work = [], []
+    for params in ({"max_postings": 20}, {"query_share": 0.3}, {}, UNLIMITED):
+        ap.set_search_params(**{**ap.search_params, **params})
+        ap.search_stats()
+        res = ap.search(Q, 10)
+        work.append(ap.search_stats()["postings"])
+        recall.append(retrieval_recall(np.where(res.ids >= 0, res.scores, -np.inf), res.ids, ref.scores, 10).mean())
+    assert work[0] <= 20 * Q.shape[0] and work[0] < work[-1]
+    assert recall[0] < recall[-1] == 1.0
+
+
+def test_posting_share_prunes_lists(catalogue):
+    ck, Q = catalogue
+    full = get_backend("sparse-approx")().build(ck)
+    half = get_backend("sparse-approx")(posting_share=0.5).build(ck)
+    assert len(half.lids_) < 0.6 * len(full.lids_)
+    assert (half.search(Q, 5).ids >= 0).all()  # still k results
+
+
+def test_deterministic_and_thread_safe(catalogue, in_threads):
+    ck, Q = catalogue
+    a = get_backend("sparse-approx")().build(ck)
+    b = get_backend("sparse-approx")().build(ck)
+    expect = a.search(Q, 10)
+    np.testing.assert_array_equal(b.search(Q, 10).ids, expect.ids)
+    np.testing.assert_array_equal(a.perm_, b.perm_)
+
+    def work(t):
+        return [a.search(Q[r : r + 1], 10) for r in range(Q.shape[0])]
+
+    for results in in_threads(work, 4).values():
+        for r, res in enumerate(results):
+            np.testing.assert_array_equal(res.ids[0], expect.ids[r])
+            np.testing.assert_array_equal(res.scores[0], expect.scores[r])
+
+
+def test_all_negative_query_returns_zero_score_items_first(catalogue, exact):
+    """No agreeing list holds anything positive: the top k are items scoring 0, lowest index first."""
+    ck, _ = catalogue
+    q = np.zeros((1, ck.dims), np.float32)
+    q[0, :3] = -1.0
+    ap = get_backend("sparse-approx")().build(ck)
+    a, b = exact.search(q, 20), ap.search(q, 20)
+    np.testing.assert_array_equal(b.ids, a.ids)
+    np.testing.assert_array_equal(b.scores, a.scores)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"heap_factor": 0}, "heap_factor must be a finite number > 0.0 and <= 1.0"),
+    ({"heap_factor": -0.5}, "heap_factor"),
+    ({"heap_factor": 1.5}, "heap_factor"),
+    ({"query_share": 0.0}, "query_share must be a finite number > 0.0 and <= 1.0"),
+    ({"query_share": 1.01}, "query_share"),
+    ({"max_postings": -1}, "max_postings must be an integer >= 0"),
+    ({"max_postings": 2.5}, "max_postings"),
+    ({"posting_share": 0}, "posting_share must be a finite number > 0.0 and <= 1.0"),
+    ({"posting_share": float("nan")}, "posting_share"),
+])
+def test_bad_parameters_are_refused(params, match):
+    with pytest.raises(BackendError, match=match):
+        get_backend("sparse-approx")(**params)
+
+
+def test_bad_search_parameters_leave_the_old_ones(catalogue):
+    ap = get_backend("sparse-approx")().build(catalogue[0])
+    with pytest.raises(BackendError, match="heap_factor"):
+        ap.set_search_params(heap_factor=0)
+    assert ap.get_search_params() == ap.search_params
+
+
+def test_dense_checkpoint_refused(dense_checkpoint):
+    with pytest.raises(ElsaIndexError, match="indexes sparse embeddings"):
+        get_backend("sparse-approx")().build(dense_checkpoint)
+
+
+def test_wider_query_refused(catalogue):
+    ck, _ = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    with pytest.raises(ElsaIndexError, match="dims"):
+        ap.search(sp.csr_matrix((1, ck.dims + 3), dtype=np.float32), 5)
+
+
+def test_corrupted_files_refused(catalogue, tmp_path):
+    ck, Q = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    ap.save(tmp_path / "ix")
+    back = Backend.load(tmp_path / "ix", mmap=True)
+    np.testing.assert_array_equal(back.search(Q, 10).ids, ap.search(Q, 10).ids)
+    items = np.load(tmp_path / "ix" / "lists_items.npy")
+    items[0] = ck.n_items + 7  # points outside the catalogue
+    np.save(tmp_path / "ix" / "lists_items.npy", items)
+    with pytest.raises(ElsaIndexError, match=r"lists indices fall outside"):
+        Backend.load(tmp_path / "ix", verify=False)
+    with pytest.raises(ElsaIndexError, match="lists_items.npy"):
+        Backend.load(tmp_path / "ix")  # the recorded digest no longer matches
+
+
+def test_default_heap_factor_follows_the_largest_item(catalogue):
+    from elsa_index.indexers.sparse_approx import default_heap_factor
+
+    ck, Q = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ == default_heap_factor(8) == 0.5
+    assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.5
+    explicit = get_backend("sparse-approx")(heap_factor=0.5).build(ck)
+    np.testing.assert_array_equal(ap.search(Q, 10).ids, explicit.search(Q, 10).ids)
+
+
+def test_touched_bytes_model(catalogue):
+    ck, _ = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    tb, model = type(ap).touched_bytes(ap.info(), ap.get_search_params(), 10, None, 2)
+    # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each) + an offset
+    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6 + 8.0)))
+    assert "forward row" in model
+    tb, model = type(ap).touched_bytes({"n_items": 5, "dims": 4}, {}, 10, None, 2)
+    assert np.isnan(tb).all() and model == "n/a"
