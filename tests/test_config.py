@@ -143,3 +143,11 @@ def test_committed_results_keep_their_run_ids(name, monkeypatch):
     cfg = load_config(CONFIGS / f"{name}.toml")
     committed = json.loads((RESULTS / name / "plan.json").read_text())
     assert [(r.run_id, r.build_id) for r in plan_runs(cfg)] == [(r["run_id"], r["build_id"]) for r in committed]
+
+
+def test_a_build_may_set_its_own_threads_but_a_search_may_not():
+    raw = _with(("backends", 0), {"name": "lucene", "build": {"threads": 2}})
+    cfg = parse_config(raw)
+    assert cfg.backends[0].build_grid == [{"threads": 2}]
+    with pytest.raises(ConfigError, match="set by the harness"):
+        parse_config(_with(("backends", 0), {"name": "lucene", "search": {"threads": 2}}))
