@@ -138,11 +138,14 @@ def test_shipped_configs_parse(name, quick, monkeypatch):
 @pytest.mark.parametrize("name", ["ml-1m", "amazon-book", "scale"])
 def test_committed_results_keep_their_run_ids(name, monkeypatch):
     # The committed reports were measured with ELSA_INDEX_DATA=/work/shared/data; a run id is a hash of the
-    # expanded config, so the same value must give the same ids (the report finds its runs by id).
+    # expanded config, so the same value must give the same ids (the report finds its runs by id). A config may
+    # grow (a new backend's rows are measured by the next run), but every committed run must stay in its plan.
     monkeypatch.setenv("ELSA_INDEX_DATA", "/work/shared/data")
     cfg = load_config(CONFIGS / f"{name}.toml")
     committed = json.loads((RESULTS / name / "plan.json").read_text())
-    assert [(r.run_id, r.build_id) for r in plan_runs(cfg)] == [(r["run_id"], r["build_id"]) for r in committed]
+    planned = {(r.run_id, r.build_id) for r in plan_runs(cfg)}
+    missing = [r["run_id"] for r in committed if (r["run_id"], r["build_id"]) not in planned]
+    assert committed and not missing
 
 
 def test_a_build_may_set_its_own_threads_but_a_search_may_not():
