@@ -246,9 +246,10 @@ class EASE:
         Xb = sp.csr_matrix(X, dtype=dtype)
         C = np.asarray((Xb @ self.X_.T).todense())           # (b, n_users) co-occurrences with training users
         V = np.asarray(self.X_.T @ (C @ self.Q_).T).T          # (x X^T) Q X, shape (b, n_items)
-        V -= Xb.toarray()                                      # -(x - (x X^T) Q X) = -l2 x P
+        x = Xb.toarray()
+        V -= x                                                 # -(x - (x X^T) Q X) = -l2 x P
         V *= self.weights_
-        V += Xb.toarray()
+        V += x
         return np.ascontiguousarray(V, dtype=np.float32)
 
     def __repr__(self) -> str:
