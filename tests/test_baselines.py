@@ -237,7 +237,9 @@ def test_ease_primal_solves_in_place():
     # a second n x n array (a copy for LAPACK, an astype to float32) would add 0.5 to 1.
     n = 2000
     # Passive OpenMP waiting: on a loaded machine spinning LAPACK threads slow the solve several-fold.
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    # A fixed mmap threshold: every large block is mapped and unmapped on free, so the first run's
+    # memory is returned to the system and cannot hide the second run's allocations.
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(n=n)], capture_output=True, text=True,
                          timeout=180, env=env)
     assert out.returncode == 0, out.stderr
@@ -245,7 +247,8 @@ def test_ease_primal_solves_in_place():
     assert [line[0] for line in lines] == ["float64", "float32"]
     for dtype, ratio, b_dtype, b_bytes in lines:
         assert b_dtype == "float32" and int(b_bytes) == 4 * n * n
-        assert float(ratio) < 1.45, f"{dtype}: peak was {float(ratio):.2f} n x n arrays"
+        # At least the one array is seen (the measurement works), and no second one.
+        assert 0.95 < float(ratio) < 1.45, f"{dtype}: peak was {float(ratio):.2f} n x n arrays"
 
 
 def test_spd_inverse_in_place():
