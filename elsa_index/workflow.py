@@ -95,8 +95,8 @@ class DataSpec:
 _STR, _OPT_STR = (str,), (str, type(None))
 _SPEC_TYPES: dict[str, tuple] = {
     "source": _STR, "user_col": _STR, "item_col": _STR, "rating_col": _OPT_STR, "timestamp_col": _OPT_STR,
-    "split_col": _OPT_STR, "train_value": _STR, "test_value": _STR, "min_rating": (int, float, type(None)), "min_user_support": (int,),
-    "min_item_support": (int,), "n_heldout_users": (int,), "fold_in_fraction": (int, float), "seed": (int,),
+    "split_col": _OPT_STR, "train_value": _STR, "test_value": _STR, "min_rating": (int, float, type(None)),
+    "min_user_support": (int,), "min_item_support": (int,), "n_heldout_users": (int,), "fold_in_fraction": (int, float), "seed": (int,),
     "synthetic_users": (int,), "synthetic_items": (int,), "synthetic_clusters": (int,),
 }
 
