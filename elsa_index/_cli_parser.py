@@ -9,11 +9,15 @@ when that help is shown (listing a backend imports its module).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from tabulate import tabulate
 
 from . import __version__
 from .indexers import backend_names, get_backend
+from .models import ELSA, CompressedELSA, EASE
+from .models.schedules import SCHEDULES
+from .workflow import DEFAULT_METRICS, SPLIT_METRICS
 
 __all__ = ["build_parser", "backends_help", "columns"]
 
@@ -44,12 +48,38 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--timestamp-col", default=None, help="timestamp column (optional)")
     g.add_argument("--split-col", default=None,
                    help="column with train/test values: use the file's own split instead of held-out users")
+    g.add_argument("--train-value", default="train", help="--split-col value of training rows (default: train)")
+    g.add_argument("--test-value", default="test", help="--split-col value of test rows (default: test)")
     g.add_argument("--min-rating", type=float, default=None,
                    help="keep rows with rating >= this as positives (default: every row is a positive)")
     g.add_argument("--min-user-support", type=int, default=5, help="drop users with fewer positives (default: 5)")
     g.add_argument("--min-item-support", type=int, default=1, help="drop items with fewer positives (default: 1)")
     g.add_argument("--heldout-users", type=int, default=1000, help="users held out for evaluation (default: 1000)")
     g.add_argument("--split-seed", type=int, default=42, help="seed of the held-out user draw (default: 42)")
+
+
+def _defaults(cls) -> dict:
+    """A model class's default settings: dataclass fields, or the constructor's keyword defaults."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+    import inspect
+
+    return {k: v.default for k, v in inspect.signature(cls).parameters.items()}
+
+
+def _count_or_fraction(text: str):
+    """``--validation-users``: an integer count, or a fraction in (0, 1)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count of users or a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a fraction of users must be in (0, 1), got {text}")
+    return value
 
 
 def _add_output_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -93,41 +123,100 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     # train
+    elsa, comp = _defaults(ELSA), _defaults(CompressedELSA)
     p = sub.add_parser("train", help="train a model and save a checkpoint",
-                       description="Train dense ELSA or Compressed ELSA on an interaction log and save a checkpoint.")
+                       description="Train dense ELSA or Compressed ELSA on an interaction log and save a checkpoint. "
+                                   "Defaults are the model classes' own (elsa_index.models.ELSA, CompressedELSA); "
+                                   "the checkpoint records every setting used and the data it was trained on.")
     _add_data_args(p, required=True)
-    g = p.add_argument_group("model")
+    g = p.add_argument_group("model (defaults: the model classes')")
     g.add_argument("--model", choices=["elsa", "compressed"], default="compressed",
                    help="dense ELSA or Compressed ELSA (default: compressed)")
     g.add_argument("--dims", type=int, default=None,
-                   help="embedding width; for compressed, the dense start width (default: 256 elsa, 1024 compressed)")
-    g.add_argument("--nnz", type=int, default=16, help="compressed: active dims per item at the end (default: 16)")
-    g.add_argument("--schedule", choices=["constant", "step", "linear", "exponential"], default="exponential",
-                   help="compressed: pruning schedule (default: exponential)")
-    g.add_argument("--restart", action="store_true", help="compressed: reset surviving weights after each pruning event")
-    g.add_argument("--prune-steps", type=int, default=10, help="compressed: pruning events of linear/exponential")
-    g.add_argument("--warmup-epochs", type=int, default=1, help="compressed: dense epochs before pruning")
-    g.add_argument("--finetune-epochs", type=int, default=2, help="compressed: epochs at the target nnz")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: 20 elsa, 8 compressed)")
-    g.add_argument("--batch-size", type=int, default=512, help="users per step (default: 512)")
-    g.add_argument("--lr", type=float, default=0.01, help="Nadam learning rate (default: 0.01)")
+                   help=f"embedding width; for compressed, the dense start width (default: {elsa['dims']} elsa, "
+                        f"{comp['dims']} compressed)")
+    g.add_argument("--nnz", type=int, default=None,
+                   help=f"compressed: active dims per item at the end (default: {comp['nnz']})")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                   help=f"compressed: pruning schedule (default: {comp['schedule']})")
+    g.add_argument("--restart", action="store_true", default=None,
+                   help="compressed: reset surviving weights after each pruning event")
+    g.add_argument("--prune-steps", type=int, default=None,
+                   help=f"compressed: pruning events of linear/exponential (default: {comp['prune_steps']})")
+    g.add_argument("--warmup-epochs", type=int, default=None,
+                   help=f"compressed: dense epochs before pruning (default: {comp['warmup_epochs']})")
+    g.add_argument("--finetune-epochs", type=int, default=None,
+                   help=f"compressed: epochs at the target nnz (default: {comp['finetune_epochs']})")
+    g.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (default: {elsa['epochs']} elsa, {comp['epochs']} compressed)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"users per step (default: {elsa['batch_size']})")
+    g.add_argument("--lr", type=float, default=None, help=f"Nadam learning rate (default: {elsa['lr']})")
     g.add_argument("--negatives", type=int, default=None,
-                   help="sampled outputs: score batch positives plus this many random items (default: all items)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    g.add_argument("--seed", type=int, default=0, help="model seed (default: 0)")
+                   help="sampled outputs: score batch positives plus this many sampled items "
+                        f"(default: {elsa['n_negatives']}, the model's own rule)")
+    g.add_argument("--device", default=None, help=f"auto, cpu, cuda, cuda:1, ... (default: {elsa['device']})")
+    g.add_argument("--seed", type=int, default=None, help=f"model seed (default: {elsa['seed']})")
+    g = p.add_argument_group("validation, recipe search and evaluation")
+    g.add_argument("--validation-users", type=_count_or_fraction, default=0, metavar="N_OR_FRACTION",
+                   help="choose the epochs on validation data drawn from the training data by the split's protocol: "
+                        "N training users (or a fraction in (0, 1)) held out whole for held-out-user data; held-out "
+                        "interactions of N training users for a fixed split (--split-col). The test users and test "
+                        "interactions are never used (default: 0, no validation)")
+    g.add_argument("--validation-holdout", type=float, default=0.2, metavar="FRACTION",
+                   help="fixed split: share of each validation user's training interactions held out (default: 0.2)")
+    g.add_argument("--validation-seed", type=int, default=7, help="seed of the validation draw (default: 7)")
+    g.add_argument("--patience", type=int, default=3,
+                   help="with validation: stop after this many epochs without improvement; 0 never stops early "
+                        "(default: 3)")
+    g.add_argument("--no-refit", action="store_true",
+                   help="with validation: keep the early-stopped model instead of retraining on all training data "
+                        "for the best epoch count")
+    g.add_argument("--search-budget", type=float, default=None, metavar="SECONDS",
+                   help="choose learning rate, width and epochs by a seeded search on validation data within this "
+                        "time (uses --validation-users, default 0.1 of the training users; --epochs is then the most "
+                        "epochs a trial runs; learning rate and width come from --search-lrs/--search-dims)")
+    g.add_argument("--search-lrs", type=float, nargs="+", default=None, metavar="LR",
+                   help="learning rates the search tries (default: 0.003 0.01 0.03)")
+    g.add_argument("--search-dims", type=int, nargs="+", default=None, metavar="DIMS",
+                   help="widths the search tries (default: the model's default width and half of it)")
+    g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
+                   help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "
+                        f"split, {' '.join(DEFAULT_METRICS)} for held-out users); recall@k is normalised by "
+                        "min(k, |targets|), hit_recall@k divides by |targets|")
     _add_output_args(p, "checkpoint directory")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out users")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # evaluate
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out users",
-                       description="Recall@k (normalised by min(k, |targets|)) and NDCG@k of a checkpoint. "
-                                   "Without --data, the data settings recorded in the checkpoint are used.")
+                       description="Metrics of a checkpoint's rankings for the held-out users. Without --data, the "
+                                   "data settings recorded in the checkpoint are used.")
     p.add_argument("checkpoint", help="checkpoint directory")
     _add_data_args(p, required=False)
-    p.add_argument("--metrics", nargs="+", default=["recall@20", "recall@50", "ndcg@100"],
-                   help="metric names, e.g. recall@20 hit_recall@20 ndcg@100")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="metric names, e.g. hit_recall@20 ndcg@20 recall@50 (default: those recorded in the "
+                        f"checkpoint, else {' '.join(SPLIT_METRICS)} for a fixed split and {' '.join(DEFAULT_METRICS)} "
+                        "for held-out users); recall@k is normalised by min(k, |targets|), hit_recall@k divides "
+                        "by |targets|")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    # baseline
+    ease = _defaults(EASE)
+    p = sub.add_parser("baseline", help="fit and evaluate a reference model (EASE or popularity)",
+                       description="Fit EASE (closed form, Steck 2019) or popularity on the training data and evaluate "
+                                   "it on the held-out users, as 'train' evaluates a checkpoint. Nothing is written.")
+    p.add_argument("model", choices=["ease", "popularity"], help="the reference model")
+    _add_data_args(p, required=True)
+    p.add_argument("--l2", type=float, default=ease["l2"], help=f"EASE: L2 regularisation (default: {ease['l2']:g})")
+    p.add_argument("--solver", choices=["auto", "primal", "dual"], default=ease["solver"],
+                   help="EASE: item x item (primal) or user x user (dual) system; auto takes the smaller "
+                        f"(default: {ease['solver']})")
+    p.add_argument("--dtype", choices=["auto", "float32", "float64"], default=ease["dtype"],
+                   help="EASE: precision of the solve; auto takes float32 when the condition bound allows "
+                        f"(default: {ease['dtype']})")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
+                   help="metric names (default: as for train)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     # import-npz
     p = sub.add_parser("import-npz", help="make a checkpoint from a scipy .npz sparse matrix (or a .npy array)",

@@ -33,7 +33,8 @@ from ._cli_parser import build_parser, columns
 from ._atomic import atomic_file
 from ._cli_inputs import (MAX_K, RESULT_SLOT_BYTES, check_new_output, check_output_file, check_recommend_args,
                           check_recommend_memory, read_histories)
-from ._memory import check_fits
+from ._checks import check_float
+from ._memory import check_fits, format_bytes
 from .checkpoint import Checkpoint
 from .importing import import_embeddings
 from .data.tables import read_table
@@ -42,7 +43,11 @@ from .errors import CheckpointError, ElsaIndexError, SegmentFallbackWarning, Unk
 from .homepage import item_metadata, make_homepage
 from .search import build_index, open_index
 from .segments import SegmentError, default_segments_dirs, discover_segments, open_source
-from .workflow import DEFAULT_METRICS, DataSpec, evaluate_checkpoint, load_split, make_model, train_checkpoint
+from .metrics import check_metrics, evaluate, metric_legend
+from .models import EASE, Popularity
+from .recipes import DEFAULT_LRS, fit_recipe, search_recipe
+from .workflow import (DEFAULT_METRICS, DataSpec, default_metrics, evaluate_checkpoint, load_split, make_model,
+                       train_checkpoint)
 
 __all__ = ["main", "build_parser"]
 
@@ -55,37 +60,92 @@ def _given(value, default):
 def _data_spec(args):
     return DataSpec(
         source=args.data, user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
-        timestamp_col=args.timestamp_col, split_col=args.split_col, min_rating=args.min_rating,
-        min_user_support=args.min_user_support, min_item_support=args.min_item_support,
-        n_heldout_users=args.heldout_users, seed=args.split_seed,
+        timestamp_col=args.timestamp_col, split_col=args.split_col, train_value=args.train_value,
+        test_value=args.test_value, min_rating=args.min_rating, min_user_support=args.min_user_support,
+        min_item_support=args.min_item_support, n_heldout_users=args.heldout_users, seed=args.split_seed,
     )
 
 
 # ------------------------------------------------------------------ commands
 
+#: train options that set a model parameter of the same meaning (option attribute -> parameter name)
+_MODEL_OPTIONS = {"dims": "dims", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "negatives": "n_negatives",
+                  "device": "device", "seed": "seed"}
+_COMPRESSED_OPTIONS = {"nnz": "nnz", "schedule": "schedule", "restart": "restart", "prune_steps": "prune_steps",
+                       "warmup_epochs": "warmup_epochs", "finetune_epochs": "finetune_epochs"}
+
+
+def _model_params(args) -> dict:
+    """The model settings given on the command line; everything left out is the model class's own default."""
+    names = dict(_MODEL_OPTIONS)
+    if args.model == "compressed":
+        names.update(_COMPRESSED_OPTIONS)
+    else:
+        given = [f"--{o.replace('_', '-')}" for o in _COMPRESSED_OPTIONS if getattr(args, o) is not None]
+        if given:
+            raise ElsaIndexError(f"{', '.join(given)} only apply to --model compressed")
+    return {param: getattr(args, opt) for opt, param in names.items() if getattr(args, opt) is not None}
+
+
+def _check_train_args(args) -> None:
+    if args.patience < 0:
+        raise ElsaIndexError(f"--patience must be an integer >= 0 (0: never stop early), got {args.patience}")
+    if args.validation_users and not isinstance(args.validation_users, float) and args.validation_users < 0:
+        raise ElsaIndexError(f"--validation-users must be a count >= 0 or a fraction in (0, 1), "
+                             f"got {args.validation_users}")
+    if not 0.0 < args.validation_holdout < 1.0:
+        raise ElsaIndexError(f"--validation-holdout must be in (0, 1), got {args.validation_holdout}")
+    if args.search_budget is not None and not (args.search_budget > 0 and math.isfinite(args.search_budget)):
+        raise ElsaIndexError(f"--search-budget must be a positive number of seconds, got {args.search_budget}")
+    if args.search_budget is not None and (args.lr is not None or args.dims is not None):
+        raise ElsaIndexError("with --search-budget the search chooses the learning rate and width: give the values "
+                             "to try with --search-lrs/--search-dims instead of --lr/--dims")
+    if args.search_budget is None and (args.search_lrs or args.search_dims):
+        raise ElsaIndexError("--search-lrs/--search-dims need --search-budget (the time the search may take)")
+    if args.no_refit and not args.validation_users and args.search_budget is None:
+        raise ElsaIndexError("--no-refit needs --validation-users (it keeps the early-stopped model)")
+    if args.metrics:
+        _check_metric_cutoffs(args.metrics, batch=1)
+
 
 def cmd_train(args) -> int:
+    _check_train_args(args)
     spec = _data_spec(args)
     out = Path(args.out)
     check_new_output(out, args.overwrite, "checkpoint", inputs=[args.data])
-    params = dict(batch_size=args.batch_size, lr=args.lr, n_negatives=args.negatives, device=args.device,
-                  seed=args.seed, progress=not args.quiet)
-    # A value the user gave is used as given (0 is refused by the model's checks), never replaced by a default.
-    dims = _given(args.dims, 256 if args.model == "elsa" else 1024)
-    epochs = _given(args.epochs, 20 if args.model == "elsa" else 8)
-    if args.model == "elsa":
-        model = make_model("elsa", dims=dims, epochs=epochs, **params)
+    params = _model_params(args)
+    search = args.search_budget is not None
+    if search:
+        make_model(args.model, **params, progress=False)  # refuse bad settings before the data is loaded
     else:
-        model = make_model(
-            "compressed", dims=dims, nnz=args.nnz, schedule=args.schedule, restart=args.restart,
-            prune_steps=args.prune_steps, warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs,
-            epochs=epochs, **params,
-        )
+        model = make_model(args.model, **params, progress=not args.quiet)
     _say(f"loading {spec.source} ...")
     split = load_split(spec)
-    _say(f"training {model.kind} on {split.train.n_users} users x {split.train.n_items} items "
-         f"({split.train.nnz} interactions); {split.fold_in.shape[0]} held-out users")
-    ckpt = train_checkpoint(model, split, data={"spec": spec.to_dict()}, evaluate_heldout=not args.no_eval)
+    what = (f"{split.fold_in.shape[0]} test users (fixed split)" if split.protocol == "interactions"
+            else f"{split.fold_in.shape[0]} held-out users")
+    _say(f"training {args.model} on {split.train.n_users} users x {split.train.n_items} items "
+         f"({split.train.nnz} interactions); {what}")
+    patience = args.patience or None
+    if search:
+        recipe = search_recipe(
+            args.model, split, base=params, lrs=args.search_lrs or DEFAULT_LRS, widths=args.search_dims,
+            max_epochs=params.get("epochs"), patience=patience or 10**6, budget_seconds=args.search_budget,
+            validation_users=args.validation_users or 0.1, holdout_fraction=args.validation_holdout,
+            seed=params.get("seed", 0))
+        for t in recipe["trials"]:
+            _say(f"  trial lr {t['lr']:g} dims {t['dims']}: validation {recipe['metric']} {t['score']:.4f} "
+                 f"at epoch {t['best_epoch']} ({t['seconds']:.1f}s)")
+        if recipe["untried"]:
+            _say(f"  not tried within {args.search_budget:g}s: "
+                 + ", ".join(f"lr {c['lr']:g} dims {c['dims']}" for c in recipe["untried"]))
+        chosen = recipe["trials"][recipe["chosen"]]
+        _say(f"chosen: lr {chosen['lr']:g}, dims {chosen['dims']}, {recipe['best_epoch']} epochs")
+        ckpt = fit_recipe(recipe, split, metrics=args.metrics, evaluate_heldout=not args.no_eval,
+                          progress=not args.quiet)
+    else:
+        ckpt = train_checkpoint(model, split, validation_users=args.validation_users, patience=patience,
+                                validation_seed=args.validation_seed, refit=not args.no_refit, metrics=args.metrics,
+                                evaluate_heldout=not args.no_eval, validation_holdout=args.validation_holdout)
     ckpt.save(out, overwrite=args.overwrite)
     _say(f"saved {ckpt!r} to {out} (training {ckpt.config['train_seconds']:.1f}s)")
     if ckpt.metrics:
@@ -101,20 +161,68 @@ def cmd_evaluate(args) -> int:
         spec = DataSpec.from_dict(ckpt.data["spec"])
     else:
         raise ElsaIndexError(f"{args.checkpoint} records no training data; pass --data to name the interactions")
-    _check_metric_cutoffs(args.metrics, batch=1)  # limits first, before the data is loaded
+    names = args.metrics
+    if names is None and isinstance(ckpt.config.get("metrics"), list) and ckpt.config["metrics"]:
+        names = [str(m) for m in ckpt.config["metrics"]]
+    if names is not None:
+        _check_metric_cutoffs(names, batch=1)  # limits first, before the data is loaded
     split = load_split(spec)
-    _check_metric_cutoffs(args.metrics, batch=max(1, min(1000, split.fold_in.shape[0])))
-    metrics = evaluate_checkpoint(ckpt, split, metrics=args.metrics)
+    names = names if names is not None else list(default_metrics(split))
+    _check_metric_cutoffs(names, batch=max(1, min(1000, split.fold_in.shape[0])))
+    metrics = evaluate_checkpoint(ckpt, split, metrics=names)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        _say(f"{split.fold_in.shape[0]} held-out users of {spec.source}")
+        _say(f"{split.fold_in.shape[0]} {'test' if split.protocol == 'interactions' else 'held-out'} users of "
+             f"{spec.source}")
         _say(_metrics_line(metrics))
     return 0
 
 
+def cmd_baseline(args) -> int:
+    if args.metrics:
+        _check_metric_cutoffs(args.metrics, batch=1)
+    spec = _data_spec(args)
+    model = EASE(l2=args.l2, solver=args.solver, dtype=args.dtype) if args.model == "ease" else Popularity()
+    if args.model == "ease":
+        check_float(args.l2, "l2", 0.0)  # before the data is loaded
+    if not args.json:
+        _say(f"loading {spec.source} ...")
+    split = load_split(spec)
+    names = args.metrics or list(default_metrics(split))
+    _check_metric_cutoffs(names, batch=max(1, min(1000, split.fold_in.shape[0])))
+    X = split.train.matrix
+    if args.model == "ease":
+        plan = model.plan(X)  # checks l2 and the memory before anything large is made
+        if not args.json:
+            _say(f"EASE (l2={args.l2:g}) on {X.shape[0]} users x {X.shape[1]} items: {plan['solver']} system "
+                 f"{plan['size']:,} x {plan['size']:,} in {plan['dtype']}, about {format_bytes(plan['bytes'])}")
+    t0 = time.perf_counter()
+    model.fit(X)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = evaluate(model.score, split.fold_in, split.targets, ks=(), metrics=names)
+    eval_s = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in res.items()}
+    if args.json:
+        out = {"model": args.model, "fit_seconds": round(fit_s, 3), "eval_seconds": round(eval_s, 3),
+               "users_evaluated": int(split.fold_in.shape[0]), "metrics": metrics, "data": spec.to_dict()}
+        if args.model == "ease":
+            out.update(params=model.get_params(), solver=model.solver_, dtype=model.dtype_)
+        print(json.dumps(out, indent=2))
+        return 0
+    _say(f"fitted in {fit_s:.1f}s; evaluated {split.fold_in.shape[0]} users in {eval_s:.1f}s")
+    _say(_metrics_line(metrics))
+    return 0
+
+
 def _check_metric_cutoffs(names: list[str], batch: int = 1000) -> None:
-    """Refuse cut-offs (``recall@K``) the ranking buffers cannot hold; names are otherwise checked by the metrics."""
+    """Refuse unknown metric names and cut-offs (``recall@K``) the ranking buffers cannot hold."""
+    for name in names:
+        _, sep, cut = name.partition("@")
+        if sep and cut.isdigit() and int(cut) > MAX_K:
+            raise ElsaIndexError(f"the cut-off of {name!r} must be at most {MAX_K:,}, got {int(cut)}")
+    check_metrics(names)
     for name in names:
         _, sep, cut = name.partition("@")
         if sep and cut.isdigit():
@@ -146,7 +254,7 @@ def cmd_import(args) -> int:
 
 def cmd_info(args) -> int:
     ckpt = Checkpoint.load(args.checkpoint)
-    metrics = _metrics_line(ckpt.metrics, f"{args.checkpoint}/manifest.json") if ckpt.metrics else ""
+    metrics = _metrics_line(ckpt.metrics, f"{args.checkpoint}/manifest.json", legend=False) if ckpt.metrics else ""
     m = ckpt.manifest()
     if args.json:
         try:
@@ -375,7 +483,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _metrics_line(metrics, where: str = "the checkpoint") -> str:
+def _metrics_line(metrics, where: str = "the checkpoint", *, legend: bool = True) -> str:
     """``recall@20 0.1234  ...``; metrics that are not a mapping of names to numbers are an error, not a crash."""
     ok = isinstance(metrics, dict) and all(
         isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
@@ -383,13 +491,15 @@ def _metrics_line(metrics, where: str = "the checkpoint") -> str:
     if not ok:
         raise CheckpointError(f"{where} records metrics that are not a mapping of names to numbers "
                               f"({json.dumps(metrics, default=str)[:120]}); expected e.g. {{\"recall@20\": 0.31}}")
-    return "  ".join(f"{k} {float(v):.4f}" for k, v in metrics.items())
+    line = "  ".join(f"{k} {float(v):.4f}" for k, v in metrics.items())
+    text = metric_legend(metrics) if legend else ""
+    return f"{line}\n({text})" if text else line
 
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "import-npz": cmd_import, "info": cmd_info, "build": cmd_build,
     "recommend": cmd_recommend, "segments": cmd_segments, "homepage": cmd_homepage, "demo": cmd_demo,
-    "bench": cmd_bench,
+    "bench": cmd_bench, "baseline": cmd_baseline,
 }
 
 

@@ -41,10 +41,40 @@ __all__ = [
     "ndcg_at_k",
     "evaluate",
     "retrieval_recall",
+    "metric_legend",
+    "check_metrics",
 ]
 
 #: Metric names understood by :func:`evaluate` (all: higher is better).
 METRICS = ("recall", "hit_recall", "ndcg")
+
+#: What each metric divides by, as printed beside reported numbers (the two recalls are easily confused).
+DEFINITIONS = {
+    "recall": "recall@k = hits in the top k / min(k, |targets|)",
+    "hit_recall": "hit_recall@k = hits in the top k / |targets|",
+    "ndcg": "ndcg@k = DCG@k / ideal DCG@k (binary relevance)",
+}
+
+
+def check_metrics(names: Sequence[str]) -> list[tuple[str, int]]:
+    """``[("hit_recall", 20), ...]`` for metric names with explicit cut-offs; ElsaIndexError naming a bad one."""
+    return _parse_metrics(names, ())
+
+
+def metric_legend(names) -> str:
+    """One line defining the recalls among ``names`` (e.g. ``"recall@20"``), or ``""`` when there are none.
+
+    ``recall@k`` (normalised by ``min(k, |targets|)``, the VAE-CF / EASE /
+    ELSA papers') and ``hit_recall@k`` (divided by ``|targets|``, the
+    LightGCN / KGAT papers') are printed with their definitions so that a
+    number is never compared with a table using the other one.
+    """
+    kinds = []
+    for name in names:
+        kind = str(name).partition("@")[0]
+        if kind in ("recall", "hit_recall") and kind not in kinds:
+            kinds.append(kind)
+    return "; ".join(DEFINITIONS[k] for k in kinds)
 
 
 # ---------------------------------------------------------------- per-user metrics

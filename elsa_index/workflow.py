@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from .checkpoint import Checkpoint
 from .data import IdMap, Interactions, Split, column_split, filter_log, read_log, strong_generalization_split
+from .data.split import interaction_holdout_split
 from .data.datasets import DATASETS, load_dataset
 from .data.synthetic import make_synthetic
 from .errors import DataError, TrainingError
@@ -22,9 +23,22 @@ from .models import ELSA, CompressedELSA
 logger = logging.getLogger(__name__)
 
 __all__ = ["DataSpec", "load_split", "make_model", "train_checkpoint", "with_epochs", "evaluate_checkpoint", "align_to",
-           "DEFAULT_METRICS"]
+           "DEFAULT_METRICS", "SPLIT_METRICS", "default_metrics", "validation_split"]
 
+#: metrics reported for held-out users (strong generalisation): the ELSA / EASE papers' normalised Recall@k
 DEFAULT_METRICS = ("recall@20", "recall@50", "ndcg@100")
+#: metrics reported for a fixed train/test split: the LightGCN / KGAT papers' Recall@20 (hits / |targets|)
+SPLIT_METRICS = ("hit_recall@20", "ndcg@20")
+
+
+def default_metrics(split: Split | str) -> tuple[str, ...]:
+    """The metrics published tables use for this kind of split (a :class:`Split` or its ``protocol``).
+
+    Held-out users (``"users"``): :data:`DEFAULT_METRICS`; a fixed split
+    (``"interactions"``): :data:`SPLIT_METRICS`.
+    """
+    protocol = split if isinstance(split, str) else split.protocol
+    return SPLIT_METRICS if protocol == "interactions" else DEFAULT_METRICS
 
 
 @dataclass
@@ -34,7 +48,8 @@ class DataSpec:
     ``source`` is a Parquet/CSV path, a dataset name known to
     :func:`elsa_index.data.datasets.load_dataset` (e.g. ``"ml-1m"``), or
     ``"synthetic"`` (the built-in generator; ``synthetic_*`` settings apply).
-    With ``split_col`` set, the file's own train/test split is used; otherwise
+    With ``split_col`` set, the file's own train/test split is used (rows
+    whose split value is ``train_value`` / ``test_value``); otherwise
     ``n_heldout_users`` users are held out (strong generalisation).
     """
 
@@ -44,6 +59,8 @@ class DataSpec:
     rating_col: str | None = None
     timestamp_col: str | None = None
     split_col: str | None = None
+    train_value: str = "train"
+    test_value: str = "test"
     min_rating: float | None = None
     min_user_support: int = 5
     min_item_support: int = 1
@@ -78,8 +95,8 @@ class DataSpec:
 _STR, _OPT_STR = (str,), (str, type(None))
 _SPEC_TYPES: dict[str, tuple] = {
     "source": _STR, "user_col": _STR, "item_col": _STR, "rating_col": _OPT_STR, "timestamp_col": _OPT_STR,
-    "split_col": _OPT_STR, "min_rating": (int, float, type(None)), "min_user_support": (int,),
-    "min_item_support": (int,), "n_heldout_users": (int,), "fold_in_fraction": (int, float), "seed": (int,),
+    "split_col": _OPT_STR, "train_value": _STR, "test_value": _STR, "min_rating": (int, float, type(None)),
+    "min_user_support": (int,), "min_item_support": (int,), "n_heldout_users": (int,), "fold_in_fraction": (int, float), "seed": (int,),
     "synthetic_users": (int,), "synthetic_items": (int,), "synthetic_clusters": (int,),
 }
 
@@ -100,13 +117,19 @@ def load_log(spec: DataSpec):
 
 
 def load_split(spec: DataSpec) -> Split:
-    """Load, filter and split the interactions described by ``spec``."""
+    """Load, filter and split the interactions described by ``spec`` (recorded in the split's ``spec``)."""
+    split = _load_split(spec)
+    split.spec = spec.to_dict()
+    return split
+
+
+def _load_split(spec: DataSpec) -> Split:
     log = load_log(spec)
     if spec.split_col is not None:
         # Filtering per part would break the given split; only positives are selected.
         if spec.min_rating is not None:
             log = filter_log(log, min_rating=spec.min_rating, min_user_support=1, min_item_support=1)
-        return column_split(log)
+        return column_split(log, train_value=spec.train_value, test_value=spec.test_value)
     log = filter_log(log, min_rating=spec.min_rating, min_user_support=spec.min_user_support,
                      min_item_support=spec.min_item_support)
     inter = Interactions.from_log(log)
@@ -130,24 +153,72 @@ def make_model(kind: str, **params):
     return model
 
 
-def train_checkpoint(model, split: Split, *, data: dict | None = None, validation_users: int = 0,
+def validation_split(split: Split, users: int | float, *, holdout_fraction: float = 0.2, seed: int = 7) -> Split:
+    """Validation data drawn from ``split.train`` only, following the split's own test protocol.
+
+    Parameters
+    ----------
+    split : the evaluation split; its test users and targets are never used.
+    users : validation users, a count (int >= 1) or a fraction of the
+        training users (float in (0, 1)).
+    holdout_fraction : a fixed split's validation targets: this share of each
+        validation user's training interactions.
+    seed : seeds the draw.
+
+    Returns
+    -------
+    Split
+        For held-out users (``split.protocol == "users"``): that many training
+        users held out whole, with the same 80/20 fold-in as the test users.
+        For a fixed split (``"interactions"``): held-out interactions of that
+        many training users, who stay in training with the rest of their row
+        as input, as test users do (:func:`~elsa_index.data.split.interaction_holdout_split`).
+    """
+    n_train = split.train.n_users
+    if isinstance(users, bool) or not isinstance(users, (int, float, np.integer, np.floating)):
+        raise DataError(f"validation users must be a count >= 1 or a fraction in (0, 1), got {users!r}")
+    if isinstance(users, (float, np.floating)):
+        if not 0.0 < users < 1.0:
+            raise DataError(f"a fraction of validation users must be in (0, 1), got {users}")
+        users = max(1, int(round(users * n_train)))
+    if split.protocol == "interactions":
+        return interaction_holdout_split(split.train, int(users), holdout_fraction=holdout_fraction, seed=seed)
+    return strong_generalization_split(split.train, int(users), seed=seed)
+
+
+def train_checkpoint(model, split: Split, *, data: dict | None = None, validation_users: int | float = 0,
                      patience: int | None = 3, validation_seed: int = 7, refit: bool = True,
-                     metrics: Sequence[str] = DEFAULT_METRICS, evaluate_heldout: bool = True) -> Checkpoint:
+                     metrics: Sequence[str] | None = None, evaluate_heldout: bool = True,
+                     validation_holdout: float = 0.2) -> Checkpoint:
     """Fit ``model`` on ``split.train``; return its checkpoint, evaluated on the held-out users.
 
-    With ``validation_users > 0``, the number of epochs is chosen on
-    validation users: that many training users are set aside (80/20 fold-in
-    like the test users, never the test users themselves), the model trains
-    on the rest with early stopping (``patience``), and then, with ``refit``,
-    is trained again from the same initialisation on all training users for
-    the best epoch count (a Compressed ELSA keeps its pruning timeline; only
-    the fine-tuning is cut). Without ``refit`` the early-stopped model is kept.
+    With ``validation_users`` (a count, or a fraction of the training
+    users), the number of epochs is chosen on validation data drawn from the
+    training data by the split's own protocol (:func:`validation_split`:
+    held-out training users for strong generalisation, held-out interactions
+    of training users for a fixed split; never the test users or targets).
+    The model trains with early stopping (``patience``), and then, with
+    ``refit``, is trained again from the same initialisation on all training
+    data for the best epoch count (a Compressed ELSA keeps its pruning
+    timeline; only the fine-tuning is cut). Without ``refit`` the
+    early-stopped model is kept.
+
+    ``metrics`` defaults to :func:`default_metrics` of the split. ``data``
+    defaults to the split's recorded data settings, so the checkpoint can be
+    evaluated again from itself alone. The settings used are recorded in the
+    checkpoint's ``config``.
     """
     train = split.train
-    config: dict[str, Any] = {"validation_users": validation_users}
+    metrics = tuple(metrics) if metrics is not None else default_metrics(split)
+    if data is None and split.spec is not None:
+        data = {"spec": dict(split.spec)}
+    config: dict[str, Any] = {"validation_users": validation_users, "metrics": list(metrics)}
     t0 = time.perf_counter()
     if validation_users:
-        inner = strong_generalization_split(train, validation_users, seed=validation_seed)
+        inner = validation_split(split, validation_users, holdout_fraction=validation_holdout, seed=validation_seed)
+        config["validation"] = {"protocol": inner.protocol, "users": int(inner.fold_in.shape[0]),
+                                "holdout_fraction": validation_holdout if inner.protocol == "interactions" else None,
+                                "seed": validation_seed, "patience": patience, "refit": refit}
         model.fit(inner.train.matrix, validation=(inner.fold_in, inner.targets), patience=patience)
         config["best_epoch"] = best = model.best_epoch_
         config["validation_history"] = model.history_
@@ -194,14 +265,16 @@ def align_to(ckpt: Checkpoint, matrix: sp.csr_matrix, item_ids: IdMap) -> sp.csr
     return out
 
 
-def evaluate_checkpoint(ckpt: Checkpoint, split: Split, *, metrics: Sequence[str] = DEFAULT_METRICS,
+def evaluate_checkpoint(ckpt: Checkpoint, split: Split, *, metrics: Sequence[str] | None = None,
                         batch_size: int = 1000) -> dict[str, float]:
     """Recall/NDCG of the checkpoint's rankings for the split's held-out users.
 
     Items are matched by external id, so the split may come from a different
     (e.g. re-filtered) copy of the data; fold-in or target items the checkpoint
-    does not know are dropped (and counted in the log).
+    does not know are dropped (and counted in the log). ``metrics`` defaults
+    to :func:`default_metrics` of the split.
     """
+    metrics = tuple(metrics) if metrics is not None else default_metrics(split)
     fold = align_to(ckpt, split.fold_in, split.item_ids)
     tgt = align_to(ckpt, split.targets, split.item_ids)
     lost = split.targets.nnz - tgt.nnz

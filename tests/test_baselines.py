@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -121,7 +125,7 @@ def test_ease_does_not_mutate_input():
 
 def test_ease_errors():
     X = random_binary(5, n_items=8)
-    with pytest.raises(ElsaIndexError, match=r"8 items.*max_items=5"):
+    with pytest.raises(ElsaIndexError, match=r"max_items=5, got 8 items"):
         EASE(max_items=5).fit(X)
     with pytest.raises(ElsaIndexError, match=r"l2 must be a finite number >= 0.0, got -1.0"):
         EASE(l2=-1.0).fit(X)
@@ -129,23 +133,132 @@ def test_ease_errors():
         EASE(l2="big").fit(X)
     with pytest.raises(ElsaIndexError, match=r"max_items must be an integer >= 1, got 0"):
         EASE(max_items=0).fit(X)
+    with pytest.raises(ElsaIndexError, match=r"solver must be 'auto', 'primal' or 'dual', got 'qr'"):
+        EASE(solver="qr").fit(X)
+    with pytest.raises(ElsaIndexError, match=r"dtype must be 'auto', 'float32' or 'float64', got 'half'"):
+        EASE(dtype="half").fit(X)
     with pytest.raises(ElsaIndexError, match="not fitted"):
         EASE().score(X)
     with pytest.raises(ElsaIndexError, match=r"\(n_users, 8\)"):
         EASE(l2=1.0).fit(X).score(sp.csr_matrix((2, 7)))
     empty_item = sp.csr_matrix(np.array([[1, 0], [1, 0]], np.float32))
-    with pytest.raises(ElsaIndexError, match="singular"):
-        EASE(l2=0.0).fit(empty_item)
+    for solver in ("primal", "dual"):
+        with pytest.raises(ElsaIndexError, match="singular"):
+            EASE(l2=0.0, solver=solver).fit(empty_item if solver == "primal" else empty_item.T.tocsr())
     with pytest.raises(ElsaIndexError, match="sparse"):
         EASE().fit(X.toarray())
 
 
-@pytest.mark.parametrize("order", ["C", "F"])
-def test_spd_inverse_is_exact_for_either_memory_order(order):
+# ------------------------------------------------------------ EASE at scale
+
+
+def _reference_scores(X, H, l2):
+    """Scores of histories H from the primal solution computed with numpy in float64."""
+    D = X.toarray().astype(np.float64)
+    P = np.linalg.inv(D.T @ D + l2 * np.eye(D.shape[1]))
+    return H.toarray() @ (np.eye(D.shape[1]) - P / np.diag(P))
+
+
+@pytest.mark.parametrize("n_users,n_items", [(25, 60), (70, 30)])
+def test_ease_dual_scores_equal_primal_scores(n_users, n_items):
+    # The dual (user x user) system gives the same scores as the primal one, for the training users'
+    # own rows and for histories of users it never saw.
+    X = random_binary(6, n_users=n_users, n_items=n_items, density=0.2)
+    H = sp.vstack([X, random_binary(7, n_users=9, n_items=n_items, density=0.2)]).tocsr()
+    expect = _reference_scores(X, H, 2.0)
+    for dtype, tol in (("float64", 1e-6), ("float32", 2e-4)):
+        primal = EASE(l2=2.0, solver="primal", dtype=dtype).fit(X)
+        dual = EASE(l2=2.0, solver="dual", dtype=dtype).fit(X)
+        assert (primal.solver_, dual.solver_, primal.dtype_, dual.dtype_) == ("primal", "dual", dtype, dtype)
+        assert hasattr(primal, "B_") and not hasattr(primal, "Q_")
+        assert hasattr(dual, "Q_") and dual.Q_.shape == (n_users, n_users) and not hasattr(dual, "B_")
+        for model in (primal, dual):
+            S = model.score(H)
+            assert S.dtype == np.float32 and S.shape == H.shape
+            np.testing.assert_allclose(S, expect, atol=tol * np.abs(expect).max())
+
+
+def test_ease_auto_solves_the_smaller_system_and_picks_the_precision():
+    wide = random_binary(8, n_users=10, n_items=40)
+    tall = random_binary(8, n_users=40, n_items=10)
+    assert EASE(l2=5.0).fit(wide).solver_ == "dual"
+    assert EASE(l2=5.0).fit(tall).solver_ == "primal"
+    # Gershgorin bound 1 + max row sum of X^T X / l2: float32 when at most 1e4.
+    D = tall.toarray().astype(np.float64)
+    bound = 1 + (D.T @ D).sum(axis=1).max() / 5.0
+    model = EASE(l2=5.0).fit(tall)
+    assert model.condition_bound_ == pytest.approx(bound) and model.dtype_ == "float32"
+    tiny_l2 = EASE(l2=(bound - 1) * 5.0 / 2e4).fit(tall)
+    assert tiny_l2.condition_bound_ > 1e4 and tiny_l2.dtype_ == "float64"
+    assert EASE(l2=0.0).plan(tall)["dtype"] == "float64"  # no regularisation: no bound, float64
+
+
+def test_ease_memory_estimate_refuses_an_impossible_size():
+    # 3 users x 3 million items: the primal system would be 3e6 x 3e6 floats (tens of TB). The estimate
+    # refuses it before anything large is allocated, naming the size and the available memory.
+    X = sp.csr_matrix((np.ones(3, np.float32), ([0, 1, 2], [0, 5, 2_999_999])), shape=(3, 3_000_000))
+    plan = EASE(l2=1.0, solver="primal").plan(X)
+    assert plan["size"] == 3_000_000 and plan["bytes"] > 3e12
+    with pytest.raises(ElsaIndexError, match=r"EASE's primal \(item x item\) system of 3,000,000 x 3,000,000 "
+                                              r"float32 needs about .* TiB of memory but only .* is available"):
+        EASE(l2=1.0, solver="primal").fit(X)
+    # The same data in the dual: a 3 x 3 system.
+    assert EASE(l2=1.0).plan(X)["size"] == 3
+
+
+_PEAK_SCRIPT = """
+import numpy as np, scipy.sparse as sp
+from elsa_index.models import baselines
+from elsa_index.models.baselines import EASE
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+baselines._BLOCK_BYTES = 1 << 19   # small work blocks, so that only the n x n arrays count
+rng = np.random.default_rng(0)
+X = sp.csr_matrix((rng.random((2000, {n})) < 0.01).astype(np.float32))
+EASE(l2=10.0, solver="primal").fit(X[:, :50])   # load the libraries first
+for dtype in ("float64", "float32"):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")   # reset the peak (VmHWM) to the current resident size
+    base = status("VmRSS:")
+    model = EASE(l2=10.0, solver="primal", dtype=dtype).fit(X)
+    print(dtype, (status("VmHWM:") - base) / ({n} ** 2 * np.dtype(dtype).itemsize), model.B_.dtype, model.B_.nbytes)
+    del model
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_ease_primal_solves_in_place():
+    # Peak resident memory of the fit, in units of one n x n array of the solve's dtype: the Gram matrix,
+    # its inverse and B share one array (a float64 B is downcast into the same buffer), so the peak
+    # stays near 1 (plus the sparse data and LAPACK's O(n * block) workspace, about 0.3 at this small n);
+    # a second n x n array (a copy for LAPACK, an astype to float32) would add 0.5 to 1.
+    n = 2000
+    # Passive OpenMP waiting: on a loaded machine spinning LAPACK threads slow the solve several-fold.
+    # A fixed mmap threshold: every large block is mapped and unmapped on free, so the first run's
+    # memory is returned to the system and cannot hide the second run's allocations.
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(n=n)], capture_output=True, text=True,
+                         timeout=180, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stdout.splitlines()]
+    assert [line[0] for line in lines] == ["float64", "float32"]
+    for dtype, ratio, b_dtype, b_bytes in lines:
+        assert b_dtype == "float32" and int(b_bytes) == 4 * n * n
+        # At least the one array is seen (the measurement works), and no second one.
+        assert 0.95 < float(ratio) < 1.45, f"{dtype}: peak was {float(ratio):.2f} n x n arrays"
+
+
+def test_spd_inverse_in_place():
     from elsa_index.models.baselines import _spd_inverse
 
     rng = np.random.default_rng(0)
     M = rng.normal(size=(40, 40))
-    G = np.array(M @ M.T + 40 * np.eye(40), order=order)
+    G = M @ M.T + 40 * np.eye(40)
     expect = np.linalg.inv(G)
-    np.testing.assert_allclose(_spd_inverse(G.copy(order=order)), expect, rtol=1e-8, atol=1e-12)
+    work = G.copy()
+    out = _spd_inverse(work)
+    assert out is work
+    np.testing.assert_allclose(work, expect, rtol=1e-8, atol=1e-12)

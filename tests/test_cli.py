@@ -111,6 +111,13 @@ def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch
         (["--model", "compressed", "--dims", "16", "--nnz", "32"], "nnz must be an integer in [1, 16], got 32 (dims=16)"),
         (["--heldout-users", "100000"], "n_heldout_users=100000"),
         (["--min-user-support", "100000"], "empty after filtering"),
+        (["--model", "elsa", "--finetune-epochs", "2"], "--finetune-epochs only apply to --model compressed"),
+        (["--no-refit"], "--no-refit needs --validation-users"),
+        (["--patience", "-1"], "--patience must be an integer >= 0"),
+        (["--validation-holdout", "1.5"], "--validation-holdout must be in (0, 1), got 1.5"),
+        (["--search-budget", "10", "--lr", "0.1"], "the search chooses the learning rate and width"),
+        (["--search-lrs", "0.1"], "--search-lrs/--search-dims need --search-budget"),
+        (["--metrics", "precision@5"], "unknown metric 'precision@5'"),
     ],
 )
 def test_train_bad_input_is_a_clear_error(tmp_path, log_csv, capsys, argv, message):
@@ -217,3 +224,109 @@ def test_build_and_recommend_errors(tmp_path, sparse_checkpoint, capsys):
     assert "k must be a positive integer" in capsys.readouterr().err
     assert main(["recommend", str(tmp_path / "nope"), "--history", "a"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- parity with the Python API
+
+
+@pytest.fixture(scope="module")
+def split_csv(tmp_path_factory):
+    """A log with its own split column, values 'fit'/'eval' (the last fifth of each user's rows is 'eval')."""
+    log = make_synthetic(n_users=200, n_items=60, n_clusters=5, seed=3)
+    order = np.lexsort((np.arange(len(log)), log.user))
+    users, items = log.user[order], log.item[order]
+    first = np.r_[True, users[1:] != users[:-1]]
+    rank = np.arange(len(users)) - np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))
+    counts = np.bincount(np.cumsum(first) - 1)[np.cumsum(first) - 1]
+    part = np.where(rank >= np.ceil(0.8 * counts), "eval", "fit")
+    path = tmp_path_factory.mktemp("split") / "split.csv"
+    pcsv.write_csv(pa.table({"user_id": users, "item_id": items, "part": part}), path)
+    return path
+
+
+def test_train_options_round_trip_into_the_checkpoint(tmp_path, split_csv, capsys):
+    from elsa_index.models import ELSA
+
+    out = tmp_path / "ck"
+    assert main(["train", "--data", str(split_csv), "--split-col", "part", "--train-value", "fit", "--test-value",
+                 "eval", "--model", "elsa", "--dims", "8", "--epochs", "4", "--lr", "0.05", "--validation-users", "40",
+                 "--validation-holdout", "0.25", "--validation-seed", "3", "--patience", "1", "--no-refit",
+                 "--metrics", "hit_recall@10", "ndcg@10", "recall@10", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    ck = Checkpoint.load(out)
+    model = ck.config["model"]
+    # Given options are recorded as given; the others are the model class's defaults (one source).
+    assert (model["dims"], model["epochs"], model["lr"]) == (8, 4, 0.05)
+    assert model["batch_size"] == ELSA.batch_size and model["n_negatives"] == ELSA.n_negatives
+    assert ck.config["validation"] == {"protocol": "interactions", "users": 40, "holdout_fraction": 0.25, "seed": 3,
+                                       "patience": 1, "refit": False}
+    assert ck.config["metrics"] == ["hit_recall@10", "ndcg@10", "recall@10"]
+    assert list(ck.metrics) == ["hit_recall@10", "ndcg@10", "recall@10"]
+    spec = ck.data["spec"]
+    assert (spec["split_col"], spec["train_value"], spec["test_value"]) == ("part", "fit", "eval")
+    # Both recalls are printed with what they divide by.
+    assert "hit_recall@k = hits in the top k / |targets|" in printed
+    assert "recall@k = hits in the top k / min(k, |targets|)" in printed
+    # evaluate from the checkpoint alone: its data settings and metric names, the same numbers.
+    assert main(["evaluate", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(ck.metrics, abs=1e-9)
+
+
+def test_fixed_split_reports_hit_recall_by_default(tmp_path, split_csv, capsys):
+    out = tmp_path / "ck"
+    assert main(["train", "--data", str(split_csv), "--split-col", "part", "--train-value", "fit", "--test-value",
+                 "eval", "--model", "elsa", "--dims", "8", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    assert list(Checkpoint.load(out).metrics) == ["hit_recall@20", "ndcg@20"]
+    # The split values must be named when they are not train/test.
+    assert main(["train", "--data", str(split_csv), "--split-col", "part", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "split column must contain 'train' and 'test', found ['eval', 'fit']" in capsys.readouterr().err
+
+
+def test_checkpoint_trained_from_python_evaluates_without_data(tmp_path, log_csv, capsys):
+    from elsa_index.workflow import DataSpec, load_split, make_model, train_checkpoint
+
+    spec = DataSpec(source=str(log_csv), user_col="uid", item_col="iid", rating_col="stars", min_rating=4.0,
+                    n_heldout_users=50)
+    ck = train_checkpoint(make_model("elsa", dims=8, epochs=2, progress=False), load_split(spec))
+    ck.save(tmp_path / "py")
+    assert main(["evaluate", str(tmp_path / "py"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(ck.metrics, abs=1e-9)
+
+
+def test_recipe_search_from_the_cli(tmp_path, log_csv, capsys):
+    out = tmp_path / "ck"
+    assert _train(log_csv, out, "--model", "elsa", "--epochs", "3", "--search-budget", "300", "--search-lrs",
+                  "0.01", "0.05", "--search-dims", "8", "--validation-users", "40") == 0
+    printed = capsys.readouterr().out
+    recipe = Checkpoint.load(out).config["recipe"]
+    assert [(t["lr"], t["dims"]) for t in recipe["trials"]] == [(0.01, 8), (0.05, 8)] or \
+        sorted((t["lr"], t["dims"]) for t in recipe["trials"]) == [(0.01, 8), (0.05, 8)]
+    chosen = recipe["trials"][recipe["chosen"]]
+    assert chosen["score"] == max(t["score"] for t in recipe["trials"])
+    assert Checkpoint.load(out).config["model"]["lr"] == chosen["lr"]
+    assert "chosen: lr" in printed and recipe["validation"]["protocol"] == "users"
+
+
+@pytest.mark.parametrize("model", ["ease", "popularity"])
+def test_baseline_from_the_cli(log_csv, capsys, model):
+    from elsa_index.metrics import evaluate
+    from elsa_index.models import EASE, Popularity
+    from elsa_index.workflow import DataSpec, load_split
+
+    argv = ["baseline", model, "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--rating-col",
+            "stars", "--min-rating", "4", "--heldout-users", "50"]
+    if model == "ease":
+        argv += ["--l2", "20", "--solver", "dual"]
+    assert main(argv + ["--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    split = load_split(DataSpec(source=str(log_csv), user_col="uid", item_col="iid", rating_col="stars",
+                                min_rating=4.0, n_heldout_users=50))
+    fitted = (EASE(l2=20.0) if model == "ease" else Popularity()).fit(split.train.matrix)
+    expect = evaluate(fitted.score, split.fold_in, split.targets, ks=(), metrics=("recall@20", "recall@50", "ndcg@100"))
+    assert res["metrics"] == pytest.approx(expect, abs=1e-5)
+    if model == "ease":
+        assert res["solver"] == "dual" and res["params"]["l2"] == 20.0
+    assert main(argv) == 0
+    assert "fitted in" in capsys.readouterr().out
+    assert main(["baseline", "ease", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--l2", "-1"]) == 2
+    assert "l2 must be a finite number >= 0.0, got -1.0" in capsys.readouterr().err

@@ -197,3 +197,23 @@ def test_evaluate_shape_errors():
         evaluate(fn, csr([[0]], 4), csr([[1]], 4), batch_size=0)
     with pytest.raises(ElsaIndexError, match="sparse"):
         evaluate(fn, np.zeros((1, 4)), csr([[1]], 4))
+
+
+def test_metric_legend_names_what_each_recall_divides_by():
+    from elsa_index.metrics import check_metrics, metric_legend
+
+    assert metric_legend(["ndcg@20"]) == ""
+    assert metric_legend({"hit_recall@20": 0.1, "ndcg@20": 0.2}) == "hit_recall@k = hits in the top k / |targets|"
+    both = metric_legend(["recall@20", "hit_recall@20", "recall@50"])
+    assert both == ("recall@k = hits in the top k / min(k, |targets|); "
+                    "hit_recall@k = hits in the top k / |targets|")
+    # The definitions match the numbers: 1 hit in the top 2, 3 targets.
+    ids = np.array([[0, 5]])
+    t = sp.csr_matrix(np.array([[1, 1, 1, 0, 0, 0]], np.float32))
+    assert recall_at_k(ids, t, 2)[0] == pytest.approx(1 / 2)
+    assert hit_recall_at_k(ids, t, 2)[0] == pytest.approx(1 / 3)
+    assert check_metrics(["hit_recall@20", "ndcg@5"]) == [("hit_recall", 20), ("ndcg", 5)]
+    with pytest.raises(ElsaIndexError, match="unknown metric 'map@5'"):
+        check_metrics(["map@5"])
+    with pytest.raises(ElsaIndexError, match="has no cut-off"):
+        check_metrics(["ndcg"])

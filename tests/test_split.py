@@ -124,3 +124,46 @@ def test_column_split_custom_values_and_errors():
     nothing = Log.from_arrays(["a", "b"], ["x", "y"], split=["train", "test"])
     with pytest.raises(DataError, match="no test user has both train history and test items"):
         column_split(nothing)
+
+
+# ------------------------------------------------------------ interaction hold-out
+
+
+def test_interaction_holdout_split_partitions_the_training_rows(inter50):
+    from elsa_index.data.split import interaction_holdout_split
+
+    split = interaction_holdout_split(inter50, 12, holdout_fraction=0.25, seed=3)
+    X = inter50.matrix
+    assert split.protocol == "interactions"
+    # Everyone stays in training, in the same order; only the held-out interactions leave the matrix.
+    assert split.train.user_ids == inter50.user_ids and split.train.item_ids == inter50.item_ids
+    rows = inter50.user_ids.index(split.heldout_user_ids.ids)
+    assert len(rows) == 12 and list(rows) == sorted(rows)
+    place = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.arange(len(rows)))), shape=(X.shape[0], len(rows)))
+    held = (place @ split.targets).tocsr()                        # the targets at their users' rows
+    assert (split.train.matrix + held != X).nnz == 0            # kept + held out = the original
+    assert split.train.matrix.multiply(held).nnz == 0            # disjoint
+    # The validation input is the user's remaining training row (as a test user's is in a fixed split).
+    assert (split.fold_in != split.train.matrix[rows]).nnz == 0
+    n = np.diff(X.indptr)[rows]
+    n_out = np.diff(split.targets.indptr)
+    np.testing.assert_array_equal(n_out, np.clip(np.round(0.25 * n), 1, n - 1))
+    # Seeded.
+    again = interaction_holdout_split(inter50, 12, holdout_fraction=0.25, seed=3)
+    assert (again.targets != split.targets).nnz == 0
+    assert (interaction_holdout_split(inter50, 12, holdout_fraction=0.25, seed=4).targets != split.targets).nnz > 0
+
+
+def test_interaction_holdout_split_errors(inter50):
+    from elsa_index.data.split import interaction_holdout_split
+
+    with pytest.raises(DataError, match=r"n_users must be an integer in \[1, 50\], got 51"):
+        interaction_holdout_split(inter50, 51)
+    with pytest.raises(DataError, match=r"holdout_fraction must be in \(0, 1\), got 1.0"):
+        interaction_holdout_split(inter50, 5, holdout_fraction=1.0)
+
+
+def test_column_split_is_a_fixed_split_protocol():
+    assert column_split(_split_log()).protocol == "interactions"
+    inter = Interactions.from_log(Log.from_arrays(["a", "a", "b", "b", "c", "c"], ["x", "y", "x", "z", "y", "z"]))
+    assert strong_generalization_split(inter, 1, seed=0).protocol == "users"

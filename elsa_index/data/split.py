@@ -1,9 +1,11 @@
 """Evaluation splits of an interaction matrix.
 
 ``strong_generalization_split`` holds out whole users (the protocol of the
-ELSA papers); ``column_split`` follows a split shipped with the data. Both
-return a :class:`Split`: the training matrix plus the held-out users'
-fold-in histories and targets, in the training item space.
+ELSA papers); ``column_split`` follows a split shipped with the data;
+``interaction_holdout_split`` holds out some interactions of training users
+(the validation counterpart of a fixed split). All return a :class:`Split`:
+the training matrix plus the evaluated users' fold-in histories and
+targets, in the training item space.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .log import IdMap, Interactions, Log
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Split", "strong_generalization_split", "column_split"]
+__all__ = ["Split", "strong_generalization_split", "column_split", "interaction_holdout_split"]
 
 
 @dataclass
@@ -36,12 +38,22 @@ class Split:
     targets : csr_matrix, shape (n_heldout, n_items)
         The held-out users' items to retrieve; disjoint from ``fold_in``.
     heldout_user_ids : IdMap
+    protocol : ``"users"`` (held-out users, not in ``train``: strong
+        generalisation) or ``"interactions"`` (the evaluated users are
+        training users; their fold-in is their training row, the targets
+        interactions ``train`` does not hold: a fixed split).
+    spec : the data settings the split was made from (a
+        :class:`~elsa_index.workflow.DataSpec` as a dict), when known;
+        checkpoints record it so that they can be evaluated again without
+        naming the data.
     """
 
     train: Interactions
     fold_in: sp.csr_matrix
     targets: sp.csr_matrix
     heldout_user_ids: IdMap
+    protocol: str = "users"
+    spec: dict | None = None
 
     @property
     def item_ids(self) -> IdMap:
@@ -135,4 +147,51 @@ def column_split(log: Log, *, train_value: str = "train", test_value: str = "tes
     keep = (np.diff(fold.indptr) > 0) & (np.diff(tgt.indptr) > 0)
     if not keep.any():
         raise DataError("no test user has both train history and test items in the training item space")
-    return Split(train, fold[keep], tgt[keep].astype(np.float32), IdMap(test_users.ids[keep]))
+    return Split(train, fold[keep], tgt[keep].astype(np.float32), IdMap(test_users.ids[keep]), protocol="interactions")
+
+
+def interaction_holdout_split(
+    interactions: Interactions,
+    n_users: int,
+    *,
+    holdout_fraction: float = 0.2,
+    seed: int = 42,
+) -> Split:
+    """Hold out some interactions of some users; everyone stays in training.
+
+    The validation counterpart of a fixed train/test split (where a test
+    user's input is its training row): a seeded set of ``n_users`` users with
+    at least two interactions each gets ``round(holdout_fraction * n)`` (at
+    least 1, at most n - 1) of its interactions removed from the training
+    matrix; those are the targets, and the user's remaining row is both its
+    training row and its fold-in history. Applied to a split's ``train``
+    only, it never sees the test interactions.
+
+    Returns
+    -------
+    Split
+        ``train`` has every user (same ids and order) minus the held-out
+        interactions; ``protocol="interactions"``.
+    """
+    X = interactions.matrix
+    eligible = np.nonzero(np.diff(X.indptr) >= 2)[0]
+    check_int(n_users, "n_users", 1, max(1, len(eligible)), error=DataError,
+              hint=f" ({len(eligible)} users have at least 2 interactions)")
+    is_number = isinstance(holdout_fraction, (int, float, np.integer, np.floating)) and not isinstance(
+        holdout_fraction, bool)
+    if not (is_number and 0.0 < holdout_fraction < 1.0):
+        raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(eligible, size=n_users, replace=False))
+    keep = np.ones(X.nnz, bool)
+    for u in chosen:
+        lo, hi = X.indptr[u], X.indptr[u + 1]
+        n_out = int(min(max(round(holdout_fraction * (hi - lo)), 1), hi - lo - 1))
+        keep[lo + rng.choice(hi - lo, size=n_out, replace=False)] = False
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    kept = sp.csr_matrix((X.data[keep], (rows[keep], X.indices[keep])), shape=X.shape, dtype=np.float32)
+    out = sp.csr_matrix((X.data[~keep], (rows[~keep], X.indices[~keep])), shape=X.shape, dtype=np.float32)
+    for m in (kept, out):
+        m.sort_indices()
+    train = Interactions(kept, interactions.user_ids, interactions.item_ids)
+    return Split(train, kept[chosen], out[chosen], IdMap(interactions.user_ids.ids[chosen]), protocol="interactions")

@@ -1,0 +1,179 @@
+"""Training recipes chosen on data: a small, seeded search within a time budget.
+
+A recipe is the learning rate, the width (``dims``; for Compressed ELSA the
+dense start width) and the number of epochs of a model. Instead of a table of
+fixed numbers, :func:`search_recipe` tries a few candidates on validation
+data drawn from the training data by the test protocol of the split
+(:func:`elsa_index.workflow.validation_split`: held-out training users for
+strong generalisation, held-out interactions of training users for a fixed
+split; the test users and test interactions are never read), with early
+stopping choosing the epochs. :func:`fit_recipe` then trains the chosen
+candidate on all training data for its best epoch count and records the
+recipe, with every trial, in the checkpoint's ``config["recipe"]``.
+
+The search is deterministic for a given seed and data: the candidates are
+tried in a seeded order (the model class's own defaults first) and each
+trial is seeded. The time budget only decides how many candidates are tried:
+a candidate is started only when the mean time of the trials so far still
+fits in what is left, so the same budget on a slower machine may try fewer
+(the recipe lists what was tried and what was not).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import fields
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._checks import check_float, check_int
+from .checkpoint import Checkpoint
+from .data import Split
+from .errors import TrainingError
+from .metrics import evaluate
+from .workflow import default_metrics, make_model, train_checkpoint, validation_split, with_epochs
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["search_recipe", "fit_recipe", "class_defaults", "DEFAULT_LRS"]
+
+#: learning rates tried by default, around the models' default of 0.01
+DEFAULT_LRS = (0.003, 0.01, 0.03)
+
+
+def class_defaults(kind: str) -> dict[str, Any]:
+    """The default settings of a model kind, read from its class (the one source of defaults)."""
+    cls = type(make_model(kind, progress=False))
+    return {f.name: f.default for f in fields(cls) if f.metadata.get("param", True)}
+
+
+def search_recipe(kind: str, split: Split, *, base: dict | None = None, lrs: Sequence[float] = DEFAULT_LRS,
+                  widths: Sequence[int] | None = None, max_epochs: int | None = None, patience: int = 3,
+                  budget_seconds: float = 600.0, validation_users: int | float = 0.1,
+                  holdout_fraction: float = 0.2, metric: str | None = None, seed: int = 0) -> dict:
+    """Choose learning rate, width and epochs on validation data within a time budget.
+
+    Parameters
+    ----------
+    kind : ``"elsa"`` or ``"compressed"`` (as :func:`~elsa_index.workflow.make_model`).
+    split : the evaluation split; only ``split.train`` is read.
+    base : other model settings, fixed for every candidate (e.g. ``nnz``).
+    lrs : learning rates to try.
+    widths : widths to try (default: the class's default width and half of it).
+    max_epochs : epochs of each trial before early stopping (default: the
+        class's default ``epochs``, or ``base["epochs"]``).
+    patience : epochs without improvement before a trial stops.
+    budget_seconds : time for the whole search; see the module notes.
+    validation_users : count, or fraction of the training users (see
+        :func:`~elsa_index.workflow.validation_split`).
+    holdout_fraction : a fixed split's share of held-out interactions per
+        validation user.
+    metric : what is maximised on the validation data (default: the first
+        of :func:`~elsa_index.workflow.default_metrics` of the split:
+        ``hit_recall@20`` for a fixed split, ``recall@20`` for held-out users).
+    seed : seeds the validation draw, the candidates' order and every trial.
+
+    Returns
+    -------
+    dict
+        The recipe: ``params`` (the chosen model settings, epochs set to the
+        best epoch count), ``best_epoch``, ``metric``, ``score``, ``trials``
+        (every candidate tried, in order, with its validation score, best
+        epoch and seconds), ``untried`` (candidates the budget left out),
+        ``validation`` (protocol, users, seed), ``budget_seconds``,
+        ``seconds``.
+    """
+    check_float(budget_seconds, "budget_seconds", 0.0, low_open=True, error=TrainingError)
+    check_int(patience, "patience", 1, error=TrainingError)
+    base = dict(base or {})
+    for reserved in ("lr", "dims", "seed", "progress"):
+        base.pop(reserved, None)
+    defaults = class_defaults(kind)
+    epochs = max_epochs if max_epochs is not None else base.pop("epochs", defaults["epochs"])
+    base.pop("epochs", None)
+    lrs = [float(v) for v in lrs]
+    if widths is None:
+        widths = sorted({max(1, defaults["dims"] // 2), defaults["dims"]})
+    widths = [int(w) for w in widths]
+    if not lrs or not widths:
+        raise TrainingError("the recipe search needs at least one learning rate and one width")
+    candidates = [{"lr": lr, "dims": w} for w, lr in itertools.product(widths, lrs)]
+    for c in candidates:  # refuse a bad candidate now, not after an hour of search
+        make_model(kind, **base, **c, epochs=epochs, seed=seed, progress=False)
+    candidates = _ordered(candidates, defaults, seed)
+    inner = validation_split(split, validation_users, holdout_fraction=holdout_fraction, seed=seed)
+    metric = metric or default_metrics(split)[0]
+    logger.info("recipe search: %d candidates, %s budget %.0fs, validation %s (%d users)", len(candidates), kind,
+                budget_seconds, inner.protocol, inner.fold_in.shape[0])
+
+    t_start = time.perf_counter()
+    trials, untried = [], []
+    for i, cand in enumerate(candidates):
+        elapsed = time.perf_counter() - t_start
+        if trials and elapsed + elapsed / len(trials) > budget_seconds:
+            untried = candidates[i:]
+            logger.info("recipe search: budget reached after %d trials (%.0fs)", len(trials), elapsed)
+            break
+        t0 = time.perf_counter()
+        model = make_model(kind, **base, **cand, epochs=epochs, seed=seed, progress=False)
+        model.fit(inner.train.matrix, validation=(inner.fold_in, inner.targets), patience=patience)
+        score = evaluate(model.score, inner.fold_in, inner.targets, ks=(), metrics=(metric,))[metric]
+        best = model.best_epoch_ if model.best_epoch_ is not None else len(model.history_)
+        trials.append({**cand, "score": float(score), "best_epoch": int(best),
+                       "seconds": round(time.perf_counter() - t0, 3), "_params": model.get_params()})
+        logger.info("recipe trial %s: %s %.4f at epoch %d", cand, metric, score, best)
+    # The best validation score; ties go to the earlier trial (the class defaults come first).
+    chosen = max(range(len(trials)), key=lambda j: (trials[j]["score"], -j))
+    params = dict(trials[chosen]["_params"])
+    params.update(_epoch_settings(kind, params, trials[chosen]["best_epoch"]))
+    for t in trials:
+        t.pop("_params")
+    return {
+        "kind": kind, "params": params, "best_epoch": trials[chosen]["best_epoch"], "metric": metric,
+        "score": trials[chosen]["score"], "trials": trials, "untried": untried, "chosen": chosen,
+        "validation": {"protocol": inner.protocol, "users": int(inner.fold_in.shape[0]), "seed": seed,
+                       "holdout_fraction": holdout_fraction if inner.protocol == "interactions" else None,
+                       "patience": patience, "max_epochs": int(epochs)},
+        "budget_seconds": float(budget_seconds), "seconds": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def fit_recipe(recipe: dict, split: Split, *, metrics: Sequence[str] | None = None, evaluate_heldout: bool = True,
+               progress: bool = False, data: dict | None = None) -> Checkpoint:
+    """Train the recipe's model on all training data; its checkpoint records the recipe (``config["recipe"]``)."""
+    try:
+        model = make_model(recipe["kind"], **recipe["params"], progress=progress)
+    except (KeyError, TypeError) as exc:
+        raise TrainingError(f"not a recipe from search_recipe: {exc}") from None
+    ckpt = train_checkpoint(model, split, data=data, metrics=metrics, evaluate_heldout=evaluate_heldout)
+    ckpt.config["recipe"] = _json_safe(recipe)
+    return ckpt
+
+
+def _ordered(candidates: list[dict], defaults: dict, seed: int) -> list[dict]:
+    """The class-default candidate (if present) first, the rest in a seeded random order."""
+    first = [c for c in candidates if c["lr"] == defaults["lr"] and c["dims"] == defaults["dims"]]
+    rest = [c for c in candidates if c not in first]
+    order = np.random.default_rng(seed).permutation(len(rest))
+    return first + [rest[i] for i in order]
+
+
+def _epoch_settings(kind: str, params: dict, best_epoch: int) -> dict:
+    """The epoch settings that train ``best_epoch`` epochs (Compressed ELSA: the fine-tuning is cut)."""
+    model = with_epochs(make_model(kind, **params, progress=False), best_epoch)
+    return {k: v for k, v in model.get_params().items() if k in ("epochs", "finetune_epochs")}
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value

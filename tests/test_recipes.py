@@ -1,0 +1,129 @@
+"""Tests for elsa_index.recipes: a seeded recipe search on validation data drawn by the split's protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from elsa_index.checkpoint import Checkpoint
+from elsa_index.data import Interactions, Log, column_split, strong_generalization_split
+from elsa_index.data.synthetic import make_synthetic
+from elsa_index.errors import DataError, TrainingError
+from elsa_index.models import ELSA
+from elsa_index.recipes import class_defaults, fit_recipe, search_recipe
+from elsa_index.workflow import validation_split
+
+
+@pytest.fixture(scope="module")
+def log():
+    return make_synthetic(n_users=160, n_items=50, n_clusters=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def fixed_split(log):
+    """A fixed split: every third interaction of each user (in log order) is a test interaction."""
+    order = np.lexsort((np.arange(len(log)), log.user))
+    users, items = log.user[order], log.item[order]
+    part = np.where(np.arange(len(users)) % 3 == 2, "test", "train")
+    return column_split(Log.from_arrays(users, items, split=part))
+
+
+@pytest.fixture(scope="module")
+def users_split(log):
+    return strong_generalization_split(Interactions.from_log(log), 30, seed=1)
+
+
+def _with_other_test_data(split, seed):
+    """The same split with different test histories and targets (random, same shapes)."""
+    rng = np.random.default_rng(seed)
+    shape = split.targets.shape
+    fold = sp.csr_matrix((rng.random(shape) < 0.2).astype(np.float32))
+    tgt = sp.csr_matrix((rng.random(shape) < 0.1).astype(np.float32))
+    return dataclasses.replace(split, fold_in=fold, targets=tgt)
+
+
+SEARCH = dict(lrs=(0.01, 0.05), widths=(4, 8), max_epochs=3, patience=1, budget_seconds=600.0,
+              validation_users=40, seed=2)
+
+
+def test_fixed_split_validation_comes_from_training_interactions_only(fixed_split):
+    inner = validation_split(fixed_split, 40, holdout_fraction=0.25, seed=0)
+    assert inner.protocol == "interactions"
+    X = fixed_split.train.matrix
+    rows = fixed_split.train.user_ids.index(inner.heldout_user_ids.ids)
+    place = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.arange(len(rows)))), shape=(X.shape[0], len(rows)))
+    held = (place @ inner.targets).tocsr()
+    # The validation targets plus what the validation model trains on are exactly the training matrix:
+    # no test interaction is among them.
+    assert (inner.train.matrix + held != X).nnz == 0 and inner.train.matrix.multiply(held).nnz == 0
+
+
+@pytest.mark.parametrize("which", ["fixed", "users"])
+def test_search_never_reads_the_test_data(fixed_split, users_split, which):
+    # Replacing the test histories and targets by random ones changes nothing in the search.
+    split = fixed_split if which == "fixed" else users_split
+    small = {**SEARCH, "widths": (4,)}
+    a = search_recipe("elsa", split, **small)
+    b = search_recipe("elsa", _with_other_test_data(split, 9), **small)
+    assert [(t["lr"], t["dims"], t["score"], t["best_epoch"]) for t in a["trials"]] == \
+        [(t["lr"], t["dims"], t["score"], t["best_epoch"]) for t in b["trials"]]
+    assert a["validation"]["protocol"] == ("interactions" if which == "fixed" else "users")
+    assert a["metric"] == ("hit_recall@20" if which == "fixed" else "recall@20")
+
+
+def test_held_out_user_validation_draws_training_users(users_split):
+    inner = validation_split(users_split, 0.25, seed=0)
+    assert inner.protocol == "users" and inner.fold_in.shape[0] == round(0.25 * users_split.train.n_users)
+    assert set(inner.heldout_user_ids.ids) <= set(users_split.train.user_ids.ids)
+    assert set(inner.heldout_user_ids.ids).isdisjoint(users_split.heldout_user_ids.ids)
+    with pytest.raises(DataError, match=r"fraction of validation users must be in \(0, 1\), got 1.5"):
+        validation_split(users_split, 1.5)
+
+
+def test_search_is_seeded_and_deterministic(fixed_split):
+    a = search_recipe("elsa", fixed_split, **SEARCH)
+    b = search_recipe("elsa", fixed_split, **SEARCH)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"} | {  # noqa: E731
+        "trials": [{k: v for k, v in t.items() if k != "seconds"} for t in r["trials"]]}
+    assert strip(a) == strip(b)
+    assert len(a["trials"]) == 4 and a["untried"] == []
+    assert {(t["lr"], t["dims"]) for t in a["trials"]} == {(0.01, 4), (0.05, 4), (0.01, 8), (0.05, 8)}
+    chosen = a["trials"][a["chosen"]]
+    assert chosen["score"] == max(t["score"] for t in a["trials"])
+    assert (a["params"]["lr"], a["params"]["dims"], a["params"]["epochs"]) == (chosen["lr"], chosen["dims"],
+                                                                               chosen["best_epoch"])
+    # Another seed draws other validation interactions.
+    c = search_recipe("elsa", fixed_split, **{**SEARCH, "seed": 3})
+    assert [t["score"] for t in c["trials"]] != [t["score"] for t in a["trials"]]
+
+
+def test_budget_limits_the_trials_and_the_defaults_go_first(fixed_split):
+    d = class_defaults("elsa")
+    assert d["lr"] == ELSA.lr and d["dims"] == ELSA.dims
+    r = search_recipe("elsa", fixed_split, lrs=(0.05, d["lr"]), widths=(4, d["dims"]), max_epochs=2, patience=1,
+                      budget_seconds=1e-6, validation_users=30, seed=0)
+    assert len(r["trials"]) == 1 and len(r["untried"]) == 3
+    assert (r["trials"][0]["lr"], r["trials"][0]["dims"]) == (d["lr"], d["dims"])
+
+
+def test_fit_recipe_records_the_recipe_in_the_checkpoint(fixed_split, tmp_path):
+    recipe = search_recipe("elsa", fixed_split, **{**SEARCH, "widths": (4,), "lrs": (0.02,)})
+    ckpt = fit_recipe(recipe, fixed_split)
+    assert ckpt.config["model"]["lr"] == 0.02 and ckpt.dims == 4
+    assert len(ckpt.history) == recipe["best_epoch"]
+    assert list(ckpt.metrics) == ["hit_recall@20", "ndcg@20"]
+    ckpt.save(tmp_path / "ck")
+    assert Checkpoint.load(tmp_path / "ck").config["recipe"] == ckpt.config["recipe"]
+    assert ckpt.config["recipe"]["trials"][0]["score"] == recipe["score"]
+
+
+def test_search_errors(fixed_split):
+    with pytest.raises(TrainingError, match="budget_seconds"):
+        search_recipe("elsa", fixed_split, budget_seconds=0)
+    with pytest.raises(TrainingError, match="dims"):
+        search_recipe("elsa", fixed_split, widths=(0,), budget_seconds=1)
+    with pytest.raises(TrainingError, match="not a recipe"):
+        fit_recipe({"params": {}}, fixed_split)
