@@ -87,7 +87,7 @@ class Workspace:
         else:
             path = self.out / "checkpoints" / d.name / name
             recipe_file = path.with_name(name + ".recipe.json")
-            recipe = {"data": d.data.to_dict(), "train": spec.train, "validation_users": spec.validation_users}
+            recipe = {"data": d.data_key(), "train": spec.train, "validation_users": spec.validation_users}
             ck = None
             if path.is_dir() and recipe_file.is_file():
                 try:

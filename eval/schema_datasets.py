@@ -120,6 +120,10 @@ class _DatasetBase(Schema):
         raise ConfigError(f"dataset {self.name!r} has no checkpoint {name!r}; it has {[c.name for c in self.checkpoints]}")
 
 
+#: data settings added after the first stored results, with their defaults (see ``InteractionsDataset.data_key``)
+_LATER_DATA_SETTINGS = {"train_value": "train", "test_value": "test"}
+
+
 class InteractionsDataset(_DatasetBase):
     """Interaction data: the held-out users are the queries."""
 
@@ -163,9 +167,21 @@ class InteractionsDataset(_DatasetBase):
                 raise Issue(f"{keep} matches none of the checkpoints {names}", at=("use_checkpoints",))
         return self
 
+    def data_key(self) -> dict:
+        """The data settings that identify the dataset's content (for run ids and cached checkpoints).
+
+        Settings added to the data table after results were first stored enter only when set away from their
+        defaults, so that the ids of earlier runs and the cached checkpoints stay valid.
+        """
+        data = self.data.to_dict()
+        for name, default in _LATER_DATA_SETTINGS.items():
+            if data.get(name) == default:
+                data.pop(name)
+        return data
+
     def key(self) -> dict:
         """What identifies the dataset's content (for run ids)."""
-        return {"name": self.name, "kind": self.kind, "data": self.data.to_dict()}
+        return {"name": self.name, "kind": self.kind, "data": self.data_key()}
 
 
 class FitSpec(Schema):
