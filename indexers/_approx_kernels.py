@@ -55,6 +55,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The exact kernel's min-heap: one tie rule (equal scores: the lower item index wins) for both backends.
+from ._kernels import _heap_less, _sift_down, _sift_up
+
 try:
     import numba
 
@@ -181,39 +184,6 @@ def build_lists(indptr, indices, data, n_items, dims, share):
     kept = _fill_lists(np.asarray(indptr, np.int64), indices, data, dims, scale, LEVELS, float(share), lptr, lids,
                        lcodes)
     return lptr, lids[:kept].copy(), lcodes[:kept].copy(), scale
-
-
-def _heap_less(s1, i1, s2, i2):
-    # "Worse" for the min-heap: lower score, or equal score and higher index (ties go to the lower index).
-    return s1 < s2 or (s1 == s2 and i1 > i2)
-
-
-def _sift_down(hs, hi, pos, size):
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            return
-        worst = left
-        right = left + 1
-        if right < size and _heap_less(hs[right], hi[right], hs[left], hi[left]):
-            worst = right
-        if _heap_less(hs[worst], hi[worst], hs[pos], hi[pos]):
-            hs[pos], hs[worst] = hs[worst], hs[pos]
-            hi[pos], hi[worst] = hi[worst], hi[pos]
-            pos = worst
-        else:
-            return
-
-
-def _sift_up(hs, hi, pos):
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if _heap_less(hs[pos], hi[pos], hs[parent], hi[parent]):
-            hs[pos], hs[parent] = hs[parent], hs[pos]
-            hi[pos], hi[parent] = hi[parent], hi[pos]
-            pos = parent
-        else:
-            return
 
 
 def _offer(hs, hi, size, k, s, j):
@@ -393,9 +363,6 @@ if HAVE_NUMBA:
     _dominant = _jit(_dominant)
     _code = _jit(_code)
     _fill_lists = _jit(_fill_lists)
-    _heap_less = _jit(_heap_less)
-    _sift_down = _jit(_sift_down)
-    _sift_up = _jit(_sift_up)
     _offer = _jit(_offer)
     _score = _jit(_score)
     _flush = _jit(_flush)
