@@ -180,7 +180,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._checks import check_int
-from elsa_index._io import load_csr, read_json, save_csr, write_json
+from elsa_index._io import read_json, save_csr, write_json
 from elsa_index.errors import BackendError
 from elsa_index.scoring import score_rows
 
@@ -189,7 +189,7 @@ from ._lucene_files import (FIELD, check_doc_rows, clean_rows, doc_rows, new_wor
                             run_indexer, segments, verify_checksums, write_documents)
 from ._lucene_query import MAX_CLAUSES, filter_terms, prune, query_entries, thread_parser, weighted_terms
 from .base import Backend
-from .requests import ranked, rerank_rows
+from .requests import load_rerank_rows, ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -522,12 +522,7 @@ class LuceneImpact(Backend):
         if isinstance(n_indexed, bool) or not isinstance(n_indexed, int) or not 0 <= n_indexed <= self.n_items_:
             raise BackendError(f"{directory / MANIFEST}: invalid n_indexed {n_indexed!r}")
         shape = (self.n_items_, self.dims_)
-        if checkpoint is not None:  # one copy of the rows: the checkpoint's (its fingerprint was checked)
-            if not checkpoint.sparse or checkpoint.embeddings.shape != shape:
-                raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
-            emb = rerank_rows(checkpoint.embeddings)
-        else:
-            emb = load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
+        emb = load_rerank_rows(directory, checkpoint, shape, mmap=mmap)
         index = directory / LUCENE_DIR
         if not index.is_dir():
             raise BackendError(f"{directory} lacks the Lucene index folder {LUCENE_DIR}/; "

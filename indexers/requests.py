@@ -13,9 +13,10 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from elsa_index._io import load_csr
 from elsa_index.errors import BackendError
 
-__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "ranked", "rerank_rows"]
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "ranked", "rerank_rows", "load_rerank_rows"]
 
 
 class Results(NamedTuple):
@@ -151,3 +152,13 @@ def ranked(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np
 def rerank_rows(embeddings) -> sp.csr_matrix:
     """Item rows for an exact re-rank of candidates, as float32 CSR (sharing the given arrays when they already are)."""
     return sp.csr_matrix(embeddings, dtype=np.float32, copy=False)
+
+
+def load_rerank_rows(directory, checkpoint, shape: tuple[int, int], *, mmap: bool = False) -> sp.csr_matrix:
+    """The re-rank rows of a loaded backend directory: the given checkpoint's (inside an index directory, one
+    copy of the rows serves both; its fingerprint was checked), else the directory's own ``embeddings_*`` CSR."""
+    if checkpoint is not None:
+        if not checkpoint.sparse or checkpoint.embeddings.shape != shape:
+            raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
+        return rerank_rows(checkpoint.embeddings)
+    return load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)

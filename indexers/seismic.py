@@ -130,13 +130,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._checks import check_float, check_int
-from elsa_index._io import load_csr, read_json, save_csr, write_json
+from elsa_index._io import read_json, save_csr, write_json
 from elsa_index.errors import BackendError
 from elsa_index.scoring import score_rows
 
 from ._lucene_query import prune, query_entries
 from .base import Backend
-from .requests import ranked, rerank_rows
+from .requests import load_rerank_rows, ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -408,12 +408,7 @@ class SeismicBackend(Backend):
         if isinstance(n_indexed, bool) or not isinstance(n_indexed, int) or not 0 <= n_indexed <= self.n_items_:
             raise BackendError(f"{directory / MANIFEST}: invalid n_indexed {n_indexed!r}")
         shape = (self.n_items_, self.dims_)
-        if checkpoint is not None:  # one copy of the rows: the checkpoint's (its fingerprint was checked)
-            if not checkpoint.sparse or checkpoint.embeddings.shape != shape:
-                raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
-            emb = rerank_rows(checkpoint.embeddings)
-        else:
-            emb = load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
+        emb = load_rerank_rows(directory, checkpoint, shape, mmap=mmap)
         index = None
         if n_indexed:
             path = directory / INDEX_FILE
