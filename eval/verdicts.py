@@ -269,6 +269,8 @@ def extrapolated_verdicts(tuned_rows: dict[str, dict[int, tuple[dict | None, boo
             if "latency_p50" not in est:
                 continue
             lo, hi = est["latency_p50"][2], est["latency_p50"][3]
+            # * when some size of the fit did not reach the recall target (its most accurate configuration)
+            reached = all(t[1] for m, t in tuned_rows[other].items() if t and t[0] and m < n)
             for lbl in here:
                 r, ok = tuned_rows[lbl][n]
                 parts = []
@@ -281,7 +283,7 @@ def extrapolated_verdicts(tuned_rows: dict[str, dict[int, tuple[dict | None, boo
                         parts.append(f"{what} {fmt_value(x, kind)}{unit} measured vs {fmt_value(y, kind)}{unit} extrapolated "
                                      f"(**{win}** {max(x, y) / min(x, y):.1f}x lower)")
                 L.append(f"- {n:,} items, {lbl}{'' if ok else '*'} ({rmetric} {r['m'].get(rmetric, math.nan):.4f}) vs "
-                         f"{other} extrapolated from {lo:,}-{hi:,} items at the recall target: " + "; ".join(parts) + ".")
+                         f"{other}{'' if reached else '*'} extrapolated from {lo:,}-{hi:,} items at the recall target: " + "; ".join(parts) + ".")
     if L:
         L = ["Sizes measured for some backends only, against the others' growth (an estimate from their tuned "
              "configurations at smaller sizes, not a measurement; an approximate index's recall at the target "
