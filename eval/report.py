@@ -168,6 +168,8 @@ def _protocol_lines(cfg, machine: dict) -> list[str]:
         "- Memory: bytes of the index directory on disk; peak RSS (VmHWM) of a fresh process that opens the index "
         "and serves every query one at a time, minus that of a fresh process that only imports the package "
         f"(mode `{cfg.memory_probe}`; the JVM is inside the process for Lucene).",
+        "- Load: the machine's 1-minute load average when the configuration was measured (the *Machine* section gives "
+        "the load when the last measuring invocation started); a build's seconds ran under the load of its time.",
         "- Lower bound: bytes a query must read, from each backend's own cost model (an inverted index: the bytes per "
         "posting of its layout times the postings of the query's dimensions; Flat: every vector; IVF/HNSW: a model "
         "of the vectors visited) divided by the measured bandwidth; `x bound` is the measured p50 over the p50 bound.",
@@ -206,7 +208,7 @@ def _overhead_lines(o) -> list[str]:
 def _results_table(rows: list[dict], cfg, quality, retrieval, *, with_size: bool = False) -> list[str]:
     header = (["items"] if with_size else []) + ["backend", "checkpoint", "build", "search"]
     header += quality + retrieval + ["p50 ms", "p95 ms", "p99 ms", "bound ms", "x bound"]
-    header += [f"qps@{t}" for t in cfg.threads] + ["build s", "disk", "RSS"]
+    header += [f"qps@{t}" for t in cfg.threads] + ["build s", "disk", "RSS", "load"]
     body = []
     for r in rows:
         m = r["m"]
@@ -216,7 +218,8 @@ def _results_table(rows: list[dict], cfg, quality, retrieval, *, with_size: bool
         line += [fmt_value(m.get("latency_p50"), "ms"), fmt_value(m.get("latency_p95"), "ms"), fmt_value(m.get("latency_p99"), "ms"),
                  fmt_value(m.get("bound_p50"), "ms"), fmt_value(m.get("bound_ratio"))]
         line += [fmt_value(m.get(f"qps@{t}"), "qps") for t in cfg.threads]
-        line += [fmt_value(m.get("build_seconds"), "s"), fmt_value(m.get("bytes_on_disk"), "bytes"), fmt_value(m.get("peak_rss"), "bytes")]
+        line += [fmt_value(m.get("build_seconds"), "s"), fmt_value(m.get("bytes_on_disk"), "bytes"), fmt_value(m.get("peak_rss"), "bytes"),
+                 f"{r['loadavg'][0]:.1f}" if r.get("loadavg") else "-"]
         body.append(line)
     align = ("r" if with_size else "") + "llll" + "r" * (len(header) - 4 - (1 if with_size else 0))
     return markdown_table(header, body, align)
