@@ -67,6 +67,19 @@ def _defaults(cls) -> dict:
     return {k: v.default for k, v in inspect.signature(cls).parameters.items()}
 
 
+def _negatives(text: str):
+    """``--negatives``: ``auto`` (the model's rule), ``full`` (every item, whatever the catalogue) or a count."""
+    if text in ("auto", "full"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, full or a number of sampled items, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the number of sampled items must be >= 0, got {value}")
+    return value
+
+
 def _count_or_fraction(text: str):
     """``--validation-users``: an integer count, or a fraction in (0, 1)."""
     try:
@@ -151,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training epochs (default: {elsa['epochs']} elsa, {comp['epochs']} compressed)")
     g.add_argument("--batch-size", type=int, default=None, help=f"users per step (default: {elsa['batch_size']})")
     g.add_argument("--lr", type=float, default=None, help=f"Nadam learning rate (default: {elsa['lr']})")
-    g.add_argument("--negatives", type=int, default=None,
-                   help="sampled outputs: score batch positives plus this many sampled items "
-                        f"(default: {elsa['n_negatives']}, the model's own rule)")
+    g.add_argument("--negatives", type=_negatives, default=None, metavar="auto|full|N",
+                   help="outputs each batch scores: full (every item), N (batch positives plus N sampled items, "
+                        f"with a sampling correction) or auto (full while batch x items fits, else sampled; "
+                        f"default: {elsa['n_negatives']})")
+    g.add_argument("--sampler", choices=("popularity", "uniform"), default=None,
+                   help=f"how sampled negatives are drawn (default: {elsa['negatives']})")
     g.add_argument("--device", default=None, help=f"auto, cpu, cuda, cuda:1, ... (default: {elsa['device']})")
     g.add_argument("--seed", type=int, default=None, help=f"model seed (default: {elsa['seed']})")
     g = p.add_argument_group("validation, recipe search and evaluation")

@@ -70,7 +70,7 @@ def _data_spec(args):
 
 #: train options that set a model parameter of the same meaning (option attribute -> parameter name)
 _MODEL_OPTIONS = {"dims": "dims", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "negatives": "n_negatives",
-                  "device": "device", "seed": "seed"}
+                  "sampler": "negatives", "device": "device", "seed": "seed"}
 _COMPRESSED_OPTIONS = {"nnz": "nnz", "schedule": "schedule", "restart": "restart", "prune_steps": "prune_steps",
                        "warmup_epochs": "warmup_epochs", "finetune_epochs": "finetune_epochs"}
 
@@ -84,7 +84,10 @@ def _model_params(args) -> dict:
         given = [f"--{o.replace('_', '-')}" for o in _COMPRESSED_OPTIONS if getattr(args, o) is not None]
         if given:
             raise ElsaIndexError(f"{', '.join(given)} only apply to --model compressed")
-    return {param: getattr(args, opt) for opt, param in names.items() if getattr(args, opt) is not None}
+    params = {param: getattr(args, opt) for opt, param in names.items() if getattr(args, opt) is not None}
+    if params.get("n_negatives") == "full":
+        params["n_negatives"] = None  # the model's spelling of full outputs
+    return params
 
 
 def _check_train_args(args) -> None:

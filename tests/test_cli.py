@@ -330,3 +330,22 @@ def test_baseline_from_the_cli(log_csv, capsys, model):
     assert "fitted in" in capsys.readouterr().out
     assert main(["baseline", "ease", "--data", str(log_csv), "--user-col", "uid", "--item-col", "iid", "--l2", "-1"]) == 2
     assert "l2 must be a finite number >= 0.0, got -1.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given,expected", [(["--negatives", "full"], (None, "popularity")),
+                                            (["--negatives", "7", "--sampler", "uniform"], (7, "uniform")),
+                                            (["--negatives", "auto"], ("auto", "popularity"))])
+def test_output_options_round_trip_into_the_checkpoint(tmp_path, split_csv, given, expected):
+    out = tmp_path / "ck"
+    assert main(["train", "--data", str(split_csv), "--split-col", "part", "--train-value", "fit", "--test-value",
+                 "eval", "--model", "elsa", "--dims", "4", "--epochs", "1", *given, "--out", str(out), "--quiet"]) == 0
+    model = Checkpoint.load(out).config["model"]
+    assert (model["n_negatives"], model["negatives"]) == expected
+
+
+def test_bad_negatives_option_is_refused(tmp_path, split_csv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", str(split_csv), "--negatives", "many", "--out", str(tmp_path / "x")])
+    assert info.value.code == 2
+    assert "expected auto, full or a number of sampled items, got 'many'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
