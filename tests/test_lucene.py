@@ -387,8 +387,8 @@ def _stored_rows(lu) -> np.ndarray:
 
 
 def test_docid_row_table_of_a_multi_segment_index(sparse_checkpoint, histories, tmp_path, monkeypatch):
-    # Two indexing threads over two files, no merge: several segments, each thread's documents in its own.
-    monkeypatch.setattr("elsa_index.indexers.lucene._ITEMS_PER_FILE", 40)
+    # Two indexing threads over many small files, no merge: several segments, each thread's documents in its own.
+    monkeypatch.setattr("elsa_index.indexers.lucene._ITEMS_PER_FILE", 8)  # many files: both threads get some
     lu = get_backend("lucene")(threads=2, optimize=False).build(sparse_checkpoint)
     assert len(lu._segments) > 1
     np.testing.assert_array_equal(lu._doc_rows, _stored_rows(lu))  # every document's row, as Lucene stores it
