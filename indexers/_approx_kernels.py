@@ -56,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 
 # The exact kernel's min-heap: one tie rule (equal scores: the lower item index wins) for both backends.
-from ._kernels import _heap_less, _sift_down, _sift_up
+from ._kernels import _heap_less, _pop_sorted, _sift_down, _sift_up
 
 try:
     import numba
@@ -339,13 +339,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
     for t in range(nt):
         qdense[q_dims[t]] = 0.0
     seen[:] = 0
-    for pos in range(size - 1, -1, -1):
-        out_scores[pos] = hs[0]
-        out_ids[pos] = hi[0]
-        hs[0] = hs[size - 1]
-        hi[0] = hi[size - 1]
-        size -= 1
-        _sift_down(hs, hi, 0, size)
+    _pop_sorted(hs, hi, size, out_ids, out_scores)
     stats[0] += scanned
     stats[1] += met
 

@@ -34,7 +34,7 @@ and, with the same tie rule, identical rankings. (A float64 accumulator was
 measured 1.5-1.9x slower at 1M items: the scatter into the accumulator
 dominates.)
 
-The heap helpers ``_heap_less``, ``_sift_down`` and ``_sift_up`` are shared
+The heap helpers ``_heap_less``, ``_sift_down``, ``_sift_up`` and ``_pop_sorted`` are shared
 with other compiled backends. Compilation is lazy (on the first call of a
 kernel) and cached on disk (``cache=True``); the argument dtypes are fixed by
 the Python wrappers, so each kernel has one signature and later processes
@@ -114,6 +114,17 @@ def _sift_up(hs, hi, pos):
             return
 
 
+def _pop_sorted(hs, hi, size, out_ids, out_scores):
+    """Empty a heap of ``size`` entries into ``out_ids``/``out_scores``, best first (worst popped first)."""
+    for pos in range(size - 1, -1, -1):
+        out_scores[pos] = hs[0]
+        out_ids[pos] = hi[0]
+        hs[0] = hs[size - 1]
+        hi[0] = hi[size - 1]
+        size -= 1
+        _sift_down(hs, hi, 0, size)
+
+
 def _query_topk(indptr, indices, data, dims, weights, acc, k, out_ids, out_scores):
     """Score one sparse query against postings and write its sorted top-k."""
     for t in range(dims.shape[0]):
@@ -136,14 +147,7 @@ def _query_topk(indptr, indices, data, dims, weights, acc, k, out_ids, out_score
             hs[0] = s
             hi[0] = i
             _sift_down(hs, hi, 0, size)
-    # Pop the heap from worst to best into the output, best first.
-    for pos in range(size - 1, -1, -1):
-        out_scores[pos] = hs[0]
-        out_ids[pos] = hi[0]
-        hs[0] = hs[size - 1]
-        hi[0] = hi[size - 1]
-        size -= 1
-        _sift_down(hs, hi, 0, size)
+    _pop_sorted(hs, hi, size, out_ids, out_scores)
 
 
 def _batch_topk(indptr, indices, data, q_indptr, q_dims, q_weights, acc, k, out_ids, out_scores):
@@ -249,14 +253,7 @@ def _blocked_query(indptr, indices, data, n_blocks, block_items, n_items, dims, 
             for c in range(stop - i):
                 chunk[c] = 0.0
             i = stop
-    # Pop the heap from worst to best into the output, best first.
-    for pos in range(size - 1, -1, -1):
-        out_scores[pos] = hs[0]
-        out_ids[pos] = hi[0]
-        hs[0] = hs[size - 1]
-        hi[0] = hi[size - 1]
-        size -= 1
-        _sift_down(hs, hi, 0, size)
+    _pop_sorted(hs, hi, size, out_ids, out_scores)
 
 
 def _blocked_batch(indptr, indices, data, n_blocks, block_items, n_items, q_indptr, q_dims, q_weights, acc, k,
@@ -274,6 +271,7 @@ if HAVE_NUMBA:
     _heap_less = _jit(_heap_less)
     _sift_down = _jit(_sift_down)
     _sift_up = _jit(_sift_up)
+    _pop_sorted = _jit(_pop_sorted)
     _query_topk = _jit(_query_topk)
     _batch_topk = _jit(_batch_topk)
     _group_max = numba.njit(nogil=True, cache=True, fastmath=True)(_group_max)
