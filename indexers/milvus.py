@@ -504,7 +504,7 @@ class MilvusIndex(Backend):
         next_key = int(self.keys_[-1]) + 1 if len(self.keys_) else 0
         keys = np.concatenate([self.keys_, np.arange(next_key, next_key + len(new), dtype=np.int64)])
         row_keys = keys[rows]
-        empty = _empty_rows(emb, rows)
+        empty = ~_nonempty(emb[rows])
         self._write_rows(emb, rows[~empty], row_keys[~empty], upsert=True)
         if empty.any():  # a row that lost every non-zero cannot be stored: it leaves the collection
             self._call("delete", self._client.delete, self.collection_, ids=row_keys[empty].tolist())
@@ -767,12 +767,6 @@ def _nonempty(emb) -> np.ndarray:
         nz[rows[np.asarray(emb.data) != 0]] = True
         return nz
     return np.ones(emb.shape[0], bool)
-
-
-def _empty_rows(emb, rows: np.ndarray) -> np.ndarray:
-    if not sp.issparse(emb):
-        return np.zeros(len(rows), bool)
-    return np.array([not (emb.data[emb.indptr[r]:emb.indptr[r + 1]] != 0).any() for r in rows], bool)
 
 
 def _entity(emb, r: int, key: int) -> dict | None:
