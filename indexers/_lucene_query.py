@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from . import _jvm
 from ._lucene_files import FIELD
 
-__all__ = ["thread_parser", "query_entries", "prune", "weighted_terms", "filter_terms", "MAX_CLAUSES"]
+__all__ = ["thread_parser", "weighted_terms", "filter_terms", "MAX_CLAUSES"]
 
 _BOOST_DECIMALS = 9
 #: Lucene's default limit on the clauses of one query, nested clauses included (``IndexSearcher.maxClauseCount``)
@@ -29,43 +29,6 @@ def thread_parser(rt):
     if parser is None:
         parser = cache["query_parser"] = rt.QueryParser(FIELD, rt.WhitespaceAnalyzer())
     return parser
-
-
-def query_entries(queries, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dims (ascending) and float64 values of the non-zero entries of query row ``r`` (CSR or ndarray)."""
-    if sp.issparse(queries):
-        a, b = queries.indptr[r], queries.indptr[r + 1]
-        dims, vals = queries.indices[a:b], queries.data[a:b]
-    else:
-        row = queries[r]
-        dims = np.flatnonzero(row)
-        vals = row[dims]
-    keep = vals != 0
-    return dims[keep], vals[keep].astype(np.float64)
-
-
-def prune(dims: np.ndarray, vals: np.ndarray, m: int | None, mass: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of largest ``|value|`` sent to Lucene: a share ``mass`` of the total ``|value|``, at most ``m``.
-
-    The entries are taken in order of decreasing ``|value|`` (equal values:
-    lower dimension first) until their ``|value|`` sum reaches ``mass`` times
-    the sum over all entries; ``mass=1`` keeps all of them. At most ``m``
-    entries are kept (``m=None``: no cap). Dims and values come back in that
-    order (largest first).
-    """
-    n = len(dims)
-    if n == 0 or (mass >= 1.0 and (m is None or n <= m)):
-        return dims, vals
-    w = np.abs(vals)
-    order = np.argsort(-w, kind="stable")
-    keep = n
-    if mass < 1.0:
-        # The first position whose running sum reaches the share (the running sums never decrease).
-        keep = min(n, int(np.searchsorted(np.cumsum(w[order]), mass * float(w.sum()), side="left")) + 1)
-    if m is not None:
-        keep = min(keep, m)
-    top = order[:keep]
-    return dims[top], vals[top]
 
 
 def weighted_terms(dims: np.ndarray, vals: np.ndarray) -> tuple[str, float]:

@@ -187,9 +187,9 @@ from elsa_index.scoring import score_rows
 from . import _jvm
 from ._lucene_files import (FIELD, check_doc_rows, clean_rows, doc_rows, new_work_dir, open_searcher, release,
                             run_indexer, segments, verify_checksums, write_documents)
-from ._lucene_query import MAX_CLAUSES, filter_terms, prune, query_entries, thread_parser, weighted_terms
+from ._lucene_query import MAX_CLAUSES, filter_terms, thread_parser, weighted_terms
 from .base import Backend
-from .requests import load_rerank_rows, ranked, rerank_rows
+from .requests import load_rerank_rows, prune, query_entries, ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 

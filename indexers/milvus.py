@@ -130,9 +130,8 @@ from elsa_index._io import load_csr, read_json, save_array, save_csr, write_json
 from elsa_index.errors import BackendError
 from elsa_index.scoring import score_rows
 
-from ._lucene_query import prune, query_entries
 from .base import Backend
-from .requests import rerank_rows
+from .requests import prune, query_entries, rerank_rows
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import scipy.sparse as sp
 from elsa_index._io import load_csr
 from elsa_index.errors import BackendError
 
-__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "ranked", "rerank_rows", "load_rerank_rows"]
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "ranked", "rerank_rows", "load_rerank_rows",
+           "query_entries", "prune"]
 
 
 class Results(NamedTuple):
@@ -162,3 +163,40 @@ def load_rerank_rows(directory, checkpoint, shape: tuple[int, int], *, mmap: boo
             raise BackendError(f"{directory}: the checkpoint given is not a sparse {shape} one")
         return rerank_rows(checkpoint.embeddings)
     return load_csr(directory, "embeddings_", shape, BackendError, mmap=mmap)
+
+
+def query_entries(queries, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dims (ascending) and float64 values of the non-zero entries of query row ``r`` (CSR or ndarray)."""
+    if sp.issparse(queries):
+        a, b = queries.indptr[r], queries.indptr[r + 1]
+        dims, vals = queries.indices[a:b], queries.data[a:b]
+    else:
+        row = queries[r]
+        dims = np.flatnonzero(row)
+        vals = row[dims]
+    keep = vals != 0
+    return dims[keep], vals[keep].astype(np.float64)
+
+
+def prune(dims: np.ndarray, vals: np.ndarray, m: int | None, mass: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of largest ``|value|`` a backend sends to its index: a share ``mass`` of the total ``|value|``, at most ``m``.
+
+    The entries are taken in order of decreasing ``|value|`` (equal values:
+    lower dimension first) until their ``|value|`` sum reaches ``mass`` times
+    the sum over all entries; ``mass=1`` keeps all of them. At most ``m``
+    entries are kept (``m=None``: no cap). Dims and values come back in that
+    order (largest first).
+    """
+    n = len(dims)
+    if n == 0 or (mass >= 1.0 and (m is None or n <= m)):
+        return dims, vals
+    w = np.abs(vals)
+    order = np.argsort(-w, kind="stable")
+    keep = n
+    if mass < 1.0:
+        # The first position whose running sum reaches the share (the running sums never decrease).
+        keep = min(n, int(np.searchsorted(np.cumsum(w[order]), mass * float(w.sum()), side="left")) + 1)
+    if m is not None:
+        keep = min(keep, m)
+    top = order[:keep]
+    return dims[top], vals[top]

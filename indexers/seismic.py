@@ -134,9 +134,8 @@ from elsa_index._io import read_json, save_csr, write_json
 from elsa_index.errors import BackendError
 from elsa_index.scoring import score_rows
 
-from ._lucene_query import prune, query_entries
 from .base import Backend
-from .requests import load_rerank_rows, ranked, rerank_rows
+from .requests import load_rerank_rows, prune, query_entries, ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from elsa_index.errors import BackendError  # noqa: E402
 from elsa_index.indexers import get_backend  # noqa: E402
 from elsa_index.indexers.base import Backend  # noqa: E402
 from elsa_index.indexers._lucene_files import impacts as _impacts  # noqa: E402
-from elsa_index.indexers._lucene_query import prune  # noqa: E402
+from elsa_index.indexers.requests import prune  # noqa: E402
 from elsa_index.indexers.lucene import LuceneImpact  # noqa: E402
 from elsa_index.metrics import retrieval_recall  # noqa: E402
 
