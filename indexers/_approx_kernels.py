@@ -23,12 +23,16 @@ can raise an item's score only through the list of its own sign (``w > 0``:
 the positive list of ``d``; ``w < 0``: the negative one), where the item's
 contribution is ``|w| * |a_jd|``. Terms are kept by decreasing ``|w|`` up
 to ``query_share`` of the query's L1 mass. Their agreeing lists are read in
-rounds of decreasing contribution threshold ``tau`` (x0.85 per round), so
+rounds of decreasing contribution threshold ``tau`` (x0.9 per round), so
 the postings with the largest contributions across all terms come first, and
-an item is met first through (about) its largest contribution. Items met for
-the first time are gathered, scored exactly through the forward index
-(their rows touched first so that the cache misses overlap) and offered to a
-top-k heap.
+an item is met first through (about) its largest contribution. Within a round
+a term's list is read while its codes reach the term's smallest code worth
+``tau`` (one integer compare per posting). Items met for the first time are
+gathered, scored exactly through the forward index and offered to a top-k
+heap. Scoring is bound by memory latency (an item's row is one random
+access of ~100 B, plus its offset): while a candidate is scored, the offset
+of the candidate 16 places ahead and the row of the one 8 places ahead are
+prefetched, so that about 8 rows are in flight at once.
 
 Stopping: after a round, an item not yet met has every agreeing
 contribution below ``tau``, so (when every term is kept) its score is below
@@ -56,7 +60,7 @@ from __future__ import annotations
 import numpy as np
 
 # The exact kernel's min-heap: one tie rule (equal scores: the lower item index wins) for both backends.
-from ._kernels import _heap_less, _pop_sorted, _sift_down, _sift_up
+from ._kernels import _heap_less, _pop_sorted, _prefetch, _sift_down, _sift_up
 
 try:
     import numba
@@ -71,13 +75,16 @@ CODE_MAX = 255
 LEVEL_DECADES = 4.0
 LEVELS = np.concatenate([[0.0], 10.0 ** (LEVEL_DECADES * (np.arange(1, CODE_MAX + 1) - CODE_MAX) / (CODE_MAX - 1))])
 #: threshold ratio between rounds: smaller reads more postings per round past the point of stopping
-ROUND_RATIO = 0.85
+ROUND_RATIO = 0.9
 #: a round threshold this far below the first one reads everything that is left
 TAU_FLOOR = 1e-6
 #: candidates gathered before they are scored together
 FLUSH = 256
 #: relative slack of the stopping bound for float32 rounding of the scores
 BOUND_SLACK = 1e-3
+#: candidates ahead of the one being scored whose row offset / row is prefetched
+AHEAD_OFFSET = 16
+AHEAD_ROW = 8
 
 
 def _dominant(indptr, indices, data, dom, mag):
@@ -208,22 +215,45 @@ def _score(fptr, fdim, fval, qdense, j):
     return s
 
 
+def _code_at_least(levels, m, tau):
+    # The smallest code c with levels[c] * m >= tau (CODE_MAX + 1 when none): a list entry reaches tau exactly
+    # when its code is at least this (levels increase with the code).
+    lo = 1
+    hi = CODE_MAX + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if levels[mid] * m >= tau:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _prefetch_row(fptr, fdim, fval, j):
+    # The first and last cache lines of row j's dims and values (a 16-entry row spans at most two of each).
+    a = fptr[j]
+    b = max(a, fptr[j + 1] - 1)
+    _prefetch(fdim, a)
+    _prefetch(fdim, b)
+    _prefetch(fval, a)
+    _prefetch(fval, b)
+
+
 def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
-    # Touch the candidates' row offsets, then the first and last entry of each row: independent loads, so
-    # their cache misses overlap (measured 2x faster than scoring rows as they come); then score, then offer.
-    t = 0
+    # Score the gathered candidates, software-pipelined: while candidate c is scored, the row offset of
+    # c + AHEAD_OFFSET and the row of c + AHEAD_ROW are loading (prefetches never stall the core, so ~8 rows
+    # are in flight; measured 1.6x faster per row than touching all offsets, then all rows, then scoring);
+    # then offer them to the heap.
+    for c in range(min(nbuf, AHEAD_OFFSET)):
+        _prefetch(fptr, buf[c])
+    for c in range(min(nbuf, AHEAD_ROW)):
+        _prefetch_row(fptr, fdim, fval, buf[c])
     for c in range(nbuf):
-        t += fptr[buf[c]]
-    for c in range(nbuf):
-        j = buf[c]
-        a = fptr[j]
-        b = fptr[j + 1] - 1
-        if b >= a:
-            t += np.int64(fdim[a]) + np.int64(fdim[b]) + np.int64(fval[a] > fval[b])
-    for c in range(nbuf):
+        if c + AHEAD_OFFSET < nbuf:
+            _prefetch(fptr, buf[c + AHEAD_OFFSET])
+        if c + AHEAD_ROW < nbuf:
+            _prefetch_row(fptr, fdim, fval, buf[c + AHEAD_ROW])
         sbuf[c] = _score(fptr, fdim, fval, qdense, buf[c])
-    if t == -1:  # keeps the touching loads from being optimised away; never true
-        sbuf[0] = np.float32(0.0)
     for c in range(nbuf):
         j = perm[buf[c]]
         if size < k or _heap_less(hs[0], hi[0], sbuf[c], j):
@@ -287,7 +317,8 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                 e = end[r]
                 m = mult[r]
                 stop = e if max_postings <= 0 else min(e, c + (max_postings - scanned))
-                while c < stop and levels[lcodes[c]] * m >= tau:
+                cth = _code_at_least(levels, m, tau)
+                while c < stop and lcodes[c] >= cth:
                     j = lids[c]
                     c += 1
                     w = j >> 6
@@ -359,6 +390,8 @@ if HAVE_NUMBA:
     _fill_lists = _jit(_fill_lists)
     _offer = _jit(_offer)
     _score = _jit(_score)
+    _code_at_least = _jit(_code_at_least)
+    _prefetch_row = _jit(_prefetch_row)
     _flush = _jit(_flush)
     _query = _jit(_query)
     _batch = _jit(_batch)
