@@ -300,6 +300,9 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
         top[r] = levels[lcodes[cur[r]]] * mult[r] if cur[r] < end[r] else 0.0
     torder = np.argsort(-top, kind="mergesort")
     cur, end, mult, top = cur[torder], end[torder], mult[torder], top[torder]
+    # Each term's next contribution (its list head), so that a term with nothing to read this round costs one
+    # compare; 0 once its list is read.
+    head = top.copy()
     scanned = 0
     met = 0
     rstat = np.zeros(2, np.float64)
@@ -313,6 +316,10 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                 if top[r] < tau:  # terms sorted by top: none further can reach tau yet
                     left += n_keep - r
                     break
+                if head[r] < tau:
+                    if head[r] > 0.0:
+                        left += 1
+                    continue
                 c = cur[r]
                 e = end[r]
                 m = mult[r]
@@ -335,6 +342,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                         nbuf = 0
                 scanned += c - cur[r]
                 cur[r] = c
+                head[r] = levels[lcodes[c]] * m if c < e else 0.0
                 if c < e:
                     left += 1
                 if max_postings > 0 and scanned >= max_postings:
