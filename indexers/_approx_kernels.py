@@ -207,11 +207,35 @@ def _offer(hs, hi, size, k, s, j):
     return size
 
 
-def _score(fptr, fdim, fval, qdense, j):
-    # The shared summation order: float32 products, float32 sum from 0, ascending dims.
+def _row(fptr, stride, j):
+    # Row j's entries: [j * stride, (j + 1) * stride) when every row has ``stride`` entries (no offset to
+    # load: one dependent cache miss less per candidate), else from the offsets.
+    if stride > 0:
+        a = j * stride
+        return a, a + stride
+    return fptr[j], fptr[j + 1]
+
+
+def _score(fptr, stride, fdim, fval, qdense, j):
+    # The shared summation order: float32 products, float32 sum from 0, ascending dims. With uniform rows of
+    # 16 entries (the usual case) the trip count is known to the compiler, which then issues every load and
+    # product of the row up front (measured ~10% faster per query than a loop of unknown length); only the
+    # sum is serial.
     s = np.float32(0.0)
-    for p in range(fptr[j], fptr[j + 1]):
+    if stride == 16:
+        a = j * 16
+        for p in range(a, a + 16):
+            s += fval[p] * qdense[fdim[p]]
+        return s
+    a, b = _row(fptr, stride, j)
+    p = a
+    while p + 8 <= b:
+        for e in range(p, p + 8):
+            s += fval[e] * qdense[fdim[e]]
+        p += 8
+    while p < b:
         s += fval[p] * qdense[fdim[p]]
+        p += 1
     return s
 
 
@@ -229,31 +253,32 @@ def _code_at_least(levels, m, tau):
     return lo
 
 
-def _prefetch_row(fptr, fdim, fval, j):
+def _prefetch_row(fptr, stride, fdim, fval, j):
     # The first and last cache lines of row j's dims and values (a 16-entry row spans at most two of each).
-    a = fptr[j]
-    b = max(a, fptr[j + 1] - 1)
+    a, b = _row(fptr, stride, j)
+    b = max(a, b - 1)
     _prefetch(fdim, a)
     _prefetch(fdim, b)
     _prefetch(fval, a)
     _prefetch(fval, b)
 
 
-def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
+def _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
     # Score the gathered candidates, software-pipelined: while candidate c is scored, the row offset of
     # c + AHEAD_OFFSET and the row of c + AHEAD_ROW are loading (prefetches never stall the core, so ~8 rows
     # are in flight; measured 1.6x faster per row than touching all offsets, then all rows, then scoring);
     # then offer them to the heap.
-    for c in range(min(nbuf, AHEAD_OFFSET)):
+    ahead = AHEAD_OFFSET if stride == 0 else 0  # uniform rows: no offsets to load
+    for c in range(min(nbuf, ahead)):
         _prefetch(fptr, buf[c])
     for c in range(min(nbuf, AHEAD_ROW)):
-        _prefetch_row(fptr, fdim, fval, buf[c])
+        _prefetch_row(fptr, stride, fdim, fval, buf[c])
     for c in range(nbuf):
-        if c + AHEAD_OFFSET < nbuf:
-            _prefetch(fptr, buf[c + AHEAD_OFFSET])
+        if c + ahead < nbuf and ahead > 0:
+            _prefetch(fptr, buf[c + ahead])
         if c + AHEAD_ROW < nbuf:
-            _prefetch_row(fptr, fdim, fval, buf[c + AHEAD_ROW])
-        sbuf[c] = _score(fptr, fdim, fval, qdense, buf[c])
+            _prefetch_row(fptr, stride, fdim, fval, buf[c + AHEAD_ROW])
+        sbuf[c] = _score(fptr, stride, fdim, fval, qdense, buf[c])
     for c in range(nbuf):
         j = perm[buf[c]]
         if size < k or _heap_less(hs[0], hi[0], sbuf[c], j):
@@ -264,7 +289,7 @@ def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, 
     return size
 
 
-def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense, seen, k,
+def _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense, seen, k,
            heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     n_items = fptr.shape[0] - 1
     nt = q_dims.shape[0]
@@ -337,7 +362,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                     cbuf[nbuf] = levels[lcodes[c - 1]] * m
                     nbuf += 1
                     if nbuf == FLUSH:
-                        size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
+                        size = _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
                         met += nbuf
                         nbuf = 0
                 scanned += c - cur[r]
@@ -348,7 +373,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                 if max_postings > 0 and scanned >= max_postings:
                     spent = True
                     break
-            size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
+            size = _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
             met += nbuf
             nbuf = 0
             if spent or left == 0 or tau == 0.0:
@@ -373,7 +398,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
             if seen[i >> 6] & (np.uint64(1) << np.uint64(i & 63)):
                 continue
             met += 1
-            size = _offer(hs, hi, size, k, _score(fptr, fdim, fval, qdense, i), j)
+            size = _offer(hs, hi, size, k, _score(fptr, stride, fdim, fval, qdense, i), j)
     # Leave the scratch clean for the next query.
     for t in range(nt):
         qdense[q_dims[t]] = 0.0
@@ -383,11 +408,11 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
     stats[1] += met
 
 
-def _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w, qdense, seen,
+def _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w, qdense, seen,
            k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
-        _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b], qdense,
+        _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b], qdense,
                seen, k, heap_factor, query_share, max_postings, out_ids[r], out_scores[r], stats)
 
 
@@ -397,6 +422,7 @@ if HAVE_NUMBA:
     _code = _jit(_code)
     _fill_lists = _jit(_fill_lists)
     _offer = _jit(_offer)
+    _row = _jit(_row)
     _score = _jit(_score)
     _code_at_least = _jit(_code_at_least)
     _prefetch_row = _jit(_prefetch_row)
@@ -405,7 +431,15 @@ if HAVE_NUMBA:
     _batch = _jit(_batch)
 
 
-def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings):
+def uniform_stride(fptr, nnz_max) -> int:
+    """``nnz_max`` when every row has exactly that many entries (rows then start at multiples of it), else 0."""
+    fptr = np.asarray(fptr)
+    n = fptr.shape[0] - 1
+    return int(nnz_max) if nnz_max > 0 and int(fptr[-1]) == n * int(nnz_max) and \
+        bool((np.diff(fptr) == nnz_max).all()) else 0
+
+
+def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings, row_stride=None):
     """Approximate top-k of sparse ``queries`` (CSR n x dims, indices sorted).
 
     Parameters
@@ -417,18 +451,20 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     qdense : float32 (dims,) zeroed scratch; seen : uint64 (ceil(n_items / 64),) zeroed scratch (both
         left zeroed; one pair per thread).
     heap_factor, query_share, max_postings : the search parameters (0 postings: no budget).
+    row_stride : :func:`uniform_stride` of the forward rows (computed when None; pass it to save an O(n) pass).
 
     Returns
     -------
     (ids int64 (n, k) original rows, scores float32 (n, k), stats int64 (2,): postings read, items scored)
     """
     fptr, fdim, fval, perm, inv, nnz_max = forward
+    stride = uniform_stride(fptr, nnz_max) if row_stride is None else int(row_stride)
     lptr, lids, lcodes, scale = lists
     n = queries.shape[0]
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     stats = np.zeros(2, np.int64)
-    _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
+    _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
            queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
            qdense, seen, int(k), float(heap_factor), float(query_share), int(max_postings), ids, scores, stats)
     return ids, scores, stats

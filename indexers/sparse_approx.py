@@ -134,6 +134,7 @@ class ApproxSparse(Backend):
         self.fdim_ = np.asarray(E.indices, dtype=dim_type)
         self.fval_ = np.asarray(E.data, dtype=np.float32)
         self.nnz_max_ = int(np.diff(self.fptr_).max()) if n else 0
+        self.row_stride_ = _k.uniform_stride(self.fptr_, self.nnz_max_)
 
     def _build(self, embeddings, *, progress: bool) -> None:
         self._set_forward(embeddings)
@@ -171,7 +172,7 @@ class ApproxSparse(Backend):
         forward = (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_)
         lists = (self.lptr_, self.lids_, self.lcodes_, self.scale_)
         ids, scores, stats = _k.search_batch(forward, lists, Q, k, qdense, seen, self.heap_factor_,
-                                             p["query_share"], p["max_postings"])
+                                             p["query_share"], p["max_postings"], self.row_stride_)
         total = getattr(self._local, "stats", None)
         self._local.stats = (stats if total is None else total + stats)
         return ids, scores
@@ -223,6 +224,7 @@ class ApproxSparse(Backend):
             self.inv_ = np.empty_like(perm)
             self.inv_[perm] = np.arange(n, dtype=np.int64)
             self.nnz_max_ = int(np.diff(fptr).max()) if n else 0
+            self.row_stride_ = _k.uniform_stride(fptr, self.nnz_max_)
         elif checkpoint is not None and checkpoint.sparse:
             self._set_forward(checkpoint.embeddings, perm)
         else:

@@ -235,3 +235,24 @@ def test_empty_rows_and_unlimited_budgets_equal_exact():
         a, b = ex.search(Q, k), ap.search(Q, k)
         np.testing.assert_array_equal(b.ids, a.ids)
         np.testing.assert_array_equal(b.scores, a.scores)
+
+
+@pytest.mark.parametrize("nnz", [16, 20])
+def test_uniform_rows_score_bit_for_bit(nnz):
+    """Rows of one length are addressed without their offsets (16 entries: a fixed-length loop; 20: the
+    eight-entry steps and a tail); both keep the exact backend's scores and ranking."""
+    from elsa_index.indexers import _approx_kernels as K
+
+    E = planted_sparse_embeddings(n_items=800, dims=96, nnz=nnz, n_groups=8, seed=3)
+    assert (np.diff(sp.csr_matrix(E).indptr) == nnz).all()
+    ck = _ckpt(E, "compressed_elsa")
+    rng = np.random.default_rng(6)
+    Q = sp.random(20, 96, density=0.5, random_state=7, dtype=np.float32, format="csr")
+    Q.data = rng.normal(size=Q.nnz).astype(np.float32)
+    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    assert ap.row_stride_ == nnz
+    a, b = get_backend("sparse")().build(ck).search(Q, 50), ap.search(Q, 50)
+    np.testing.assert_array_equal(b.ids, a.ids)
+    np.testing.assert_array_equal(b.scores, a.scores)
+    assert K.uniform_stride(np.array([0, 3, 6, 9]), 3) == 3
+    assert K.uniform_stride(np.array([0, 3, 5, 9]), 4) == 0  # ragged rows: offsets are read
