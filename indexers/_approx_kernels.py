@@ -16,7 +16,9 @@ Index layout (built by :func:`item_order` and :func:`build_lists`):
   order and the stopping rule read them.
 * forward index: the item rows in internal order (CSR, dims ascending,
   uint16 dims when there are at most 65,536), from which every candidate is
-  scored exactly.
+  scored exactly. When every row has the same number of entries (Compressed
+  ELSA keeps a fixed number per item) row ``j`` starts at ``j * nnz`` and
+  the kernel never reads the row offsets (:func:`uniform_stride`).
 
 Search (:func:`search_batch`), for one query ``u``: a query term ``(d, w)``
 can raise an item's score only through the list of its own sign (``w > 0``:
@@ -30,9 +32,13 @@ a term's list is read while its codes reach the term's smallest code worth
 ``tau`` (one integer compare per posting). Items met for the first time are
 gathered, scored exactly through the forward index and offered to a top-k
 heap. Scoring is bound by memory latency (an item's row is one random
-access of ~100 B, plus its offset): while a candidate is scored, the offset
-of the candidate 16 places ahead and the row of the one 8 places ahead are
-prefetched, so that about 8 rows are in flight at once.
+access of ~100 B, plus its offset for ragged rows): while a candidate is
+scored, the row of the candidate 8 places ahead (and for ragged rows the
+offset of the one 16 places ahead) is prefetched, so that about 8 rows are
+in flight at once. Measured at 1M items of 16 entries, 200-term queries:
+these, with the per-term code threshold, made a query about 2x faster at
+the same candidates (1.6x from the prefetching, then 1.25x from skipping the
+offsets).
 
 Stopping: after a round, an item not yet met has every agreeing
 contribution below ``tau``, so (when every term is kept) its score is below

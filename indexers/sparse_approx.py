@@ -86,20 +86,23 @@ class ApproxSparse(Backend):
     @classmethod
     def touched_bytes(cls, info: dict, search_params: dict, k: int, posting, n_queries: int):
         """Lower model: the k items returned, each found through one list entry (5 B) and scored from its
-        forward row (6 B per stored entry + 8 B of offset). The postings actually read depend on where the
-        adaptive stop falls; ``search_stats`` reports them."""
+        forward row (6 B per stored entry, + 8 B of offset when rows differ in length). The postings actually
+        read depend on where the adaptive stop falls; ``search_stats`` reports them."""
         n_items = int(info.get("n_items") or 0)
         entries = info.get("stored_entries")
         if not n_items or entries is None:
             return np.full(n_queries, np.nan), "n/a"
-        row = 6.0 * float(entries) / n_items + 8.0
+        offset = 0.0 if info.get("uniform_rows") else 8.0
+        row = 6.0 * float(entries) / n_items + offset
         per_query = min(int(k), n_items) * (_LIST_ENTRY_BYTES + row)
-        return np.full(n_queries, per_query), "k x (one list entry 5 B + its forward row, 6 B/entry + 8 B)"
+        return np.full(n_queries, per_query), ("k x (one list entry 5 B + its forward row, 6 B/entry"
+                                               + (")" if not offset else " + 8 B offset)"))
 
     def info(self) -> dict:
         out = super().info()
         if getattr(self, "fval_", None) is not None:
             out["stored_entries"] = int(len(self.fval_))
+            out["uniform_rows"] = bool(self.row_stride_)
             out["heap_factor_in_use"] = self.heap_factor_
         return out
 

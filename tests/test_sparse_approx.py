@@ -196,9 +196,14 @@ def test_touched_bytes_model(catalogue):
     ck, _ = catalogue
     ap = get_backend("sparse-approx")().build(ck)
     tb, model = type(ap).touched_bytes(ap.info(), ap.get_search_params(), 10, None, 2)
-    # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each) + an offset
-    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6 + 8.0)))
+    # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each); rows of
+    # one length are found without their offset
+    assert ap.info()["uniform_rows"]
+    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6)))
     assert "forward row" in model
+    tb, model = type(ap).touched_bytes({**ap.info(), "uniform_rows": False}, {}, 10, None, 2)
+    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6 + 8.0)))
+    assert "offset" in model
     tb, model = type(ap).touched_bytes({"n_items": 5, "dims": 4}, {}, 10, None, 2)
     assert np.isnan(tb).all() and model == "n/a"
 
