@@ -16,19 +16,28 @@ Index layout (built by :func:`item_order` and :func:`build_lists`):
   order and the stopping rule read them.
 * forward index: the item rows in internal order (CSR, dims ascending,
   uint16 dims when there are at most 65,536), from which every candidate is
-  scored exactly.
+  scored exactly. When every row has the same number of entries (Compressed
+  ELSA keeps a fixed number per item) row ``j`` starts at ``j * nnz`` and
+  the kernel never reads the row offsets (:func:`uniform_stride`).
 
 Search (:func:`search_batch`), for one query ``u``: a query term ``(d, w)``
 can raise an item's score only through the list of its own sign (``w > 0``:
 the positive list of ``d``; ``w < 0``: the negative one), where the item's
 contribution is ``|w| * |a_jd|``. Terms are kept by decreasing ``|w|`` up
 to ``query_share`` of the query's L1 mass. Their agreeing lists are read in
-rounds of decreasing contribution threshold ``tau`` (x0.85 per round), so
+rounds of decreasing contribution threshold ``tau`` (x0.9 per round), so
 the postings with the largest contributions across all terms come first, and
-an item is met first through (about) its largest contribution. Items met for
-the first time are gathered, scored exactly through the forward index
-(their rows touched first so that the cache misses overlap) and offered to a
-top-k heap.
+an item is met first through (about) its largest contribution. Within a round
+a term's list is read while its codes reach the term's smallest code worth
+``tau`` (one integer compare per posting). Items met for the first time are
+gathered, scored exactly through the forward index and offered to a top-k
+heap. Scoring is bound by memory latency (an item's row is one random
+access of ~100 B, plus its offset for ragged rows): while a candidate is
+scored, the row of the candidate 8 places ahead (and for ragged rows the
+offset of the one 16 places ahead) is prefetched, so that about 8 rows are
+in flight at once. Measured at 1M items of 16 entries, 200-term queries:
+the prefetching made a query ~1.2x faster (a row 1.6x cheaper in
+isolation), skipping the offsets another ~1.25x.
 
 Stopping: after a round, an item not yet met has every agreeing
 contribution below ``tau``, so (when every term is kept) its score is below
@@ -56,7 +65,7 @@ from __future__ import annotations
 import numpy as np
 
 # The exact kernel's min-heap: one tie rule (equal scores: the lower item index wins) for both backends.
-from ._kernels import _heap_less, _pop_sorted, _sift_down, _sift_up
+from ._kernels import _heap_less, _pop_sorted, _prefetch, _sift_down, _sift_up
 
 try:
     import numba
@@ -71,13 +80,16 @@ CODE_MAX = 255
 LEVEL_DECADES = 4.0
 LEVELS = np.concatenate([[0.0], 10.0 ** (LEVEL_DECADES * (np.arange(1, CODE_MAX + 1) - CODE_MAX) / (CODE_MAX - 1))])
 #: threshold ratio between rounds: smaller reads more postings per round past the point of stopping
-ROUND_RATIO = 0.85
+ROUND_RATIO = 0.9
 #: a round threshold this far below the first one reads everything that is left
 TAU_FLOOR = 1e-6
 #: candidates gathered before they are scored together
 FLUSH = 256
 #: relative slack of the stopping bound for float32 rounding of the scores
 BOUND_SLACK = 1e-3
+#: candidates ahead of the one being scored whose row offset / row is prefetched
+AHEAD_OFFSET = 16
+AHEAD_ROW = 8
 
 
 def _dominant(indptr, indices, data, dom, mag):
@@ -200,30 +212,79 @@ def _offer(hs, hi, size, k, s, j):
     return size
 
 
-def _score(fptr, fdim, fval, qdense, j):
-    # The shared summation order: float32 products, float32 sum from 0, ascending dims.
+def _row(fptr, stride, j):
+    # Row j's entries: [j * stride, (j + 1) * stride) when every row has ``stride`` entries (no offset to
+    # load: one dependent cache miss less per candidate), else from the offsets.
+    if stride > 0:
+        a = j * stride
+        return a, a + stride
+    return fptr[j], fptr[j + 1]
+
+
+def _score(fptr, stride, fdim, fval, qdense, j):
+    # The shared summation order: float32 products, float32 sum from 0, ascending dims. With uniform rows of
+    # 16 entries (the measured case) the trip count is known to the compiler, which then issues every load and
+    # product of the row up front (measured 5-15% faster per query than a loop of unknown length); only the
+    # sum is serial. Other rows go eight entries per step.
     s = np.float32(0.0)
-    for p in range(fptr[j], fptr[j + 1]):
+    if stride == 16:
+        a = j * 16
+        for p in range(a, a + 16):
+            s += fval[p] * qdense[fdim[p]]
+        return s
+    a, b = _row(fptr, stride, j)
+    p = a
+    while p + 8 <= b:
+        for e in range(p, p + 8):
+            s += fval[e] * qdense[fdim[e]]
+        p += 8
+    while p < b:
         s += fval[p] * qdense[fdim[p]]
+        p += 1
     return s
 
 
-def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
-    # Touch the candidates' row offsets, then the first and last entry of each row: independent loads, so
-    # their cache misses overlap (measured 2x faster than scoring rows as they come); then score, then offer.
-    t = 0
+def _code_at_least(levels, m, tau):
+    # The smallest code c with levels[c] * m >= tau (CODE_MAX + 1 when none): a list entry reaches tau exactly
+    # when its code is at least this (levels increase with the code).
+    lo = 1
+    hi = CODE_MAX + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if levels[mid] * m >= tau:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _prefetch_row(fptr, stride, fdim, fval, j):
+    # The first and last cache lines of row j's dims and values (a 16-entry row spans at most two of each;
+    # the hardware prefetcher follows the lines between of longer rows).
+    a, b = _row(fptr, stride, j)
+    b = max(a, b - 1)
+    _prefetch(fdim, a)
+    _prefetch(fdim, b)
+    _prefetch(fval, a)
+    _prefetch(fval, b)
+
+
+def _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat):
+    # Score the gathered candidates, software-pipelined: while candidate c is scored, the row offset of
+    # c + AHEAD_OFFSET and the row of c + AHEAD_ROW are loading (prefetches never stall the core, so ~8 rows
+    # are in flight; measured 1.6x faster per row than touching all offsets, then all rows, then scoring);
+    # then offer them to the heap.
+    ahead = AHEAD_OFFSET if stride == 0 else 0  # uniform rows: no offsets to load
+    for c in range(min(nbuf, ahead)):
+        _prefetch(fptr, buf[c])
+    for c in range(min(nbuf, AHEAD_ROW)):
+        _prefetch_row(fptr, stride, fdim, fval, buf[c])
     for c in range(nbuf):
-        t += fptr[buf[c]]
-    for c in range(nbuf):
-        j = buf[c]
-        a = fptr[j]
-        b = fptr[j + 1] - 1
-        if b >= a:
-            t += np.int64(fdim[a]) + np.int64(fdim[b]) + np.int64(fval[a] > fval[b])
-    for c in range(nbuf):
-        sbuf[c] = _score(fptr, fdim, fval, qdense, buf[c])
-    if t == -1:  # keeps the touching loads from being optimised away; never true
-        sbuf[0] = np.float32(0.0)
+        if c + ahead < nbuf and ahead > 0:
+            _prefetch(fptr, buf[c + ahead])
+        if c + AHEAD_ROW < nbuf:
+            _prefetch_row(fptr, stride, fdim, fval, buf[c + AHEAD_ROW])
+        sbuf[c] = _score(fptr, stride, fdim, fval, qdense, buf[c])
     for c in range(nbuf):
         j = perm[buf[c]]
         if size < k or _heap_less(hs[0], hi[0], sbuf[c], j):
@@ -234,8 +295,8 @@ def _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, 
     return size
 
 
-def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense, seen, k,
-           heap_factor, query_share, max_postings, out_ids, out_scores, stats):
+def _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense,
+           seen, k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     n_items = fptr.shape[0] - 1
     nt = q_dims.shape[0]
     for t in range(nt):
@@ -270,6 +331,9 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
         top[r] = levels[lcodes[cur[r]]] * mult[r] if cur[r] < end[r] else 0.0
     torder = np.argsort(-top, kind="mergesort")
     cur, end, mult, top = cur[torder], end[torder], mult[torder], top[torder]
+    # Each term's next contribution (its list head), so that a term with nothing to read this round costs one
+    # compare; 0 once its list is read.
+    head = top.copy()
     scanned = 0
     met = 0
     rstat = np.zeros(2, np.float64)
@@ -283,11 +347,16 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                 if top[r] < tau:  # terms sorted by top: none further can reach tau yet
                     left += n_keep - r
                     break
+                if head[r] < tau:
+                    if head[r] > 0.0:
+                        left += 1
+                    continue
                 c = cur[r]
                 e = end[r]
                 m = mult[r]
                 stop = e if max_postings <= 0 else min(e, c + (max_postings - scanned))
-                while c < stop and levels[lcodes[c]] * m >= tau:
+                cth = _code_at_least(levels, m, tau)
+                while c < stop and lcodes[c] >= cth:
                     j = lids[c]
                     c += 1
                     w = j >> 6
@@ -299,17 +368,19 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
                     cbuf[nbuf] = levels[lcodes[c - 1]] * m
                     nbuf += 1
                     if nbuf == FLUSH:
-                        size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
+                        size = _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k,
+                                      rstat)
                         met += nbuf
                         nbuf = 0
                 scanned += c - cur[r]
                 cur[r] = c
+                head[r] = levels[lcodes[c]] * m if c < e else 0.0
                 if c < e:
                     left += 1
                 if max_postings > 0 and scanned >= max_postings:
                     spent = True
                     break
-            size = _flush(fptr, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
+            size = _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi, size, k, rstat)
             met += nbuf
             nbuf = 0
             if spent or left == 0 or tau == 0.0:
@@ -334,7 +405,7 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
             if seen[i >> 6] & (np.uint64(1) << np.uint64(i & 63)):
                 continue
             met += 1
-            size = _offer(hs, hi, size, k, _score(fptr, fdim, fval, qdense, i), j)
+            size = _offer(hs, hi, size, k, _score(fptr, stride, fdim, fval, qdense, i), j)
     # Leave the scratch clean for the next query.
     for t in range(nt):
         qdense[q_dims[t]] = 0.0
@@ -344,12 +415,12 @@ def _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_m
     stats[1] += met
 
 
-def _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w, qdense, seen,
-           k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
+def _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w,
+           qdense, seen, k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
-        _query(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b], qdense,
-               seen, k, heap_factor, query_share, max_postings, out_ids[r], out_scores[r], stats)
+        _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b],
+               qdense, seen, k, heap_factor, query_share, max_postings, out_ids[r], out_scores[r], stats)
 
 
 if HAVE_NUMBA:
@@ -358,13 +429,24 @@ if HAVE_NUMBA:
     _code = _jit(_code)
     _fill_lists = _jit(_fill_lists)
     _offer = _jit(_offer)
+    _row = _jit(_row)
     _score = _jit(_score)
+    _code_at_least = _jit(_code_at_least)
+    _prefetch_row = _jit(_prefetch_row)
     _flush = _jit(_flush)
     _query = _jit(_query)
     _batch = _jit(_batch)
 
 
-def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings):
+def uniform_stride(fptr, nnz_max) -> int:
+    """``nnz_max`` when every row has exactly that many entries (rows then start at multiples of it), else 0."""
+    fptr = np.asarray(fptr)
+    n = fptr.shape[0] - 1
+    return int(nnz_max) if nnz_max > 0 and int(fptr[-1]) == n * int(nnz_max) and \
+        bool((np.diff(fptr) == nnz_max).all()) else 0
+
+
+def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings, row_stride=None):
     """Approximate top-k of sparse ``queries`` (CSR n x dims, indices sorted).
 
     Parameters
@@ -376,18 +458,20 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     qdense : float32 (dims,) zeroed scratch; seen : uint64 (ceil(n_items / 64),) zeroed scratch (both
         left zeroed; one pair per thread).
     heap_factor, query_share, max_postings : the search parameters (0 postings: no budget).
+    row_stride : :func:`uniform_stride` of the forward rows (computed when None; pass it to save an O(n) pass).
 
     Returns
     -------
     (ids int64 (n, k) original rows, scores float32 (n, k), stats int64 (2,): postings read, items scored)
     """
     fptr, fdim, fval, perm, inv, nnz_max = forward
+    stride = uniform_stride(fptr, nnz_max) if row_stride is None else int(row_stride)
     lptr, lids, lcodes, scale = lists
     n = queries.shape[0]
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     stats = np.zeros(2, np.int64)
-    _batch(fptr, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
+    _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
            queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
            qdense, seen, int(k), float(heap_factor), float(query_share), int(max_postings), ids, scores, stats)
     return ids, scores, stats

@@ -186,9 +186,9 @@ def test_default_heap_factor_follows_the_largest_item(catalogue):
 
     ck, Q = catalogue
     ap = get_backend("sparse-approx")().build(ck)
-    assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ == default_heap_factor(8) == 0.5
-    assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.5
-    explicit = get_backend("sparse-approx")(heap_factor=0.5).build(ck)
+    assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ == default_heap_factor(8) == 0.55
+    assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.55
+    explicit = get_backend("sparse-approx")(heap_factor=0.55).build(ck)
     np.testing.assert_array_equal(ap.search(Q, 10).ids, explicit.search(Q, 10).ids)
 
 
@@ -196,8 +196,68 @@ def test_touched_bytes_model(catalogue):
     ck, _ = catalogue
     ap = get_backend("sparse-approx")().build(ck)
     tb, model = type(ap).touched_bytes(ap.info(), ap.get_search_params(), 10, None, 2)
-    # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each) + an offset
-    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6 + 8.0)))
+    # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each); rows of
+    # one length are found without their offset
+    assert ap.info()["uniform_rows"]
+    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6)))
     assert "forward row" in model
+    tb, model = type(ap).touched_bytes({**ap.info(), "uniform_rows": False}, {}, 10, None, 2)
+    np.testing.assert_allclose(tb, np.full(2, 10 * (5 + 8 * 6 + 8.0)))
+    assert "offset" in model
     tb, model = type(ap).touched_bytes({"n_items": 5, "dims": 4}, {}, 10, None, 2)
     assert np.isnan(tb).all() and model == "n/a"
+
+
+def test_code_threshold_selects_the_entries_that_reach_tau():
+    """The per-term code threshold of the posting loop keeps exactly the entries whose level x weight >= tau."""
+    from elsa_index.indexers import _approx_kernels as K
+
+    rng = np.random.default_rng(4)
+    codes = np.arange(K.CODE_MAX + 1)
+    for m, tau in zip(10.0 ** rng.uniform(-3, 3, 300), 10.0 ** rng.uniform(-5, 3, 300)):
+        # include taus that sit exactly on a level
+        for t in (tau, K.LEVELS[int(rng.integers(1, K.CODE_MAX + 1))] * m):
+            cth = K._code_at_least(K.LEVELS, m, t)
+            np.testing.assert_array_equal(codes[1:] >= cth, K.LEVELS[1:] * m >= t)
+
+
+def test_empty_rows_and_unlimited_budgets_equal_exact():
+    """Items without entries (first, middle and last rows) are scored as 0 and keep the exact ranking."""
+    rng = np.random.default_rng(8)
+    E = sp.random(300, 40, density=0.1, random_state=9, dtype=np.float32, format="lil")
+    for i in (0, 150, 299):
+        E[i, :] = 0
+    E = sp.csr_matrix(E)
+    E.eliminate_zeros()
+    E.data = rng.normal(size=E.nnz).astype(np.float32)
+    assert np.diff(E.indptr)[[0, 150, 299]].sum() == 0
+    ck = _ckpt(E, "compressed_elsa")
+    Q = sp.random(12, 40, density=0.3, random_state=10, dtype=np.float32, format="csr")
+    Q.data = rng.normal(size=Q.nnz).astype(np.float32)
+    ex = get_backend("sparse")().build(ck)
+    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    for k in (5, 300):
+        a, b = ex.search(Q, k), ap.search(Q, k)
+        np.testing.assert_array_equal(b.ids, a.ids)
+        np.testing.assert_array_equal(b.scores, a.scores)
+
+
+@pytest.mark.parametrize("nnz", [16, 20])
+def test_uniform_rows_score_bit_for_bit(nnz):
+    """Rows of one length are addressed without their offsets (16 entries: a fixed-length loop; 20: the
+    eight-entry steps and a tail); both keep the exact backend's scores and ranking."""
+    from elsa_index.indexers import _approx_kernels as K
+
+    E = planted_sparse_embeddings(n_items=800, dims=96, nnz=nnz, n_groups=8, seed=3)
+    assert (np.diff(sp.csr_matrix(E).indptr) == nnz).all()
+    ck = _ckpt(E, "compressed_elsa")
+    rng = np.random.default_rng(6)
+    Q = sp.random(20, 96, density=0.5, random_state=7, dtype=np.float32, format="csr")
+    Q.data = rng.normal(size=Q.nnz).astype(np.float32)
+    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    assert ap.row_stride_ == nnz
+    a, b = get_backend("sparse")().build(ck).search(Q, 50), ap.search(Q, 50)
+    np.testing.assert_array_equal(b.ids, a.ids)
+    np.testing.assert_array_equal(b.scores, a.scores)
+    assert K.uniform_stride(np.array([0, 3, 6, 9]), 3) == 3
+    assert K.uniform_stride(np.array([0, 3, 5, 9]), 4) == 0  # ragged rows: offsets are read
