@@ -23,7 +23,10 @@ keeps the loss's normalisation an unbiased estimate of the full one (see
 Memory: once Compressed ELSA's last pruning event has passed, the dense
 ``n_items x dims`` weight, mask and optimiser state are dropped and training
 continues on a compact ``(n_items, nnz)`` values + column-indices
-parametrisation (same updates, a fraction of the memory).
+parametrisation (same updates, a fraction of the memory). With ``start_nnz``
+below ``dims`` (a sparse start) training runs on the compact state from the
+first step, each row starting from ``start_nnz`` random columns, so the
+dense weight never exists.
 """
 
 from __future__ import annotations
@@ -219,17 +222,31 @@ class ELSA:
         initial weights are made there); on a GPU the device has its own
         limit, reported by torch.
         """
-        width = int(self._start_dims)
+        need, what, hint = self._state_bytes(n_users, n_items, device)
+        check_fits(need, f"{what} on {n_items} items", error=TrainingError, hint=hint)
         neg = self.n_outputs(n_items)
-        outputs = n_items if neg is None else min(n_items, neg + int(self.batch_size) * 64)
-        batch = min(int(self.batch_size), n_users)
-        need = float(n_items) * width * (32 if device.type == "cpu" else 8) + float(batch) * (width + outputs + n_items) * 16
-        check_fits(need, f"training with dims={width} on {n_items} items", error=TrainingError,
-                   hint="lower --dims (the embedding width)")
         if neg is not None:
             # Each step draws n_negatives int64 ids and counts them.
             check_fits(float(neg) * 32, f"n_negatives={neg} (sampled items per batch)",
                        error=TrainingError, hint=f"use at most the {n_items} items, or leave it unset to score all items")
+
+    def _state_bytes(self, n_users: int, n_items: int, device) -> tuple[float, str, str]:
+        """Estimated bytes of the training state (see :meth:`_check_memory`), what it is, and how to lower it."""
+        width = int(self._start_dims)
+        neg = self.n_outputs(n_items)
+        outputs = n_items if neg is None else min(n_items, neg + int(self.batch_size) * 64)
+        batch = float(min(int(self.batch_size), n_users))
+        activations = batch * (int(self.dims) + outputs + n_items) * 16
+        if not self._sparse_start:
+            need = float(n_items) * width * (32 if device.type == "cpu" else 8) + activations
+            return need, f"training with dims={width}", "lower --dims (the embedding width)"
+        # Compact state: per live entry the value, its int64 column, gradient, two NAdam
+        # moments, the normalised copy and the best epoch's copy (and the initial value
+        # with restart); on a GPU the host holds only the initial values and columns.
+        per = (36 + 4 * bool(self._restart)) if device.type == "cpu" else 12
+        chunks = 3 * 4.0 * _CHUNK_FLOATS  # one item chunk's dense rows, their gradient and a product
+        need = float(n_items) * width * per + chunks + activations
+        return need, f"training with start_nnz={width} (dims={self.dims})", "lower --start-nnz"
 
     def _validate(self, X) -> sp.csr_matrix:
         self.check_params()
@@ -260,7 +277,13 @@ class ELSA:
 
     @property
     def _start_dims(self) -> int:
+        """Live entries per row when training starts."""
         return self.dims
+
+    @property
+    def _sparse_start(self) -> bool:
+        """Whether training starts on a compact state of ``_start_dims < dims`` entries per row."""
+        return False
 
     @property
     def _final_nnz(self) -> int:
@@ -296,19 +319,24 @@ class ELSA:
         gen = torch.Generator().manual_seed(int(self.seed))
         rng = np.random.default_rng(self.seed)
         width = self._start_dims
-        init = torch.empty(n_items, width)
-        torch.nn.init.kaiming_uniform_(init, generator=gen)
-        init = torch.nn.functional.normalize(init, dim=-1)
         n_batches = max(1, math.ceil(n_users / self.batch_size))
         plan = self._pruning_plan(n_batches)  # global step -> nnz
         last_prune = max(plan) if plan else -1
-        # The mask exists only for pruning, the initial weights only for restarts.
-        # No other reference to the dense weight is kept, so it is freed when
-        # the compact state takes over.
-        state = _DenseState(torch.nn.Parameter(init.to(device, copy=True)),
-                            torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None)
-        init = init if self._restart else None
-        opt = torch.optim.NAdam([state.weight], lr=self.lr)
+        if self._sparse_start:
+            # Only start_nnz live entries per row from the first step: no dense weight is ever made.
+            state = _CompactState.random(n_items, self.dims, width, gen, device, keep_init=self._restart)
+            init = None
+        else:
+            init = torch.empty(n_items, width)
+            torch.nn.init.kaiming_uniform_(init, generator=gen)
+            init = torch.nn.functional.normalize(init, dim=-1)
+            # The mask exists only for pruning, the initial weights only for restarts.
+            # No other reference to the dense weight is kept, so it is freed when
+            # the compact state takes over.
+            state = _DenseState(torch.nn.Parameter(init.to(device, copy=True)),
+                                torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None)
+            init = init if self._restart else None
+        opt = torch.optim.NAdam([state.params], lr=self.lr)
         sampler = self._make_sampler(X)
         self.n_outputs_ = n_items if sampler is None else sampler.n_negatives
 
@@ -328,10 +356,14 @@ class ELSA:
                 for b in range(n_batches):
                     if step in plan:
                         cur_nnz = plan[step]
-                        self._prune(state.weight, state.mask, None if init is None else init.to(device), cur_nnz)
-                        if self._restart:
-                            opt = torch.optim.NAdam([state.weight], lr=self.lr)
-                        if step == last_prune and cur_nnz < width and self._compact_after_pruning:
+                        if isinstance(state, _CompactState):
+                            state, opt = state.pruned(cur_nnz, opt, self.lr, restart=self._restart)
+                        else:
+                            self._prune(state.weight, state.mask, None if init is None else init.to(device), cur_nnz)
+                            if self._restart:
+                                opt = torch.optim.NAdam([state.weight], lr=self.lr)
+                        if (step == last_prune and cur_nnz < width and self._compact_after_pruning
+                                and not isinstance(state, _CompactState)):
                             # From here on only the live entries change: train them alone.
                             state, opt = _CompactState.from_masked(state, opt, self.lr)
                             init = None
@@ -498,6 +530,11 @@ class _DenseState:
     def __init__(self, weight, mask):
         self.weight, self.mask = weight, mask
 
+    @property
+    def params(self):
+        """The trained tensor (the optimiser's parameter)."""
+        return self.weight
+
     def _normalised(self):
         import torch.nn.functional as F
 
@@ -538,8 +575,67 @@ class _CompactState:
     is ever formed.
     """
 
-    def __init__(self, values, cols, dims: int):
+    def __init__(self, values, cols, dims: int, init=None):
         self.values, self.cols, self.dims = values, cols, dims
+        #: the live entries' initial values (for restarts), aligned with ``cols``, or None
+        self.init = init
+
+    @property
+    def params(self):
+        """The trained tensor (the optimiser's parameter)."""
+        return self.values
+
+    @classmethod
+    def random(cls, n_items: int, dims: int, width: int, gen, device, *, keep_init: bool = False):
+        """A sparse start: ``width`` of ``dims`` columns per row drawn uniformly without replacement.
+
+        Columns are drawn from ``gen`` item chunk by item chunk (a chunk's
+        random keys, never an ``n_items x dims`` array), sorted within each
+        row. Values are uniform with the variance ``1/dims`` of the dense
+        start's (normalised) entries, so that the optimiser's steps have the
+        same size relative to them (rows are normalised in the forward pass).
+        """
+        import torch
+
+        cols = torch.empty(n_items, width, dtype=torch.int64)
+        step = max(1, _CHUNK_FLOATS // dims)
+        for lo in range(0, n_items, step):
+            hi = min(n_items, lo + step)
+            keys = torch.rand(hi - lo, dims, generator=gen)
+            cols[lo:hi] = torch.topk(keys, width, dim=1).indices.sort(dim=1).values
+        bound = math.sqrt(3.0 / dims)
+        values = torch.empty(n_items, width).uniform_(-bound, bound, generator=gen)
+        init = values.clone() if keep_init else None
+        return cls(torch.nn.Parameter(values.to(device)), cols.to(device), dims,
+                   None if init is None else init.to(device))
+
+    def pruned(self, nnz: int, opt, lr: float, *, restart: bool = False):
+        """Keep the ``nnz`` largest-magnitude live entries of each row; returns the new state and optimiser.
+
+        Without ``restart`` the kept entries' NAdam moments and step counters
+        carry over (NAdam is elementwise: the updates are those of a masked
+        model); with it the kept entries go back to their initial values and
+        the optimiser starts afresh.
+        """
+        import torch
+
+        if nnz >= self.values.shape[1]:
+            return self, opt
+        with torch.no_grad():
+            keep = torch.topk(self.values.abs(), nnz, dim=1).indices
+            # Keep the columns sorted within each row.
+            keep = torch.gather(keep, 1, torch.argsort(torch.gather(self.cols, 1, keep), dim=1))
+            cols = torch.gather(self.cols, 1, keep)
+            src = self.init if restart and self.init is not None else self.values
+            values = torch.nn.Parameter(torch.gather(src, 1, keep))
+            init = None if self.init is None else torch.gather(self.init, 1, keep)
+        new = torch.optim.NAdam([values], lr=lr)
+        old = opt.state.get(self.values, {})
+        if old and not restart:
+            shape = self.values.shape
+            new.state[values] = {k: (torch.gather(v, 1, keep) if torch.is_tensor(v) and v.shape == shape
+                                     else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
+        return _CompactState(values, cols, self.dims, init), new
 
     @classmethod
     def from_masked(cls, dense: _DenseState, opt, lr: float):
@@ -666,7 +762,14 @@ class CompressedELSA(ELSA):
     schedule : one of ``SCHEDULES``.
     restart : reset surviving weights to their initial values after each pruning event.
     prune_steps : number of pruning events for ``linear``/``exponential``.
-    warmup_epochs : dense epochs before the first pruning event.
+    start_nnz : live entries per row when training starts (``nnz <= start_nnz
+        <= dims``); ``None`` (default): ``dims``, the dense start. Below
+        ``dims`` (a sparse start) each row starts with ``start_nnz`` columns
+        drawn at random (seeded), training runs on the compact state from the
+        first step, and the schedule prunes from ``start_nnz`` to ``nnz`` by
+        magnitude within the live entries: the ``n_items x dims`` weight,
+        mask and optimiser state never exist.
+    warmup_epochs : epochs before the first pruning event.
     finetune_epochs : epochs at the target nnz after the last pruning event.
     Other parameters as for ``ELSA``.
 
@@ -687,10 +790,19 @@ class CompressedELSA(ELSA):
     prune_steps: int = 100
     warmup_epochs: int = 0
     finetune_epochs: int = 6
+    start_nnz: int | None = None
 
     @property
     def _final_nnz(self) -> int:  # type: ignore[override]
         return self.nnz
+
+    @property
+    def _start_dims(self) -> int:  # type: ignore[override]
+        return self.dims if self.start_nnz is None else self.start_nnz
+
+    @property
+    def _sparse_start(self) -> bool:  # type: ignore[override]
+        return self.start_nnz is not None and self.start_nnz < self.dims
 
     @property
     def _restart(self) -> bool:  # type: ignore[override]
@@ -698,7 +810,13 @@ class CompressedELSA(ELSA):
 
     def check_params(self) -> None:
         super().check_params()
-        check_int(self.nnz, "nnz", 1, self.dims, error=TrainingError, hint=f" (dims={self.dims})")
+        if self.start_nnz is None:
+            check_int(self.nnz, "nnz", 1, self.dims, error=TrainingError, hint=f" (dims={self.dims})")
+        else:
+            check_int(self.start_nnz, "start_nnz", 1, self.dims, error=TrainingError,
+                      hint=f" (at most dims={self.dims}, or None for the dense start)")
+            check_int(self.nnz, "nnz", 1, self.start_nnz, error=TrainingError,
+                      hint=f" (at most start_nnz={self.start_nnz})")
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
         _check_ints(self, (("prune_steps", 1), ("warmup_epochs", 0), ("finetune_epochs", 0)))
@@ -711,10 +829,10 @@ class CompressedELSA(ELSA):
                 f"warmup_epochs ({self.warmup_epochs}) + finetune_epochs ({self.finetune_epochs}) "
                 f"must leave at least one pruning epoch within epochs={self.epochs}"
             )
-        nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
+        nnz_schedule(self.schedule, self._start_dims, self.nnz, self.prune_steps)
 
     def _pruning_plan(self, n_batches: int) -> dict[int, int]:
-        levels = nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
+        levels = nnz_schedule(self.schedule, self._start_dims, self.nnz, self.prune_steps)
         return pruning_plan(levels, n_batches, self.warmup_epochs, self.epochs - self.finetune_epochs)
 
     def _prune(self, weight, mask, init, nnz: int) -> None:
