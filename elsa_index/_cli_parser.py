@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{comp['dims']} compressed)")
     g.add_argument("--nnz", type=int, default=None,
                    help=f"compressed: active dims per item at the end (default: {comp['nnz']})")
+    g.add_argument("--start-nnz", type=int, default=None,
+                   help="compressed: active dims per item when training starts; below --dims, a sparse start "
+                        "(random columns, never the dense weight: less training memory) (default: --dims)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
                    help=f"compressed: pruning schedule (default: {comp['schedule']})")
     g.add_argument("--restart", action="store_true", default=None,
