@@ -411,3 +411,63 @@ def test_sparse_start_memory_estimate_is_smaller():
 def test_bad_start_nnz(model, match):
     with pytest.raises(TrainingError, match=match):
         model().fit(_tiny())
+
+
+def test_regrowth_candidates_are_the_dead_columns_of_largest_gradient(monkeypatch):
+    import torch
+
+    from elsa_index.models import elsa as elsa_mod
+
+    monkeypatch.setattr(elsa_mod, "_CHUNK_FLOATS", 24)  # several item chunks
+    g = torch.Generator().manual_seed(0)
+    n, d, k, b = 9, 8, 3, 4
+    cols = torch.stack([torch.randperm(d, generator=g)[:k].sort().values for _ in range(n)])
+    values = torch.nn.Parameter(torch.randn(n, k, generator=g, dtype=torch.float64))
+    u = torch.randn(b, d, generator=g, dtype=torch.float64)
+    w = torch.randn(b, n, generator=g, dtype=torch.float64)
+    state = elsa_mod._CompactState(values, cols, d)
+    state.grow = 2
+    (elsa_mod._sparse_rows_product(u, values, cols, lambda lo, hi, gr: state._record_growth(None, lo, hi, gr)) * w).sum().backward()
+    dense_grad = (w.T @ u).abs().scatter(1, cols, -1.0)  # d/dA of sum(w * u Aᵀ), live columns excluded
+    expect = torch.topk(dense_grad, 2, dim=1).indices
+    torch.testing.assert_close(state.grow_cols.sort(dim=1).values, expect.sort(dim=1).values)
+
+
+def test_pruning_with_regrowth_swaps_the_smallest_kept_entries_for_candidates():
+    import torch
+
+    from elsa_index.models.elsa import _CompactState
+
+    values = torch.nn.Parameter(torch.tensor([[0.1, -0.9, 0.3, 0.5], [2.0, 0.0, -3.0, 1.0]]))
+    cols = torch.tensor([[1, 4, 6, 9], [0, 2, 3, 7]])
+    state = _CompactState(values, cols, 10)
+    opt = torch.optim.NAdam([values], lr=0.1)
+    values.grad = torch.ones(2, 4)
+    opt.step()
+    state.grow_cols = torch.tensor([[0, 2], [-1, -1]])  # row 1: no candidate (zero gradient everywhere dead)
+    new, new_opt = state.pruned(3, opt, 0.1, regrow=1)
+    # Row 0 keeps its 2 largest (cols 4, 9) and regrows col 0 at 0; row 1 keeps its 3 largest.
+    torch.testing.assert_close(new.cols, torch.tensor([[0, 4, 9], [0, 3, 7]]))
+    v = values.detach()
+    torch.testing.assert_close(new.values.detach(), torch.stack([torch.stack([v.new_tensor(0.0), v[0, 1], v[0, 3]]),
+                                                                 v[1, [0, 2, 3]]]))
+    m = new_opt.state[new.values]["exp_avg"]
+    assert m[0, 0] == 0 and (m[0, 1:] != 0).all() and (m[1] != 0).all()
+
+
+def test_regrowth_is_off_with_zero_and_ignored_with_the_dense_start(planted):
+    X = planted.train.matrix
+    kw = dict(epochs=3, finetune_epochs=1, progress=False, seed=1)
+    a = CompressedELSA(32, 4, regrow=0.5, **kw).fit(X).embeddings_
+    b = CompressedELSA(32, 4, regrow=0.0, **kw).fit(X).embeddings_
+    assert (a != b).nnz == 0
+    c = CompressedELSA(32, 4, start_nnz=16, regrow=0.5, **kw).fit(X).embeddings_
+    d = CompressedELSA(32, 4, start_nnz=16, regrow=0.0, **kw).fit(X).embeddings_
+    assert (c.indices != d.indices).any()
+    assert (np.diff(c.indptr) == 4).all()
+    assert all((np.diff(c.indices[lo:lo + 4]) > 0).all() for lo in c.indptr[:-1])
+
+
+def test_bad_regrow():
+    with pytest.raises(TrainingError, match=r"regrow must be"):
+        CompressedELSA(16, 4, start_nnz=8, regrow=1.5).fit(_tiny())

@@ -285,6 +285,10 @@ class ELSA:
         """Whether training starts on a compact state of ``_start_dims < dims`` entries per row."""
         return False
 
+    def _regrow(self, nnz: int) -> int:
+        """Dead columns to regrow per row at a pruning event down to ``nnz`` (sparse start only)."""
+        return 0
+
     @property
     def _final_nnz(self) -> int:
         return self.dims
@@ -357,7 +361,8 @@ class ELSA:
                     if step in plan:
                         cur_nnz = plan[step]
                         if isinstance(state, _CompactState):
-                            state, opt = state.pruned(cur_nnz, opt, self.lr, restart=self._restart)
+                            regrow = self._regrow(cur_nnz) if step != last_prune else 0
+                            state, opt = state.pruned(cur_nnz, opt, self.lr, restart=self._restart, regrow=regrow)
                         else:
                             self._prune(state.weight, state.mask, None if init is None else init.to(device), cur_nnz)
                             if self._restart:
@@ -367,6 +372,10 @@ class ELSA:
                             # From here on only the live entries change: train them alone.
                             state, opt = _CompactState.from_masked(state, opt, self.lr)
                             init = None
+                    if isinstance(state, _CompactState):
+                        # Regrowth candidates come from the gradient of the step before a pruning event.
+                        nxt = step + 1 in plan and step + 1 != last_prune
+                        state.grow = (self._regrow(cur_nnz) or None) if nxt else None
                     rows = order[b * self.batch_size : (b + 1) * self.batch_size]
                     loss = self._step(X[rows], state, opt, sampler, rng, device)
                     if not math.isfinite(loss):
@@ -609,7 +618,7 @@ class _CompactState:
         return cls(torch.nn.Parameter(values.to(device)), cols.to(device), dims,
                    None if init is None else init.to(device))
 
-    def pruned(self, nnz: int, opt, lr: float, *, restart: bool = False):
+    def pruned(self, nnz: int, opt, lr: float, *, restart: bool = False, regrow: int = 0):
         """Keep the ``nnz`` largest-magnitude live entries of each row; returns the new state and optimiser.
 
         Without ``restart`` the kept entries' NAdam moments and step counters
@@ -621,6 +630,9 @@ class _CompactState:
 
         if nnz >= self.values.shape[1]:
             return self, opt
+        grow = getattr(self, "grow_cols", None)
+        if regrow and grow is not None and not restart:
+            return self._pruned_regrown(nnz, opt, lr, min(regrow, grow.shape[1], nnz - 1))
         with torch.no_grad():
             keep = torch.topk(self.values.abs(), nnz, dim=1).indices
             # Keep the columns sorted within each row.
@@ -655,6 +667,38 @@ class _CompactState:
                                      else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
         return cls(values, cols, dense.weight.shape[1]), new
 
+    def _pruned_regrown(self, nnz: int, opt, lr: float, r: int):
+        """Keep ``nnz - r`` entries by magnitude and regrow up to ``r`` dead columns of largest recorded gradient, at 0."""
+        import torch
+
+        with torch.no_grad():
+            keep = torch.topk(self.values.abs(), nnz - r, dim=1).indices
+            cand = self.grow_cols[:, :r]
+            # Rows without (enough) candidates keep their next-largest entries instead.
+            extra = torch.topk(self.values.abs(), nnz, dim=1).indices[:, nnz - r:]
+            use = cand >= 0
+            new_cols = torch.cat([torch.gather(self.cols, 1, keep),
+                                  torch.where(use, cand, torch.gather(self.cols, 1, extra))], 1)
+            new_vals = torch.cat([torch.gather(self.values, 1, keep),
+                                  torch.where(use, 0.0, torch.gather(self.values, 1, extra))], 1)
+            order = torch.argsort(new_cols, dim=1)
+            cols = torch.gather(new_cols, 1, order)
+            values = torch.nn.Parameter(torch.gather(new_vals, 1, order))
+            new = torch.optim.NAdam([values], lr=lr)
+            old = opt.state.get(self.values, {})
+            if old:
+                shape = self.values.shape
+                st = {}
+                for k, v in old.items():
+                    if torch.is_tensor(v) and v.shape == shape:
+                        m = torch.cat([torch.gather(v, 1, keep),
+                                       torch.where(use, 0.0, torch.gather(v, 1, extra))], 1)
+                        st[k] = torch.gather(m, 1, order)
+                    else:
+                        st[k] = v.clone() if torch.is_tensor(v) else v
+                new.state[values] = st
+        return _CompactState(values, cols, self.dims, None), new
+
     def _normalised(self):
         import torch.nn.functional as F
 
@@ -671,9 +715,25 @@ class _CompactState:
         pos = (seg[:, None] * self.dims + C[idx]).reshape(-1)
         xA = torch.zeros(n_rows * self.dims, dtype=V.dtype, device=V.device).index_add(0, pos, V[idx].reshape(-1))
         xA = xA.view(n_rows, self.dims)
+        rows = None
         if cols is not None:
-            V, C = V[cols], C[cols]
-        return _sparse_rows_product(xA, V, C)
+            V, C, rows = V[cols], C[cols], cols
+        sink = None if self.grow is None else (lambda lo, hi, g: self._record_growth(rows, lo, hi, g))
+        return _sparse_rows_product(xA, V, C, sink)
+
+    #: regrowth candidates per row to record during backward (None: none recorded)
+    grow = None
+
+    def _record_growth(self, rows, lo: int, hi: int, g) -> None:
+        """Keep, for the chunk's rows, the ``grow`` dead columns of largest |gradient| (and that magnitude)."""
+        import torch
+
+        ids = torch.arange(lo, hi, device=g.device) if rows is None else rows[lo:hi]
+        mag = g.abs().scatter_(1, self.cols[ids], -1.0)  # live columns are never candidates
+        top = torch.topk(mag, self.grow, dim=1)
+        if getattr(self, "grow_cols", None) is None or self.grow_cols.shape[1] != self.grow:
+            self.grow_cols = torch.full((self.values.shape[0], self.grow), -1, dtype=torch.int64, device=g.device)
+        self.grow_cols[ids] = torch.where(top.values > 0, top.indices, -1)
 
     def embeddings(self) -> sp.csr_matrix:
         import torch
@@ -697,12 +757,14 @@ _CHUNK_FLOATS = 1 << 22
 _SPARSE_ROWS = None
 
 
-def _sparse_rows_product(u, values, cols):
+def _sparse_rows_product(u, values, cols, sink=None):
     """``u @ Aᵀ`` for A given by its rows' live entries, differentiable in ``u`` and ``values``.
 
     ``u`` (batch, dims), ``values`` and ``cols`` (n_rows, nnz); returns (batch, n_rows).
     Each item chunk's rows are expanded to dense (chunk, dims) for one matmul,
-    so the work is a dense product's but the memory a chunk's.
+    so the work is a dense product's but the memory a chunk's. ``sink(lo, hi,
+    dense_grad)``, when given, is called during backward with each chunk's
+    gradient with respect to its dense rows (live and dead columns).
     """
     global _SPARSE_ROWS
     if _SPARSE_ROWS is None:
@@ -710,8 +772,9 @@ def _sparse_rows_product(u, values, cols):
 
         class SparseRows(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, u, values, cols):
+            def forward(ctx, u, values, cols, sink):
                 ctx.save_for_backward(u, values, cols)
+                ctx.sink = sink
                 out = u.new_empty(u.shape[0], values.shape[0])
                 for lo, hi, rows in _chunks(values, cols, u.shape[1]):
                     out[:, lo:hi] = u @ rows.T
@@ -726,13 +789,17 @@ def _sparse_rows_product(u, values, cols):
                     g = grad[:, lo:hi]
                     if gu is not None:
                         gu.addmm_(g, rows)
-                    if gv is not None:
-                        # Only the live entries' gradients: gathered from the chunk's dense one.
-                        gv[lo:hi] = torch.gather(g.T @ u, 1, cols[lo:hi])
-                return gu, gv, None
+                    if gv is not None or ctx.sink is not None:
+                        full = g.T @ u
+                        if gv is not None:
+                            # Only the live entries' gradients: gathered from the chunk's dense one.
+                            gv[lo:hi] = torch.gather(full, 1, cols[lo:hi])
+                        if ctx.sink is not None:
+                            ctx.sink(lo, hi, full)
+                return gu, gv, None, None
 
         _SPARSE_ROWS = SparseRows
-    return _SPARSE_ROWS.apply(u, values, cols)
+    return _SPARSE_ROWS.apply(u, values, cols, sink)
 
 
 def _chunks(values, cols, dims: int):
@@ -769,6 +836,13 @@ class CompressedELSA(ELSA):
         first step, and the schedule prunes from ``start_nnz`` to ``nnz`` by
         magnitude within the live entries: the ``n_items x dims`` weight,
         mask and optimiser state never exist.
+    regrow : with a sparse start, the share of each row's entries that every
+        pruning event but the last gives to dead columns (RigL-like): the
+        event keeps ``(1 - regrow) · n`` entries by magnitude and adds the
+        ``regrow · n`` dead columns with the largest gradient in the step
+        before (the gradient through the item's output scores), at value 0
+        with fresh NAdam moments. 0 turns it off; ignored with the dense
+        start, where every column is live.
     warmup_epochs : epochs before the first pruning event.
     finetune_epochs : epochs at the target nnz after the last pruning event.
     Other parameters as for ``ELSA``.
@@ -791,6 +865,7 @@ class CompressedELSA(ELSA):
     warmup_epochs: int = 0
     finetune_epochs: int = 6
     start_nnz: int | None = None
+    regrow: float = 0.3
 
     @property
     def _final_nnz(self) -> int:  # type: ignore[override]
@@ -803,6 +878,9 @@ class CompressedELSA(ELSA):
     @property
     def _sparse_start(self) -> bool:  # type: ignore[override]
         return self.start_nnz is not None and self.start_nnz < self.dims
+
+    def _regrow(self, nnz: int) -> int:  # type: ignore[override]
+        return int(round(self.regrow * nnz)) if self._sparse_start else 0
 
     @property
     def _restart(self) -> bool:  # type: ignore[override]
@@ -817,6 +895,7 @@ class CompressedELSA(ELSA):
                       hint=f" (at most dims={self.dims}, or None for the dense start)")
             check_int(self.nnz, "nnz", 1, self.start_nnz, error=TrainingError,
                       hint=f" (at most start_nnz={self.start_nnz})")
+        check_float(self.regrow, "regrow", 0.0, 1.0, error=TrainingError)
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
         _check_ints(self, (("prune_steps", 1), ("warmup_epochs", 0), ("finetune_epochs", 0)))
