@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start-nnz", type=int, default=None,
                    help="compressed: active dims per item when training starts; below --dims, a sparse start "
                         "(random columns, never the dense weight: less training memory) (default: --dims)")
+    g.add_argument("--regrow", type=float, default=None,
+                   help="compressed, sparse start: share of each row given to dead columns of largest gradient "
+                        f"at each pruning event but the last (default: {comp['regrow']})")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
                    help=f"compressed: pruning schedule (default: {comp['schedule']})")
     g.add_argument("--restart", action="store_true", default=None,
