@@ -588,6 +588,10 @@ class _CompactState:
         self.values, self.cols, self.dims = values, cols, dims
         #: the live entries' initial values (for restarts), aligned with ``cols``, or None
         self.init = init
+        #: regrowth candidates per row to record during the next backward (None: none recorded)
+        self.grow: int | None = None
+        #: int64 (n_items, grow): the recorded candidates, dead columns by decreasing |gradient| (-1: none)
+        self.grow_cols = None
 
     @property
     def params(self):
@@ -624,15 +628,15 @@ class _CompactState:
         Without ``restart`` the kept entries' NAdam moments and step counters
         carry over (NAdam is elementwise: the updates are those of a masked
         model); with it the kept entries go back to their initial values and
-        the optimiser starts afresh.
+        the optimiser starts afresh. With ``regrow`` (and candidates recorded
+        in ``grow_cols``; not with ``restart``) see :meth:`_pruned_regrown`.
         """
         import torch
 
         if nnz >= self.values.shape[1]:
             return self, opt
-        grow = getattr(self, "grow_cols", None)
-        if regrow and grow is not None and not restart:
-            return self._pruned_regrown(nnz, opt, lr, min(regrow, grow.shape[1], nnz - 1))
+        if regrow and self.grow_cols is not None and not restart:
+            return self._pruned_regrown(nnz, opt, lr, min(regrow, self.grow_cols.shape[1], nnz - 1))
         with torch.no_grad():
             keep = torch.topk(self.values.abs(), nnz, dim=1).indices
             # Keep the columns sorted within each row.
@@ -721,17 +725,14 @@ class _CompactState:
         sink = None if self.grow is None else (lambda lo, hi, g: self._record_growth(rows, lo, hi, g))
         return _sparse_rows_product(xA, V, C, sink)
 
-    #: regrowth candidates per row to record during backward (None: none recorded)
-    grow = None
-
     def _record_growth(self, rows, lo: int, hi: int, g) -> None:
-        """Keep, for the chunk's rows, the ``grow`` dead columns of largest |gradient| (and that magnitude)."""
+        """Record in ``grow_cols``, for a chunk's rows, the ``grow`` dead columns of largest |gradient| ``g``."""
         import torch
 
         ids = torch.arange(lo, hi, device=g.device) if rows is None else rows[lo:hi]
         mag = g.abs().scatter_(1, self.cols[ids], -1.0)  # live columns are never candidates
         top = torch.topk(mag, self.grow, dim=1)
-        if getattr(self, "grow_cols", None) is None or self.grow_cols.shape[1] != self.grow:
+        if self.grow_cols is None or self.grow_cols.shape[1] != self.grow:
             self.grow_cols = torch.full((self.values.shape[0], self.grow), -1, dtype=torch.int64, device=g.device)
         self.grow_cols[ids] = torch.where(top.values > 0, top.indices, -1)
 
@@ -842,7 +843,7 @@ class CompressedELSA(ELSA):
         ``regrow · n`` dead columns with the largest gradient in the step
         before (the gradient through the item's output scores), at value 0
         with fresh NAdam moments. 0 turns it off; ignored with the dense
-        start, where every column is live.
+        start, where every column is live, and with ``restart``.
     warmup_epochs : epochs before the first pruning event.
     finetune_epochs : epochs at the target nnz after the last pruning event.
     Other parameters as for ``ELSA``.
