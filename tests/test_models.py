@@ -394,9 +394,9 @@ def test_sparse_start_memory_estimate_is_smaller():
     cpu = torch.device("cpu")
     kw = dict(batch_size=64)  # small batches: the weights' state dominates
     dense, _, _ = CompressedELSA(1024, 32, **kw)._state_bytes(50_000, 25_000, cpu)
-    sparse, what, hint = CompressedELSA(1024, 32, start_nnz=128, **kw)._state_bytes(50_000, 25_000, cpu)
+    sparse, what, hint = CompressedELSA(1024, 32, start_nnz=64, **kw)._state_bytes(50_000, 25_000, cpu)
     assert sparse < 0.3 * dense, (sparse, dense)
-    assert "start_nnz=128" in what and "--start-nnz" in hint
+    assert "start_nnz=64" in what and "--start-nnz" in hint
 
 
 @pytest.mark.parametrize(

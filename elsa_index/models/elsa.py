@@ -242,8 +242,10 @@ class ELSA:
             return need, f"training with dims={width}", "lower --dims (the embedding width)"
         # Compact state: per live entry the value, its int64 column, gradient, two NAdam
         # moments, the normalised copy and the best epoch's copy (and the initial value
-        # with restart); on a GPU the host holds only the initial values and columns.
-        per = (36 + 4 * bool(self._restart)) if device.type == "cpu" else 12
+        # with restart), about 36 bytes; a pruning event briefly holds the old state and
+        # the new one (measured: about 50 bytes per entry at the peak). On a GPU the host
+        # holds only the initial values and columns.
+        per = (52 + 4 * bool(self._restart)) if device.type == "cpu" else 12
         chunks = 3 * 4.0 * _CHUNK_FLOATS  # one item chunk's dense rows, their gradient and a product
         need = float(n_items) * width * per + chunks + activations
         return need, f"training with start_nnz={width} (dims={self.dims})", "lower --start-nnz"
