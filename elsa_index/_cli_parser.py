@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{comp['dims']} compressed)")
     g.add_argument("--nnz", type=int, default=None,
                    help=f"compressed: active dims per item at the end (default: {comp['nnz']})")
+    g.add_argument("--start-nnz", type=int, default=None,
+                   help="compressed: active dims per item when training starts; below --dims, a sparse start "
+                        "(random columns, never the dense weight: less training memory) (default: --dims)")
+    g.add_argument("--regrow", type=float, default=None,
+                   help="compressed, sparse start: share of each row given to dead columns of largest gradient "
+                        f"at each pruning event but the last (default: {comp['regrow']})")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
                    help=f"compressed: pruning schedule (default: {comp['schedule']})")
     g.add_argument("--restart", action="store_true", default=None,

@@ -313,3 +313,161 @@ def test_epoch_seconds_exclude_validation(planted, monkeypatch):
     assert time.perf_counter() - t0 > 2.0
     assert all(h["seconds"] < 1.0 for h in model.history_)
     assert 0 < ckpt.config["seconds_per_epoch"] < 1.0
+
+
+# ---------------------------------------------------------------- sparse start
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_sparse_start_reaches_exactly_nnz_and_learns(planted, restart):
+    pop = _recall(planted, Popularity().fit(planted.train.matrix))
+    m = CompressedELSA(128, 4, start_nnz=16, epochs=12, lr=0.03, finetune_epochs=4, restart=restart,
+                       progress=False, seed=0).fit(planted.train.matrix)
+    E = m.embeddings_
+    assert sp.isspmatrix_csr(E) and E.shape == (300, 128)
+    assert (np.diff(E.indptr) == 4).all()
+    assert all((np.diff(E.indices[lo:lo + 4]) > 0).all() for lo in E.indptr[:-1])  # sorted, distinct columns
+    np.testing.assert_allclose(np.sqrt(E.multiply(E).sum(axis=1)).A1, 1.0, rtol=1e-5)
+    nnz = [h["nnz"] for h in m.history_]
+    assert nnz[0] < 16 and nnz[-1] == 4 and all(a >= b for a, b in zip(nnz, nnz[1:]))
+    if not restart:  # (restarting after each of many pruning events learns less; the shape is what is checked)
+        assert _recall(planted, m) > pop + 0.15, (_recall(planted, m), pop)
+
+
+def test_sparse_start_never_makes_the_dense_state(planted, monkeypatch):
+    from elsa_index.models import elsa as elsa_mod
+
+    def no_dense(*a, **k):
+        raise AssertionError("the dense state was made")
+
+    monkeypatch.setattr(elsa_mod._DenseState, "__init__", no_dense)
+    m = CompressedELSA(64, 4, start_nnz=8, epochs=2, finetune_epochs=1, progress=False).fit(planted.train.matrix)
+    assert (np.diff(m.embeddings_.indptr) == 4).all()
+
+
+def test_sparse_start_is_deterministic_per_seed(planted):
+    X = planted.train.matrix
+    kw = dict(start_nnz=8, epochs=3, finetune_epochs=1, progress=False)
+    a = CompressedELSA(32, 4, seed=5, **kw).fit(X).embeddings_
+    b = CompressedELSA(32, 4, seed=5, **kw).fit(X).embeddings_
+    c = CompressedELSA(32, 4, seed=6, **kw).fit(X).embeddings_
+    assert (a != b).nnz == 0
+    assert (a.indices != c.indices).any()
+
+
+def test_start_nnz_equal_to_dims_is_the_dense_start(planted):
+    X = planted.train.matrix
+    kw = dict(epochs=3, finetune_epochs=1, progress=False, seed=1)
+    a = CompressedELSA(32, 4, start_nnz=32, **kw).fit(X).embeddings_
+    b = CompressedELSA(32, 4, **kw).fit(X).embeddings_
+    assert (a != b).nnz == 0
+
+
+def test_compact_pruning_keeps_the_largest_magnitudes_and_their_moments():
+    import torch
+
+    from elsa_index.models.elsa import _CompactState
+
+    values = torch.nn.Parameter(torch.tensor([[0.1, -0.9, 0.3, 0.5], [2.0, 0.0, -3.0, 1.0]]))
+    cols = torch.tensor([[1, 4, 6, 9], [0, 2, 3, 7]])
+    init = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    state = _CompactState(values, cols, 10, init)
+    opt = torch.optim.NAdam([values], lr=0.1)
+    values.grad = torch.arange(8, dtype=torch.float32).view(2, 4)
+    opt.step()
+    kept_before = opt.state[values]["exp_avg"].clone()
+    new, new_opt = state.pruned(2, opt, 0.1)
+    expect_cols = torch.tensor([[4, 9], [0, 3]])
+    torch.testing.assert_close(new.cols, expect_cols)
+    torch.testing.assert_close(new.values.detach(), torch.gather(values.detach(), 1, torch.tensor([[1, 3], [0, 2]])))
+    torch.testing.assert_close(new_opt.state[new.values]["exp_avg"], torch.gather(kept_before, 1, torch.tensor([[1, 3], [0, 2]])))
+    torch.testing.assert_close(new.init, torch.tensor([[2.0, 4.0], [5.0, 7.0]]))
+    # With restart the kept entries return to their initial values and the optimiser starts afresh.
+    again, fresh = state.pruned(2, opt, 0.1, restart=True)
+    torch.testing.assert_close(again.values.detach(), torch.tensor([[2.0, 4.0], [5.0, 7.0]]))
+    assert not fresh.state
+
+
+def test_sparse_start_memory_estimate_is_smaller():
+    import torch
+
+    cpu = torch.device("cpu")
+    kw = dict(batch_size=64)  # small batches: the weights' state dominates
+    dense, _, _ = CompressedELSA(1024, 32, **kw)._state_bytes(50_000, 25_000, cpu)
+    sparse, what, hint = CompressedELSA(1024, 32, start_nnz=64, **kw)._state_bytes(50_000, 25_000, cpu)
+    assert sparse < 0.3 * dense, (sparse, dense)
+    assert "start_nnz=64" in what and "--start-nnz" in hint
+
+
+@pytest.mark.parametrize(
+    "model,match",
+    [
+        (lambda: CompressedELSA(16, 4, start_nnz=32), r"start_nnz must be an integer in \[1, 16\], got 32"),
+        (lambda: CompressedELSA(16, 4, start_nnz=0), r"start_nnz must be an integer in \[1, 16\], got 0"),
+        (lambda: CompressedELSA(16, 8, start_nnz=4), r"nnz must be an integer in \[1, 4\], got 8 \(at most start_nnz=4\)"),
+        (lambda: CompressedELSA(16, 4, start_nnz=2.5), r"start_nnz must be an integer"),
+    ],
+)
+def test_bad_start_nnz(model, match):
+    with pytest.raises(TrainingError, match=match):
+        model().fit(_tiny())
+
+
+def test_regrowth_candidates_are_the_dead_columns_of_largest_gradient(monkeypatch):
+    import torch
+
+    from elsa_index.models import elsa as elsa_mod
+
+    monkeypatch.setattr(elsa_mod, "_CHUNK_FLOATS", 24)  # several item chunks
+    g = torch.Generator().manual_seed(0)
+    n, d, k, b = 9, 8, 3, 4
+    cols = torch.stack([torch.randperm(d, generator=g)[:k].sort().values for _ in range(n)])
+    values = torch.nn.Parameter(torch.randn(n, k, generator=g, dtype=torch.float64))
+    u = torch.randn(b, d, generator=g, dtype=torch.float64)
+    w = torch.randn(b, n, generator=g, dtype=torch.float64)
+    state = elsa_mod._CompactState(values, cols, d)
+    state.grow = 2
+    (elsa_mod._sparse_rows_product(u, values, cols, lambda lo, hi, gr: state._record_growth(None, lo, hi, gr)) * w).sum().backward()
+    dense_grad = (w.T @ u).abs().scatter(1, cols, -1.0)  # d/dA of sum(w * u Aᵀ), live columns excluded
+    expect = torch.topk(dense_grad, 2, dim=1).indices
+    torch.testing.assert_close(state.grow_cols.sort(dim=1).values, expect.sort(dim=1).values)
+
+
+def test_pruning_with_regrowth_swaps_the_smallest_kept_entries_for_candidates():
+    import torch
+
+    from elsa_index.models.elsa import _CompactState
+
+    values = torch.nn.Parameter(torch.tensor([[0.1, -0.9, 0.3, 0.5], [2.0, 0.0, -3.0, 1.0]]))
+    cols = torch.tensor([[1, 4, 6, 9], [0, 2, 3, 7]])
+    state = _CompactState(values, cols, 10)
+    opt = torch.optim.NAdam([values], lr=0.1)
+    values.grad = torch.ones(2, 4)
+    opt.step()
+    state.grow_cols = torch.tensor([[0, 2], [-1, -1]])  # row 1: no candidate (zero gradient everywhere dead)
+    new, new_opt = state.pruned(3, opt, 0.1, regrow=1)
+    # Row 0 keeps its 2 largest (cols 4, 9) and regrows col 0 at 0; row 1 keeps its 3 largest.
+    torch.testing.assert_close(new.cols, torch.tensor([[0, 4, 9], [0, 3, 7]]))
+    v = values.detach()
+    torch.testing.assert_close(new.values.detach(), torch.stack([torch.stack([v.new_tensor(0.0), v[0, 1], v[0, 3]]),
+                                                                 v[1, [0, 2, 3]]]))
+    m = new_opt.state[new.values]["exp_avg"]
+    assert m[0, 0] == 0 and (m[0, 1:] != 0).all() and (m[1] != 0).all()
+
+
+def test_regrowth_is_off_with_zero_and_ignored_with_the_dense_start(planted):
+    X = planted.train.matrix
+    kw = dict(epochs=3, finetune_epochs=1, progress=False, seed=1)
+    a = CompressedELSA(32, 4, regrow=0.5, **kw).fit(X).embeddings_
+    b = CompressedELSA(32, 4, regrow=0.0, **kw).fit(X).embeddings_
+    assert (a != b).nnz == 0
+    c = CompressedELSA(32, 4, start_nnz=16, regrow=0.5, **kw).fit(X).embeddings_
+    d = CompressedELSA(32, 4, start_nnz=16, regrow=0.0, **kw).fit(X).embeddings_
+    assert (c.indices != d.indices).any()
+    assert (np.diff(c.indptr) == 4).all()
+    assert all((np.diff(c.indices[lo:lo + 4]) > 0).all() for lo in c.indptr[:-1])
+
+
+def test_bad_regrow():
+    with pytest.raises(TrainingError, match=r"regrow must be"):
+        CompressedELSA(16, 4, start_nnz=8, regrow=1.5).fit(_tiny())

@@ -23,7 +23,10 @@ keeps the loss's normalisation an unbiased estimate of the full one (see
 Memory: once Compressed ELSA's last pruning event has passed, the dense
 ``n_items x dims`` weight, mask and optimiser state are dropped and training
 continues on a compact ``(n_items, nnz)`` values + column-indices
-parametrisation (same updates, a fraction of the memory).
+parametrisation (same updates, a fraction of the memory). With ``start_nnz``
+below ``dims`` (a sparse start) training runs on the compact state from the
+first step, each row starting from ``start_nnz`` random columns, so the
+dense weight never exists.
 """
 
 from __future__ import annotations
@@ -219,17 +222,33 @@ class ELSA:
         initial weights are made there); on a GPU the device has its own
         limit, reported by torch.
         """
-        width = int(self._start_dims)
+        need, what, hint = self._state_bytes(n_users, n_items, device)
+        check_fits(need, f"{what} on {n_items} items", error=TrainingError, hint=hint)
         neg = self.n_outputs(n_items)
-        outputs = n_items if neg is None else min(n_items, neg + int(self.batch_size) * 64)
-        batch = min(int(self.batch_size), n_users)
-        need = float(n_items) * width * (32 if device.type == "cpu" else 8) + float(batch) * (width + outputs + n_items) * 16
-        check_fits(need, f"training with dims={width} on {n_items} items", error=TrainingError,
-                   hint="lower --dims (the embedding width)")
         if neg is not None:
             # Each step draws n_negatives int64 ids and counts them.
             check_fits(float(neg) * 32, f"n_negatives={neg} (sampled items per batch)",
                        error=TrainingError, hint=f"use at most the {n_items} items, or leave it unset to score all items")
+
+    def _state_bytes(self, n_users: int, n_items: int, device) -> tuple[float, str, str]:
+        """Estimated bytes of the training state (see :meth:`_check_memory`), what it is, and how to lower it."""
+        width = int(self._start_dims)
+        neg = self.n_outputs(n_items)
+        outputs = n_items if neg is None else min(n_items, neg + int(self.batch_size) * 64)
+        batch = float(min(int(self.batch_size), n_users))
+        activations = batch * (int(self.dims) + outputs + n_items) * 16
+        if not self._sparse_start:
+            need = float(n_items) * width * (32 if device.type == "cpu" else 8) + activations
+            return need, f"training with dims={width}", "lower --dims (the embedding width)"
+        # Compact state: per live entry the value, its int64 column, gradient, two NAdam
+        # moments, the normalised copy and the best epoch's copy (and the initial value
+        # with restart), about 36 bytes; a pruning event briefly holds the old state and
+        # the new one (measured: about 50 bytes per entry at the peak). On a GPU the host
+        # holds only the initial values and columns.
+        per = (52 + 4 * bool(self._restart)) if device.type == "cpu" else 12
+        chunks = 3 * 4.0 * _CHUNK_FLOATS  # one item chunk's dense rows, their gradient and a product
+        need = float(n_items) * width * per + chunks + activations
+        return need, f"training with start_nnz={width} (dims={self.dims})", "lower --start-nnz"
 
     def _validate(self, X) -> sp.csr_matrix:
         self.check_params()
@@ -260,7 +279,17 @@ class ELSA:
 
     @property
     def _start_dims(self) -> int:
+        """Live entries per row when training starts."""
         return self.dims
+
+    @property
+    def _sparse_start(self) -> bool:
+        """Whether training starts on a compact state of ``_start_dims < dims`` entries per row."""
+        return False
+
+    def _regrow(self, nnz: int) -> int:
+        """Dead columns to regrow per row at a pruning event down to ``nnz`` (sparse start only)."""
+        return 0
 
     @property
     def _final_nnz(self) -> int:
@@ -296,19 +325,24 @@ class ELSA:
         gen = torch.Generator().manual_seed(int(self.seed))
         rng = np.random.default_rng(self.seed)
         width = self._start_dims
-        init = torch.empty(n_items, width)
-        torch.nn.init.kaiming_uniform_(init, generator=gen)
-        init = torch.nn.functional.normalize(init, dim=-1)
         n_batches = max(1, math.ceil(n_users / self.batch_size))
         plan = self._pruning_plan(n_batches)  # global step -> nnz
         last_prune = max(plan) if plan else -1
-        # The mask exists only for pruning, the initial weights only for restarts.
-        # No other reference to the dense weight is kept, so it is freed when
-        # the compact state takes over.
-        state = _DenseState(torch.nn.Parameter(init.to(device, copy=True)),
-                            torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None)
-        init = init if self._restart else None
-        opt = torch.optim.NAdam([state.weight], lr=self.lr)
+        if self._sparse_start:
+            # Only start_nnz live entries per row from the first step: no dense weight is ever made.
+            state = _CompactState.random(n_items, self.dims, width, gen, device, keep_init=self._restart)
+            init = None
+        else:
+            init = torch.empty(n_items, width)
+            torch.nn.init.kaiming_uniform_(init, generator=gen)
+            init = torch.nn.functional.normalize(init, dim=-1)
+            # The mask exists only for pruning, the initial weights only for restarts.
+            # No other reference to the dense weight is kept, so it is freed when
+            # the compact state takes over.
+            state = _DenseState(torch.nn.Parameter(init.to(device, copy=True)),
+                                torch.ones(n_items, width, dtype=torch.bool, device=device) if plan else None)
+            init = init if self._restart else None
+        opt = torch.optim.NAdam([state.params], lr=self.lr)
         sampler = self._make_sampler(X)
         self.n_outputs_ = n_items if sampler is None else sampler.n_negatives
 
@@ -328,13 +362,22 @@ class ELSA:
                 for b in range(n_batches):
                     if step in plan:
                         cur_nnz = plan[step]
-                        self._prune(state.weight, state.mask, None if init is None else init.to(device), cur_nnz)
-                        if self._restart:
-                            opt = torch.optim.NAdam([state.weight], lr=self.lr)
-                        if step == last_prune and cur_nnz < width and self._compact_after_pruning:
+                        if isinstance(state, _CompactState):
+                            regrow = self._regrow(cur_nnz) if step != last_prune else 0
+                            state, opt = state.pruned(cur_nnz, opt, self.lr, restart=self._restart, regrow=regrow)
+                        else:
+                            self._prune(state.weight, state.mask, None if init is None else init.to(device), cur_nnz)
+                            if self._restart:
+                                opt = torch.optim.NAdam([state.weight], lr=self.lr)
+                        if (step == last_prune and cur_nnz < width and self._compact_after_pruning
+                                and not isinstance(state, _CompactState)):
                             # From here on only the live entries change: train them alone.
                             state, opt = _CompactState.from_masked(state, opt, self.lr)
                             init = None
+                    if isinstance(state, _CompactState):
+                        # Regrowth candidates come from the gradient of the step before a pruning event.
+                        nxt = step + 1 in plan and step + 1 != last_prune
+                        state.grow = (self._regrow(cur_nnz) or None) if nxt else None
                     rows = order[b * self.batch_size : (b + 1) * self.batch_size]
                     loss = self._step(X[rows], state, opt, sampler, rng, device)
                     if not math.isfinite(loss):
@@ -498,6 +541,11 @@ class _DenseState:
     def __init__(self, weight, mask):
         self.weight, self.mask = weight, mask
 
+    @property
+    def params(self):
+        """The trained tensor (the optimiser's parameter)."""
+        return self.weight
+
     def _normalised(self):
         import torch.nn.functional as F
 
@@ -538,8 +586,74 @@ class _CompactState:
     is ever formed.
     """
 
-    def __init__(self, values, cols, dims: int):
+    def __init__(self, values, cols, dims: int, init=None):
         self.values, self.cols, self.dims = values, cols, dims
+        #: the live entries' initial values (for restarts), aligned with ``cols``, or None
+        self.init = init
+        #: regrowth candidates per row to record during the next backward (None: none recorded)
+        self.grow: int | None = None
+        #: int64 (n_items, grow): the recorded candidates, dead columns by decreasing |gradient| (-1: none)
+        self.grow_cols = None
+
+    @property
+    def params(self):
+        """The trained tensor (the optimiser's parameter)."""
+        return self.values
+
+    @classmethod
+    def random(cls, n_items: int, dims: int, width: int, gen, device, *, keep_init: bool = False):
+        """A sparse start: ``width`` of ``dims`` columns per row drawn uniformly without replacement.
+
+        Columns are drawn from ``gen`` item chunk by item chunk (a chunk's
+        random keys, never an ``n_items x dims`` array), sorted within each
+        row. Values are uniform with the variance ``1/dims`` of the dense
+        start's (normalised) entries, so that the optimiser's steps have the
+        same size relative to them (rows are normalised in the forward pass).
+        """
+        import torch
+
+        cols = torch.empty(n_items, width, dtype=torch.int64)
+        step = max(1, _CHUNK_FLOATS // dims)
+        for lo in range(0, n_items, step):
+            hi = min(n_items, lo + step)
+            keys = torch.rand(hi - lo, dims, generator=gen)
+            cols[lo:hi] = torch.topk(keys, width, dim=1).indices.sort(dim=1).values
+        bound = math.sqrt(3.0 / dims)
+        values = torch.empty(n_items, width).uniform_(-bound, bound, generator=gen)
+        init = values.clone() if keep_init else None
+        return cls(torch.nn.Parameter(values.to(device)), cols.to(device), dims,
+                   None if init is None else init.to(device))
+
+    def pruned(self, nnz: int, opt, lr: float, *, restart: bool = False, regrow: int = 0):
+        """Keep the ``nnz`` largest-magnitude live entries of each row; returns the new state and optimiser.
+
+        Without ``restart`` the kept entries' NAdam moments and step counters
+        carry over (NAdam is elementwise: the updates are those of a masked
+        model); with it the kept entries go back to their initial values and
+        the optimiser starts afresh. With ``regrow`` (and candidates recorded
+        in ``grow_cols``; not with ``restart``) see :meth:`_pruned_regrown`.
+        """
+        import torch
+
+        if nnz >= self.values.shape[1]:
+            return self, opt
+        if regrow and self.grow_cols is not None and not restart:
+            return self._pruned_regrown(nnz, opt, lr, min(regrow, self.grow_cols.shape[1], nnz - 1))
+        with torch.no_grad():
+            keep = torch.topk(self.values.abs(), nnz, dim=1).indices
+            # Keep the columns sorted within each row.
+            keep = torch.gather(keep, 1, torch.argsort(torch.gather(self.cols, 1, keep), dim=1))
+            cols = torch.gather(self.cols, 1, keep)
+            src = self.init if restart and self.init is not None else self.values
+            values = torch.nn.Parameter(torch.gather(src, 1, keep))
+            init = None if self.init is None else torch.gather(self.init, 1, keep)
+        new = torch.optim.NAdam([values], lr=lr)
+        old = opt.state.get(self.values, {})
+        if old and not restart:
+            shape = self.values.shape
+            new.state[values] = {k: (torch.gather(v, 1, keep) if torch.is_tensor(v) and v.shape == shape
+                                     else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
+        return _CompactState(values, cols, self.dims, init), new
 
     @classmethod
     def from_masked(cls, dense: _DenseState, opt, lr: float):
@@ -559,6 +673,38 @@ class _CompactState:
                                      else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
         return cls(values, cols, dense.weight.shape[1]), new
 
+    def _pruned_regrown(self, nnz: int, opt, lr: float, r: int):
+        """Keep ``nnz - r`` entries by magnitude and regrow up to ``r`` dead columns of largest recorded gradient, at 0."""
+        import torch
+
+        with torch.no_grad():
+            keep = torch.topk(self.values.abs(), nnz - r, dim=1).indices
+            cand = self.grow_cols[:, :r]
+            # Rows without (enough) candidates keep their next-largest entries instead.
+            extra = torch.topk(self.values.abs(), nnz, dim=1).indices[:, nnz - r:]
+            use = cand >= 0
+            new_cols = torch.cat([torch.gather(self.cols, 1, keep),
+                                  torch.where(use, cand, torch.gather(self.cols, 1, extra))], 1)
+            new_vals = torch.cat([torch.gather(self.values, 1, keep),
+                                  torch.where(use, 0.0, torch.gather(self.values, 1, extra))], 1)
+            order = torch.argsort(new_cols, dim=1)
+            cols = torch.gather(new_cols, 1, order)
+            values = torch.nn.Parameter(torch.gather(new_vals, 1, order))
+            new = torch.optim.NAdam([values], lr=lr)
+            old = opt.state.get(self.values, {})
+            if old:
+                shape = self.values.shape
+                st = {}
+                for k, v in old.items():
+                    if torch.is_tensor(v) and v.shape == shape:
+                        m = torch.cat([torch.gather(v, 1, keep),
+                                       torch.where(use, 0.0, torch.gather(v, 1, extra))], 1)
+                        st[k] = torch.gather(m, 1, order)
+                    else:
+                        st[k] = v.clone() if torch.is_tensor(v) else v
+                new.state[values] = st
+        return _CompactState(values, cols, self.dims, None), new
+
     def _normalised(self):
         import torch.nn.functional as F
 
@@ -575,9 +721,22 @@ class _CompactState:
         pos = (seg[:, None] * self.dims + C[idx]).reshape(-1)
         xA = torch.zeros(n_rows * self.dims, dtype=V.dtype, device=V.device).index_add(0, pos, V[idx].reshape(-1))
         xA = xA.view(n_rows, self.dims)
+        rows = None
         if cols is not None:
-            V, C = V[cols], C[cols]
-        return _sparse_rows_product(xA, V, C)
+            V, C, rows = V[cols], C[cols], cols
+        sink = None if self.grow is None else (lambda lo, hi, g: self._record_growth(rows, lo, hi, g))
+        return _sparse_rows_product(xA, V, C, sink)
+
+    def _record_growth(self, rows, lo: int, hi: int, g) -> None:
+        """Record in ``grow_cols``, for a chunk's rows, the ``grow`` dead columns of largest |gradient| ``g``."""
+        import torch
+
+        ids = torch.arange(lo, hi, device=g.device) if rows is None else rows[lo:hi]
+        mag = g.abs().scatter_(1, self.cols[ids], -1.0)  # live columns are never candidates
+        top = torch.topk(mag, self.grow, dim=1)
+        if self.grow_cols is None or self.grow_cols.shape[1] != self.grow:
+            self.grow_cols = torch.full((self.values.shape[0], self.grow), -1, dtype=torch.int64, device=g.device)
+        self.grow_cols[ids] = torch.where(top.values > 0, top.indices, -1)
 
     def embeddings(self) -> sp.csr_matrix:
         import torch
@@ -601,12 +760,14 @@ _CHUNK_FLOATS = 1 << 22
 _SPARSE_ROWS = None
 
 
-def _sparse_rows_product(u, values, cols):
+def _sparse_rows_product(u, values, cols, sink=None):
     """``u @ Aᵀ`` for A given by its rows' live entries, differentiable in ``u`` and ``values``.
 
     ``u`` (batch, dims), ``values`` and ``cols`` (n_rows, nnz); returns (batch, n_rows).
     Each item chunk's rows are expanded to dense (chunk, dims) for one matmul,
-    so the work is a dense product's but the memory a chunk's.
+    so the work is a dense product's but the memory a chunk's. ``sink(lo, hi,
+    dense_grad)``, when given, is called during backward with each chunk's
+    gradient with respect to its dense rows (live and dead columns).
     """
     global _SPARSE_ROWS
     if _SPARSE_ROWS is None:
@@ -614,8 +775,9 @@ def _sparse_rows_product(u, values, cols):
 
         class SparseRows(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, u, values, cols):
+            def forward(ctx, u, values, cols, sink):
                 ctx.save_for_backward(u, values, cols)
+                ctx.sink = sink
                 out = u.new_empty(u.shape[0], values.shape[0])
                 for lo, hi, rows in _chunks(values, cols, u.shape[1]):
                     out[:, lo:hi] = u @ rows.T
@@ -630,13 +792,17 @@ def _sparse_rows_product(u, values, cols):
                     g = grad[:, lo:hi]
                     if gu is not None:
                         gu.addmm_(g, rows)
-                    if gv is not None:
-                        # Only the live entries' gradients: gathered from the chunk's dense one.
-                        gv[lo:hi] = torch.gather(g.T @ u, 1, cols[lo:hi])
-                return gu, gv, None
+                    if gv is not None or ctx.sink is not None:
+                        full = g.T @ u
+                        if gv is not None:
+                            # Only the live entries' gradients: gathered from the chunk's dense one.
+                            gv[lo:hi] = torch.gather(full, 1, cols[lo:hi])
+                        if ctx.sink is not None:
+                            ctx.sink(lo, hi, full)
+                return gu, gv, None, None
 
         _SPARSE_ROWS = SparseRows
-    return _SPARSE_ROWS.apply(u, values, cols)
+    return _SPARSE_ROWS.apply(u, values, cols, sink)
 
 
 def _chunks(values, cols, dims: int):
@@ -666,7 +832,21 @@ class CompressedELSA(ELSA):
     schedule : one of ``SCHEDULES``.
     restart : reset surviving weights to their initial values after each pruning event.
     prune_steps : number of pruning events for ``linear``/``exponential``.
-    warmup_epochs : dense epochs before the first pruning event.
+    start_nnz : live entries per row when training starts (``nnz <= start_nnz
+        <= dims``); ``None`` (default): ``dims``, the dense start. Below
+        ``dims`` (a sparse start) each row starts with ``start_nnz`` columns
+        drawn at random (seeded), training runs on the compact state from the
+        first step, and the schedule prunes from ``start_nnz`` to ``nnz`` by
+        magnitude within the live entries: the ``n_items x dims`` weight,
+        mask and optimiser state never exist.
+    regrow : with a sparse start, the share of each row's entries that every
+        pruning event but the last gives to dead columns (RigL-like): the
+        event keeps ``(1 - regrow) · n`` entries by magnitude and adds the
+        ``regrow · n`` dead columns with the largest gradient in the step
+        before (the gradient through the item's output scores), at value 0
+        with fresh NAdam moments. 0 turns it off; ignored with the dense
+        start, where every column is live, and with ``restart``.
+    warmup_epochs : epochs before the first pruning event.
     finetune_epochs : epochs at the target nnz after the last pruning event.
     Other parameters as for ``ELSA``.
 
@@ -687,10 +867,23 @@ class CompressedELSA(ELSA):
     prune_steps: int = 100
     warmup_epochs: int = 0
     finetune_epochs: int = 6
+    start_nnz: int | None = None
+    regrow: float = 0.3
 
     @property
     def _final_nnz(self) -> int:  # type: ignore[override]
         return self.nnz
+
+    @property
+    def _start_dims(self) -> int:  # type: ignore[override]
+        return self.dims if self.start_nnz is None else self.start_nnz
+
+    @property
+    def _sparse_start(self) -> bool:  # type: ignore[override]
+        return self.start_nnz is not None and self.start_nnz < self.dims
+
+    def _regrow(self, nnz: int) -> int:  # type: ignore[override]
+        return int(round(self.regrow * nnz)) if self._sparse_start else 0
 
     @property
     def _restart(self) -> bool:  # type: ignore[override]
@@ -698,7 +891,14 @@ class CompressedELSA(ELSA):
 
     def check_params(self) -> None:
         super().check_params()
-        check_int(self.nnz, "nnz", 1, self.dims, error=TrainingError, hint=f" (dims={self.dims})")
+        if self.start_nnz is None:
+            check_int(self.nnz, "nnz", 1, self.dims, error=TrainingError, hint=f" (dims={self.dims})")
+        else:
+            check_int(self.start_nnz, "start_nnz", 1, self.dims, error=TrainingError,
+                      hint=f" (at most dims={self.dims}, or None for the dense start)")
+            check_int(self.nnz, "nnz", 1, self.start_nnz, error=TrainingError,
+                      hint=f" (at most start_nnz={self.start_nnz})")
+        check_float(self.regrow, "regrow", 0.0, 1.0, error=TrainingError)
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"unknown pruning schedule {self.schedule!r}; expected one of {SCHEDULES}")
         _check_ints(self, (("prune_steps", 1), ("warmup_epochs", 0), ("finetune_epochs", 0)))
@@ -711,10 +911,10 @@ class CompressedELSA(ELSA):
                 f"warmup_epochs ({self.warmup_epochs}) + finetune_epochs ({self.finetune_epochs}) "
                 f"must leave at least one pruning epoch within epochs={self.epochs}"
             )
-        nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
+        nnz_schedule(self.schedule, self._start_dims, self.nnz, self.prune_steps)
 
     def _pruning_plan(self, n_batches: int) -> dict[int, int]:
-        levels = nnz_schedule(self.schedule, self.dims, self.nnz, self.prune_steps)
+        levels = nnz_schedule(self.schedule, self._start_dims, self.nnz, self.prune_steps)
         return pruning_plan(levels, n_batches, self.warmup_epochs, self.epochs - self.finetune_epochs)
 
     def _prune(self, weight, mask, init, nnz: int) -> None:

@@ -1,8 +1,10 @@
 """Pruning schedules of Compressed ELSA: how many active dims per row, and when.
 
-A schedule takes each item row from the dense width ``dims`` down to the
-target ``nnz`` in a few pruning events, spread evenly over the pruning phase
-(between ``warmup_epochs`` and ``epochs - finetune_epochs``):
+A schedule takes each item row from its start width (the dense width
+``dims``, or ``start_nnz`` for a sparse start) down to the target ``nnz`` in a
+few pruning events, spread evenly over the pruning phase (between
+``warmup_epochs`` and ``epochs - finetune_epochs``). Below, ``dims`` stands for
+the start width:
 
 ``constant``
     one-shot: the dense model trains through the pruning phase and is pruned
@@ -36,7 +38,7 @@ def nnz_schedule(schedule: str, start: int, target: int, prune_steps: int = 10) 
     Parameters
     ----------
     schedule : one of ``SCHEDULES``.
-    start : dims per row before pruning (the dense width).
+    start : dims per row before pruning (the dense width, or ``start_nnz`` for a sparse start).
     target : dims per row at the end.
     prune_steps : number of events for ``linear`` and ``exponential``.
 
