@@ -30,3 +30,45 @@ def test_accuracy_study_runs_on_a_tiny_parquet(tmp_path):
     (out / "accuracy.md").unlink()
     assert accuracy.main(["--out", str(out), "--render-only"]) == 0
     assert (out / "accuracy.md").read_text() == md
+
+
+def _tiny_sparse(tmp_path, n_items=300, dims=64, nnz=6, n_queries=12):
+    """A sparse checkpoint and a query matrix (scipy .npz) on disk."""
+    import scipy.sparse as sp
+
+    from elsa_index.checkpoint import Checkpoint
+
+    rng = np.random.default_rng(1)
+    rows = np.repeat(np.arange(n_items), nnz)
+    cols = np.concatenate([rng.choice(dims, nnz, replace=False) for _ in range(n_items)])
+    E = sp.csr_matrix((rng.normal(size=len(rows)).astype(np.float32), (rows, cols)), shape=(n_items, dims))
+    Checkpoint(E, np.array([f"i{i}" for i in range(n_items)]), np.ones(n_items), kind="imported").save(tmp_path / "ck")
+    Q = sp.random(n_queries, dims, density=0.5, format="csr", dtype=np.float32, random_state=2)
+    sp.save_npz(tmp_path / "q.npz", Q)
+    return tmp_path / "ck", tmp_path / "q.npz"
+
+
+def test_interleaved_study_compares_configurations_with_exact(tmp_path, capsys):
+    from elsa_index.eval.studies import interleaved
+
+    ck, q = _tiny_sparse(tmp_path)
+    # Unlimited budgets: the approximate backend returns the exact top k (recall 1); a tiny posting budget loses some.
+    argv = [str(ck), str(q), "--backend", "sparse-approx", "--k", "10", "--at", "5",
+            "--config", '{"heap_factor": 1e-6}', "--config", '{"max_postings": 3}']
+    assert interleaved.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["backend"] == "sparse-approx" and res["items"] == 300 and res["queries"] == 12 and res["k"] == 10
+    full, budget = res["configs"]
+    assert full["search"] == {"heap_factor": 1e-6} and full["retrieval_recall@5"] == 1.0
+    assert budget["retrieval_recall@5"] < 1.0
+    assert full["p50_ratio_to_first"] == 1.0 and full["p50_ms"] > 0 and res["exact_p50_ms"] > 0
+
+
+def test_interleaved_study_refuses_a_cut_off_above_k(tmp_path):
+    import pytest
+
+    from elsa_index.eval.studies import interleaved
+
+    ck, q = _tiny_sparse(tmp_path)
+    with pytest.raises(SystemExit, match="--at must be in"):
+        interleaved.main([str(ck), str(q), "--backend", "sparse-approx", "--k", "5", "--at", "6"])
