@@ -23,7 +23,7 @@ import numpy as np
 
 from ._atomic import interrupted_versions, recover
 
-__all__ = ["load_array", "npy_header", "save_array", "save_csr", "load_csr", "write_json", "read_json",
+__all__ = ["load_array", "npy_header", "save_array", "save_csr", "load_csr", "check_csr", "write_json", "read_json",
            "read_manifest", "array_digest", "json_default", "file_digest", "record_files", "verify_files"]
 
 
@@ -103,22 +103,34 @@ def load_csr(directory: Path, prefix: str, shape: tuple[int, int], error: Callab
     data = load_array(directory / f"{prefix}data.npy", error, mmap=mmap)
     indices = load_array(directory / f"{prefix}indices.npy", error, mmap=mmap)
     indptr = load_array(directory / f"{prefix}indptr.npy", error, mmap=mmap)
+    check_csr(f"{directory}: {prefix or 'csr '}arrays", data, indices, indptr, shape, error)
+    # copy=False keeps memory-mapped data/indices mapped (scipy may narrow the small indptr to int32).
+    return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
+
+
+def check_csr(what: str, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int],
+              error: Callable[[str], Exception], *, real: bool = True) -> None:
+    """Check that CSR arrays describe a valid ``shape`` matrix, so that compiled code indexing with them stays inside.
+
+    1-D arrays, integer ``indices``/``indptr``, consistent lengths, a monotone
+    ``indptr`` from 0 to the number of values, column indices in
+    ``[0, n_cols)``; with ``real`` (the default) float values, all finite.
+    ``what`` names the arrays in the message of ``error``.
+    """
     n_rows, n_cols = shape
-    what = f"{directory}: {prefix or 'csr '}arrays"
     if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1:
         raise error(f"{what} must be 1-D")
-    if data.dtype.kind != "f" or indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
-        raise error(f"{what} have dtypes {data.dtype}/{indices.dtype}/{indptr.dtype}; expected float/int/int")
+    if (real and data.dtype.kind != "f") or indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        raise error(f"{what} have dtypes {data.dtype}/{indices.dtype}/{indptr.dtype}; "
+                    f"expected {'float' if real else 'number'}/int/int")
     if len(indptr) != n_rows + 1 or len(data) != len(indices) or indptr[0] != 0 or indptr[-1] != len(data):
         raise error(f"{what} are inconsistent with shape {shape} ({len(indptr)} pointers, {len(data)} values)")
     if len(indptr) > 1 and (np.diff(indptr) < 0).any():
         raise error(f"{what}: indptr is not monotone")
     if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
         raise error(f"{what}: column indices outside [0, {n_cols})")
-    if data.size and not np.isfinite(data).all():
+    if real and data.size and not np.isfinite(data).all():
         raise error(f"{what}: values contain NaN or inf")
-    # copy=False keeps memory-mapped data/indices mapped (scipy may narrow the small indptr to int32).
-    return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
 
 
 def write_json(path: Path, obj: Any) -> None:

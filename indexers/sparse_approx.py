@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from elsa_index._checks import check_float, check_int
-from elsa_index._io import load_array, save_array
+from elsa_index._io import check_csr, load_array, save_array
 from elsa_index.errors import BackendError
 
 from . import _approx_kernels as _k
@@ -219,9 +219,7 @@ class ApproxSparse(Backend):
             fptr = load_array(directory / "forward_indptr.npy", BackendError, mmap=mmap)
             fdim = load_array(directory / "forward_dims.npy", BackendError, mmap=mmap)
             fval = load_array(directory / "forward_values.npy", BackendError, mmap=mmap)
-            _check_csr_arrays(directory, "forward", fptr, fdim, fval, n, dims, (np.uint16, np.int32))
-            if fval.dtype != np.float32 or (fval.size and not np.isfinite(fval).all()):
-                raise BackendError(f"{directory}/forward_values.npy must hold finite float32 values")
+            _check_csr_arrays(directory, "forward", fptr, fdim, fval, n, dims, (np.uint16, np.int32), np.float32)
             self.fptr_, self.fdim_, self.fval_ = fptr, fdim, fval
             self.perm_ = perm
             self.inv_ = np.empty_like(perm)
@@ -237,9 +235,7 @@ class ApproxSparse(Backend):
         lids = load_array(directory / "lists_items.npy", BackendError, mmap=mmap)
         codes = load_array(directory / "lists_codes.npy", BackendError, mmap=mmap)
         scale = load_array(directory / "lists_scale.npy", BackendError)
-        _check_csr_arrays(directory, "lists", lptr, lids, codes, 2 * dims, n, (np.int32,))
-        if codes.dtype != np.uint8:
-            raise BackendError(f"{directory}/lists_codes.npy must be uint8, got {codes.dtype}")
+        _check_csr_arrays(directory, "lists", lptr, lids, codes, 2 * dims, n, (np.int32,), np.uint8)
         if scale.shape != (1,) or not np.isfinite(scale).all() or scale[0] <= 0:
             raise BackendError(f"{directory}/lists_scale.npy must hold one positive number")
         self.lptr_, self.lids_, self.lcodes_, self.scale_ = lptr, lids, codes, np.float64(scale[0])
@@ -265,19 +261,13 @@ def _is_permutation(perm: np.ndarray) -> bool:
     return bool((np.bincount(perm, minlength=n) == 1).all())
 
 
-def _check_csr_arrays(directory, prefix, indptr, indices, values, n_rows, n_cols, index_types) -> None:
-    """Range-check CSR-like arrays, so that no file can make the compiled kernel read outside them."""
-    if indptr.dtype != np.int64 or indptr.shape != (n_rows + 1,):
-        raise BackendError(f"{directory}/{prefix}_indptr.npy must be int64 of shape ({n_rows + 1},), "
-                           f"got {indptr.dtype} {indptr.shape}")
-    if indices.dtype not in [np.dtype(t) for t in index_types] or indices.ndim != 1:
-        raise BackendError(f"{directory}: {prefix} indices must be a 1-D array of "
-                           f"{' or '.join(np.dtype(t).name for t in index_types)}, got {indices.dtype} {indices.shape}")
-    if values.shape != indices.shape:
-        raise BackendError(f"{directory}: {prefix} values and indices differ in length "
-                           f"({values.shape} vs {indices.shape})")
-    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
-        raise BackendError(f"{directory}/{prefix}_indptr.npy is not a monotone offset array ending at "
-                           f"{len(indices)}")
-    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
-        raise BackendError(f"{directory}: {prefix} indices fall outside [0, {n_cols})")
+def _check_csr_arrays(directory, prefix, indptr, indices, values, n_rows, n_cols, index_types, value_type) -> None:
+    """The dtypes the compiled kernels take, then the shared CSR checks (:func:`elsa_index._io.check_csr`: lengths,
+    monotone offsets, indices in range), so that no file can make a kernel read outside its arrays."""
+    types = [np.dtype(t) for t in index_types]
+    if indptr.dtype != np.int64 or indices.dtype not in types or values.dtype != np.dtype(value_type):
+        raise BackendError(f"{directory}: {prefix} arrays must be int64 offsets, "
+                           f"{' or '.join(t.name for t in types)} indices and {np.dtype(value_type).name} values; "
+                           f"got {indptr.dtype}, {indices.dtype} and {values.dtype}")
+    check_csr(f"{directory}: {prefix} arrays", values, indices, indptr, (n_rows, n_cols), BackendError,
+              real=np.dtype(value_type).kind == "f")

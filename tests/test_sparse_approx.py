@@ -175,10 +175,25 @@ def test_corrupted_files_refused(catalogue, tmp_path):
     items = np.load(tmp_path / "ix" / "lists_items.npy")
     items[0] = ck.n_items + 7  # points outside the catalogue
     np.save(tmp_path / "ix" / "lists_items.npy", items)
-    with pytest.raises(ElsaIndexError, match=r"lists indices fall outside"):
+    with pytest.raises(ElsaIndexError, match=r"lists arrays: column indices outside"):
         Backend.load(tmp_path / "ix", verify=False)
     with pytest.raises(ElsaIndexError, match="lists_items.npy"):
         Backend.load(tmp_path / "ix")  # the recorded digest no longer matches
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("forward_values.npy", lambda a: np.where(np.arange(len(a)) == 0, np.nan, a).astype(a.dtype), "values contain NaN"),
+    ("forward_values.npy", lambda a: a.astype(np.float64), "float32 values"),
+    ("forward_dims.npy", lambda a: np.full_like(a, 60000), "column indices outside"),
+    ("forward_indptr.npy", lambda a: np.r_[a[:1], a[2:3], a[1:2], a[3:]], "not monotone"),
+])
+def test_corrupted_forward_rows_refused(catalogue, tmp_path, name, edit, message):
+    ck, _ = catalogue
+    ap = get_backend("sparse-approx")().build(ck)
+    ap.save(tmp_path / "ix")
+    np.save(tmp_path / "ix" / name, edit(np.load(tmp_path / "ix" / name)))
+    with pytest.raises(ElsaIndexError, match=message):
+        Backend.load(tmp_path / "ix", verify=False)
 
 
 def test_default_heap_factor_follows_the_largest_item(catalogue):
