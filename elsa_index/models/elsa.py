@@ -647,12 +647,7 @@ class _CompactState:
             src = self.init if restart and self.init is not None else self.values
             values = torch.nn.Parameter(torch.gather(src, 1, keep))
             init = None if self.init is None else torch.gather(self.init, 1, keep)
-        new = torch.optim.NAdam([values], lr=lr)
-        old = opt.state.get(self.values, {})
-        if old and not restart:
-            shape = self.values.shape
-            new.state[values] = {k: (torch.gather(v, 1, keep) if torch.is_tensor(v) and v.shape == shape
-                                     else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
+        new = _nadam_carried(values, None if restart else opt, self.values, lambda t: torch.gather(t, 1, keep), lr)
         return _CompactState(values, cols, self.dims, init), new
 
     @classmethod
@@ -664,13 +659,8 @@ class _CompactState:
         cols = torch.from_numpy(cols_np).to(dense.weight.device)
         with torch.no_grad():
             values = torch.nn.Parameter(torch.gather(dense.weight, 1, cols))
-        new = torch.optim.NAdam([values], lr=lr)
-        old = opt.state.get(dense.weight, {})
-        if old:
-            # NAdam is elementwise: the live entries' moments and step counters
-            # carry over, so the updates are those of the masked dense model.
-            new.state[values] = {k: (torch.gather(v, 1, cols) if torch.is_tensor(v) and v.shape == dense.weight.shape
-                                     else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
+        # The live entries' moments and step counters carry over: the updates are those of the masked dense model.
+        new = _nadam_carried(values, opt, dense.weight, lambda t: torch.gather(t, 1, cols), lr)
         return cls(values, cols, dense.weight.shape[1]), new
 
     def _pruned_regrown(self, nnz: int, opt, lr: float, r: int):
@@ -685,24 +675,15 @@ class _CompactState:
             use = cand >= 0
             new_cols = torch.cat([torch.gather(self.cols, 1, keep),
                                   torch.where(use, cand, torch.gather(self.cols, 1, extra))], 1)
-            new_vals = torch.cat([torch.gather(self.values, 1, keep),
-                                  torch.where(use, 0.0, torch.gather(self.values, 1, extra))], 1)
             order = torch.argsort(new_cols, dim=1)
             cols = torch.gather(new_cols, 1, order)
-            values = torch.nn.Parameter(torch.gather(new_vals, 1, order))
-            new = torch.optim.NAdam([values], lr=lr)
-            old = opt.state.get(self.values, {})
-            if old:
-                shape = self.values.shape
-                st = {}
-                for k, v in old.items():
-                    if torch.is_tensor(v) and v.shape == shape:
-                        m = torch.cat([torch.gather(v, 1, keep),
-                                       torch.where(use, 0.0, torch.gather(v, 1, extra))], 1)
-                        st[k] = torch.gather(m, 1, order)
-                    else:
-                        st[k] = v.clone() if torch.is_tensor(v) else v
-                new.state[values] = st
+
+            def select(t):  # per entry: the kept ones, then regrown ones at 0 (or the next-largest), by column
+                return torch.gather(torch.cat([torch.gather(t, 1, keep),
+                                               torch.where(use, 0.0, torch.gather(t, 1, extra))], 1), 1, order)
+
+            values = torch.nn.Parameter(select(self.values))
+            new = _nadam_carried(values, opt, self.values, select, lr)
         return _CompactState(values, cols, self.dims, None), new
 
     def _normalised(self):
@@ -752,6 +733,24 @@ class _CompactState:
 
     def live_columns(self) -> np.ndarray:
         return self.cols.cpu().numpy()
+
+
+def _nadam_carried(values, opt, old_param, select, lr: float):
+    """A NAdam over ``values`` whose per-entry state is ``select`` of ``old_param``'s state in ``opt``.
+
+    NAdam is elementwise, so carrying the moments of the entries that survive
+    (through ``select``, e.g. a gather of their columns) continues their
+    updates unchanged; other state (step counters) is copied. With ``opt``
+    None, or no state yet for ``old_param``, the optimiser starts afresh.
+    """
+    import torch
+
+    new = torch.optim.NAdam([values], lr=lr)
+    old = {} if opt is None else opt.state.get(old_param, {})
+    if old:
+        new.state[values] = {k: (select(v) if torch.is_tensor(v) and v.shape == old_param.shape
+                                 else (v.clone() if torch.is_tensor(v) else v)) for k, v in old.items()}
+    return new
 
 
 #: items per chunk of the compact products (a chunk's dense rows: chunk x dims floats)
