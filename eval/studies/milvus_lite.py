@@ -3,9 +3,9 @@
 The first ``--items`` rows of a sparse checkpoint are indexed with the ``milvus`` backend (Milvus Lite, the
 default) and with the exact ``sparse`` backend; the first ``--queries`` rows of a query matrix
 (``scipy.sparse.save_npz``) are searched one at a time, each query through every configuration and the exact
-backend in turn (interleaved, so machine load affects all alike; :mod:`.interleaved` does this for any backend). Prints one JSON object: per configuration
-p50/p95 in ms, retrieval recall@k against the exact top-k of the same embeddings, and the p50 ratio to the
-exact backend's.
+backend in turn (interleaved, so machine load affects all alike; :mod:`.interleaved` does this for any
+backend). Prints one JSON object: per configuration p50/p95 in ms, retrieval recall@k against the exact top-k
+of the same embeddings, and the p50 ratio to the exact backend's.
 
     python -m elsa_index.eval.studies.milvus_lite CKPT_DIR QUERIES.npz --items 100000 --queries 100 \\
         --config '{"depth": 200}' --config '{"depth": 1000}'
