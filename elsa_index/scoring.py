@@ -71,20 +71,9 @@ def score_rows(E, queries, candidates, dtype=np.float32) -> np.ndarray:
 
 def _sparse_sums(E, Qb: np.ndarray, rr: np.ndarray, items: np.ndarray) -> np.ndarray:
     """float32 ``Qb[rr[i]] · E[items[i]]``, summed sequentially in each row's stored order (the shared order)."""
+    from elsa_index.indexers._kernels import row_sums  # numba: loaded by the first sparse re-rank only
+
     if not E.has_sorted_indices:  # never sorts the caller's matrix in place
         E = E.sorted_indices()
-    starts = E.indptr[items]
-    lens = E.indptr[items + 1] - starts
-    first = np.cumsum(lens) - lens
-    offset = np.arange(int(lens.sum())) - np.repeat(first, lens)  # position of each entry within its row
-    pos = np.repeat(starts, lens) + offset
-    prod = np.asarray(E.data[pos], dtype=np.float32) * Qb[np.repeat(rr, lens), E.indices[pos]]
-    # One column per position in the row: adding column by column is a sequential float32 sum per item
-    # (numpy's own reductions sum pairwise, which is a different order); padded zeros add nothing.
-    width = int(lens.max()) if len(lens) else 0
-    P = np.zeros((width, len(items)), np.float32)
-    P[offset, np.repeat(np.arange(len(items)), lens)] = prod
-    acc = np.zeros(len(items), np.float32)
-    for column in P:
-        acc += column
-    return acc
+    return row_sums(E, np.ascontiguousarray(Qb, dtype=np.float32), rr.astype(np.int64, copy=False),
+                    items.astype(np.int64, copy=False))

@@ -266,6 +266,16 @@ def _blocked_batch(indptr, indices, data, n_blocks, block_items, n_items, q_indp
                        hs, hi, k, out_ids[r], out_scores[r])
 
 
+def _row_sums(indptr, indices, data, dense, rr, items, out):
+    for i in range(items.shape[0]):
+        j = items[i]
+        q = dense[rr[i]]
+        s = np.float32(0.0)
+        for p in range(indptr[j], indptr[j + 1]):
+            s += np.float32(data[p]) * q[indices[p]]
+        out[i] = s
+
+
 if HAVE_NUMBA:
     _jit = numba.njit(nogil=True, cache=True)
     _heap_less = _jit(_heap_less)
@@ -277,6 +287,7 @@ if HAVE_NUMBA:
     _group_max = numba.njit(nogil=True, cache=True, fastmath=True)(_group_max)
     _blocked_query = _jit(_blocked_query)
     _blocked_batch = _jit(_blocked_batch)
+    _row_sums = _jit(_row_sums)
 
 
 def _query_arrays(queries):
@@ -322,3 +333,18 @@ def blocked_topk(postings, queries, k: int, acc: np.ndarray) -> tuple[np.ndarray
                    np.asarray(p.data, dtype=np.float32), p.n_blocks, postings.block_items, postings.n_items,
                    *_query_arrays(queries), acc, k, ids, scores)
     return ids, scores
+
+
+def row_sums(E, dense: np.ndarray, rr: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """float32 ``dense[rr[i]] · E[items[i]]`` for each i, in the shared summation order.
+
+    ``E`` is a CSR matrix with sorted indices, ``dense`` a float32 array of
+    shape (n, dims), ``rr`` and ``items`` int64 arrays of one length. Each
+    sum adds the float32 products of the row's stored entries, from 0, in
+    stored (ascending dimension) order: the scores of the exact kernels.
+    ``E``'s arrays are read as they are (any integer index and float value
+    dtypes: one compiled signature per combination), never copied.
+    """
+    out = np.empty(len(items), np.float32)
+    _row_sums(E.indptr, E.indices, E.data, dense, rr, items, out)
+    return out

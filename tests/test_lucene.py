@@ -29,7 +29,7 @@ from elsa_index.indexers import get_backend  # noqa: E402
 from elsa_index.indexers.base import Backend  # noqa: E402
 from elsa_index.indexers._lucene_files import impacts as _impacts  # noqa: E402
 from elsa_index.indexers.requests import prune  # noqa: E402
-from elsa_index.indexers.lucene import LuceneImpact  # noqa: E402
+from elsa_index.indexers.lucene import LuceneImpact, default_depth  # noqa: E402
 from elsa_index.metrics import retrieval_recall  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,29 @@ def test_default_depth_recall_at_20(case):
     # The default query_mass sends part of each query; these toy queries (tens of terms over 64 dims, against
     # hundreds over 1,024+ dims for real users) lose more to it than real ones (0.99+, see the module notes).
     assert 0.9 <= default <= whole
+
+
+def test_default_depth_grows_with_the_values_per_item(case):
+    name, ckpt, U, lu, ex = case
+    rows = lambda n: sp.csr_matrix((np.ones(3 * n, np.float32), np.tile(np.arange(n), 3), np.arange(4) * n),
+                                   shape=(3, 256))
+    assert [default_depth(rows(n)) for n in (1, 16, 32, 64, 128)] == [400, 400, 400, 566, 800]
+    assert default_depth(sp.csr_matrix((0, 8), dtype=np.float32)) == 400
+    expect = default_depth(sp.csr_matrix(ckpt.embeddings))
+    assert lu.info()["index"]["default_depth"] == expect == lu.default_depth_
+    n = ckpt.n_items
+    assert lu._depth(5) == min(expect, n)
+    auto = lu.search(U, 20)
+    lu.set_search_params(depth=expect)
+    try:
+        explicit = lu.search(U, 20)
+        assert lu._depth(5) == min(expect, n)
+        lu.set_search_params(depth=7)
+        assert lu._depth(5) == 7 and lu._depth(9) == 9  # never under k
+    finally:
+        lu.set_search_params(depth=DEPTH)
+    np.testing.assert_array_equal(auto.ids, explicit.ids)
+    np.testing.assert_array_equal(auto.scores, explicit.scores)
 
 
 def test_sparse_and_dense_queries_agree(case):

@@ -98,6 +98,36 @@ def test_blocked_kernel_matches_exact_candidate_scoring_with_ties():
     _bits_equal(_blocked(E, Q, 25, 128), expect)
 
 
+@pytest.mark.parametrize("index_dtype,value_dtype", [(np.int32, np.float32), (np.int64, np.float64)])
+def test_score_rows_sums_in_stored_order_for_any_csr_dtypes(index_dtype, value_dtype):
+    # The compiled candidate scorer reads the caller's arrays as they are: float32 products added one by one from 0
+    # in ascending dimension order, whatever the index and value dtypes; unsorted rows are sorted on a copy.
+    E, Q = _random(n_items=300, dims=50, density=0.2, seed=8)
+    E.sort_indices()
+    E2 = sp.csr_matrix((E.data.astype(value_dtype), E.indices.astype(index_dtype), E.indptr.astype(index_dtype)),
+                       shape=E.shape)
+    rng = np.random.default_rng(1)
+    cand = rng.integers(-1, E.shape[0], size=(Q.shape[0], 40))
+    expect = np.full(cand.shape, -np.inf, np.float32)
+    Qd = Q.toarray()
+    for r, c in zip(*np.nonzero(cand >= 0)):
+        j = cand[r, c]
+        acc = np.float32(0)
+        for p in range(E.indptr[j], E.indptr[j + 1]):
+            acc = np.float32(acc + np.float32(np.float32(E.data[p]) * Qd[r, E.indices[p]]))
+        expect[r, c] = acc
+    np.testing.assert_array_equal(score_rows(E2, Q, cand).view(np.int32), expect.view(np.int32))
+    shuffled = E2.copy()
+    for i in range(shuffled.shape[0]):  # reverse each row's stored order
+        a, b = shuffled.indptr[i], shuffled.indptr[i + 1]
+        shuffled.indices[a:b] = shuffled.indices[a:b][::-1].copy()
+        shuffled.data[a:b] = shuffled.data[a:b][::-1].copy()
+    shuffled.has_sorted_indices = False
+    before = shuffled.indices.copy()
+    np.testing.assert_array_equal(score_rows(shuffled, Q, cand).view(np.int32), expect.view(np.int32))
+    np.testing.assert_array_equal(shuffled.indices, before)  # the caller's matrix is not sorted in place
+
+
 def test_blocked_kernel_zero_scores_and_untouched_blocks():
     # Items 2 and 4 are the only ones with values: the other top-k entries are zero-score items, lowest ids first,
     # including items of blocks the query never touches (skipped once the k-th score is 0); negative scores last.
