@@ -11,12 +11,16 @@ from elsa_index.metrics import retrieval_recall
 
 #: every registered backend, plus "toy" (tests/toy_backend.py, registered by the toy_registered fixture)
 NAMES = sorted(BACKENDS) + ["toy"]
+#: backends built with parameters besides their defaults: (name, parameters) under an id of their own
+VARIANTS = {"sparse-approx[approximate]": ("sparse-approx", {"exact_below": 0})}  # the defaults search small
+# catalogues such as these exactly; this runs its approximate search through the contract too
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=NAMES + list(VARIANTS))
 def built(request, toy_registered, backend_case):
-    cls, ckpt = backend_case(request.param)
-    be = cls().build(ckpt)
+    name, params = VARIANTS.get(request.param, (request.param, {}))
+    cls, ckpt = backend_case(name)
+    be = cls(**params).build(ckpt)
     yield be, ckpt
     be.close()
 

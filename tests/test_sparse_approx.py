@@ -15,6 +15,11 @@ from elsa_index.scoring import score_rows
 UNLIMITED = {"heap_factor": 1e-6, "query_share": 1.0, "max_postings": 0}
 
 
+def _approx(**params):
+    """The backend with its approximate search on (these catalogues are small enough for the exact path)."""
+    return get_backend("sparse-approx")(**{"exact_below": 0, **params})
+
+
 @pytest.fixture(scope="module")
 def catalogue():
     """1,500 signed items (8 of 128 dims each, planted groups) and 40 signed queries of ~60 terms."""
@@ -40,7 +45,7 @@ def _tied_queries(dims: int, n: int, rng) -> sp.csr_matrix:
 
 def test_unlimited_budgets_equal_exact_bit_for_bit(catalogue, exact):
     ck, Q = catalogue
-    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    ap = _approx(**UNLIMITED).build(ck)
     for k in (1, 10, 200, ck.n_items):
         a, b = exact.search(Q, k), ap.search(Q, k)
         np.testing.assert_array_equal(b.ids, a.ids)
@@ -55,7 +60,7 @@ def test_unlimited_budgets_keep_the_tie_rule(exact, catalogue):
     tied = _ckpt(E, "compressed_elsa")
     Q = _tied_queries(ck.dims, 30, np.random.default_rng(2))
     ex = get_backend("sparse")().build(tied)
-    ap = get_backend("sparse-approx")(**UNLIMITED).build(tied)
+    ap = _approx(**UNLIMITED).build(tied)
     a, b = ex.search(Q, 50), ap.search(Q, 50)
     assert (np.diff(a.scores, axis=1) == 0).any()  # the case has ties
     np.testing.assert_array_equal(b.ids, a.ids)
@@ -64,7 +69,7 @@ def test_unlimited_budgets_keep_the_tie_rule(exact, catalogue):
 
 def test_scores_are_exact_and_recall_high_at_defaults(catalogue, exact):
     ck, Q = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     res = ap.search(Q, 10)
     # Every returned score is the exact inner product in the shared summation order.
     np.testing.assert_array_equal(res.scores, score_rows(ck.embeddings, Q, res.ids))
@@ -82,11 +87,11 @@ def test_scores_are_exact_and_recall_high_at_defaults(catalogue, exact):
 
 def test_budgets_trade_recall_for_work(catalogue, exact):
     ck, Q = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     ref = exact.search(Q, 10)
     recall, work = [], []
     for params in ({"max_postings": 20}, {"query_share": 0.3}, {}, UNLIMITED):
-        ap.set_search_params(**{**ap.search_params, **params})
+        ap.set_search_params(**{**ap.search_params, "exact_below": 0, **params})
         ap.search_stats()
         res = ap.search(Q, 10)
         work.append(ap.search_stats()["postings"])
@@ -97,16 +102,16 @@ def test_budgets_trade_recall_for_work(catalogue, exact):
 
 def test_posting_share_prunes_lists(catalogue):
     ck, Q = catalogue
-    full = get_backend("sparse-approx")().build(ck)
-    half = get_backend("sparse-approx")(posting_share=0.5).build(ck)
+    full = _approx().build(ck)
+    half = _approx(posting_share=0.5).build(ck)
     assert len(half.lids_) < 0.6 * len(full.lids_)
     assert (half.search(Q, 5).ids >= 0).all()  # still k results
 
 
 def test_deterministic_and_thread_safe(catalogue, in_threads):
     ck, Q = catalogue
-    a = get_backend("sparse-approx")().build(ck)
-    b = get_backend("sparse-approx")().build(ck)
+    a = _approx().build(ck)
+    b = _approx().build(ck)
     expect = a.search(Q, 10)
     np.testing.assert_array_equal(b.search(Q, 10).ids, expect.ids)
     np.testing.assert_array_equal(a.perm_, b.perm_)
@@ -125,7 +130,7 @@ def test_all_negative_query_returns_zero_score_items_first(catalogue, exact):
     ck, _ = catalogue
     q = np.zeros((1, ck.dims), np.float32)
     q[0, :3] = -1.0
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     a, b = exact.search(q, 20), ap.search(q, 20)
     np.testing.assert_array_equal(b.ids, a.ids)
     np.testing.assert_array_equal(b.scores, a.scores)
@@ -141,34 +146,36 @@ def test_all_negative_query_returns_zero_score_items_first(catalogue, exact):
     ({"max_postings": 2.5}, "max_postings"),
     ({"posting_share": 0}, "posting_share must be a finite number > 0.0 and <= 1.0"),
     ({"posting_share": float("nan")}, "posting_share"),
+    ({"exact_below": -1}, "exact_below must be an integer >= 0"),
+    ({"exact_below": 1.5}, "exact_below"),
 ])
 def test_bad_parameters_are_refused(params, match):
     with pytest.raises(BackendError, match=match):
-        get_backend("sparse-approx")(**params)
+        _approx(**params)
 
 
 def test_bad_search_parameters_leave_the_old_ones(catalogue):
-    ap = get_backend("sparse-approx")().build(catalogue[0])
+    ap = _approx().build(catalogue[0])
     with pytest.raises(BackendError, match="heap_factor"):
         ap.set_search_params(heap_factor=0)
-    assert ap.get_search_params() == ap.search_params
+    assert ap.get_search_params() == {**ap.search_params, "exact_below": 0}
 
 
 def test_dense_checkpoint_refused(dense_checkpoint):
     with pytest.raises(ElsaIndexError, match="indexes sparse embeddings"):
-        get_backend("sparse-approx")().build(dense_checkpoint)
+        _approx().build(dense_checkpoint)
 
 
 def test_wider_query_refused(catalogue):
     ck, _ = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     with pytest.raises(ElsaIndexError, match="dims"):
         ap.search(sp.csr_matrix((1, ck.dims + 3), dtype=np.float32), 5)
 
 
 def test_corrupted_files_refused(catalogue, tmp_path):
     ck, Q = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     ap.save(tmp_path / "ix")
     back = Backend.load(tmp_path / "ix", mmap=True)
     np.testing.assert_array_equal(back.search(Q, 10).ids, ap.search(Q, 10).ids)
@@ -189,7 +196,7 @@ def test_corrupted_files_refused(catalogue, tmp_path):
 ])
 def test_corrupted_forward_rows_refused(catalogue, tmp_path, name, edit, message):
     ck, _ = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     ap.save(tmp_path / "ix")
     np.save(tmp_path / "ix" / name, edit(np.load(tmp_path / "ix" / name)))
     with pytest.raises(ElsaIndexError, match=message):
@@ -200,16 +207,16 @@ def test_default_heap_factor_follows_the_largest_item(catalogue):
     from elsa_index.indexers.sparse_approx import default_heap_factor
 
     ck, Q = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ == default_heap_factor(8) == 0.55
     assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.55
-    explicit = get_backend("sparse-approx")(heap_factor=0.55).build(ck)
+    explicit = _approx(heap_factor=0.55).build(ck)
     np.testing.assert_array_equal(ap.search(Q, 10).ids, explicit.search(Q, 10).ids)
 
 
 def test_touched_bytes_model(catalogue):
     ck, _ = catalogue
-    ap = get_backend("sparse-approx")().build(ck)
+    ap = _approx().build(ck)
     tb, model = type(ap).touched_bytes(ap.info(), ap.get_search_params(), 10, None, 2)
     # 10 items found through one 5-byte list entry each, scored from rows of 8 entries (6 B each); rows of
     # one length are found without their offset
@@ -250,7 +257,7 @@ def test_empty_rows_and_unlimited_budgets_equal_exact():
     Q = sp.random(12, 40, density=0.3, random_state=10, dtype=np.float32, format="csr")
     Q.data = rng.normal(size=Q.nnz).astype(np.float32)
     ex = get_backend("sparse")().build(ck)
-    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    ap = _approx(**UNLIMITED).build(ck)
     for k in (5, 300):
         a, b = ex.search(Q, k), ap.search(Q, k)
         np.testing.assert_array_equal(b.ids, a.ids)
@@ -269,10 +276,47 @@ def test_uniform_rows_score_bit_for_bit(nnz):
     rng = np.random.default_rng(6)
     Q = sp.random(20, 96, density=0.5, random_state=7, dtype=np.float32, format="csr")
     Q.data = rng.normal(size=Q.nnz).astype(np.float32)
-    ap = get_backend("sparse-approx")(**UNLIMITED).build(ck)
+    ap = _approx(**UNLIMITED).build(ck)
     assert ap.row_stride_ == nnz
     a, b = get_backend("sparse")().build(ck).search(Q, 50), ap.search(Q, 50)
     np.testing.assert_array_equal(b.ids, a.ids)
     np.testing.assert_array_equal(b.scores, a.scores)
     assert K.uniform_stride(np.array([0, 3, 6, 9]), 3) == 3
     assert K.uniform_stride(np.array([0, 3, 5, 9]), 4) == 0  # ragged rows: offsets are read
+
+
+def test_small_catalogues_are_searched_exactly(catalogue, exact, in_threads, tmp_path):
+    ck, Q = catalogue
+    default = get_backend("sparse-approx")().build(ck)  # 1,500 items < exact_below
+    assert default.info()["search_path"] == "exact"
+    for k in (1, 10, ck.n_items):
+        a, b = exact.search(Q, k), default.search(Q, k)
+        np.testing.assert_array_equal(b.ids, a.ids)
+        np.testing.assert_array_equal(b.scores, a.scores)
+    assert default.search_stats() == {"postings": 0, "scored": 0}  # the approximate kernel never ran
+    # The threshold is a strict bound on the number of items, and a search parameter.
+    default.set_search_params(exact_below=ck.n_items)
+    assert default.info()["search_path"] == "approximate"
+    default.search(Q, 10)
+    assert default.search_stats()["scored"] > 0
+    default.set_search_params(exact_below=ck.n_items + 1)
+    assert default.info()["search_path"] == "exact"
+    # Concurrent first searches of a fresh index make its exact postings once and agree.
+    fresh = get_backend("sparse-approx")().build(ck)
+    expect = exact.search(Q, 10)
+
+    def work(t):
+        return [fresh.search(Q[r : r + 1], 10) for r in range(Q.shape[0])]
+
+    for results in in_threads(work, 4).values():
+        for r, res in enumerate(results):
+            np.testing.assert_array_equal(res.ids[0], expect.ids[r])
+            np.testing.assert_array_equal(res.scores[0], expect.scores[r])
+    # A saved and reopened (memory-mapped) index takes the same path with the same results.
+    fresh.save(tmp_path / "ix")
+    back = Backend.load(tmp_path / "ix", mmap=True)
+    assert back.info()["search_path"] == "exact"
+    np.testing.assert_array_equal(back.search(Q, 10).ids, expect.ids)
+    np.testing.assert_array_equal(back.search(Q, 10).scores, expect.scores)
+    tb, model = type(back).touched_bytes(back.info(), back.get_search_params(), 10, np.array([100.0]), 1)
+    assert tb.tolist() == [75.0] and model.startswith("exact path")

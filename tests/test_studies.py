@@ -54,12 +54,12 @@ def test_interleaved_study_compares_configurations_with_exact(tmp_path, capsys):
     ck, q = _tiny_sparse(tmp_path)
     # Unlimited budgets: the approximate backend returns the exact top k (recall 1); a tiny posting budget loses some.
     argv = [str(ck), str(q), "--backend", "sparse-approx", "--k", "10", "--at", "5",
-            "--config", '{"heap_factor": 1e-6}', "--config", '{"max_postings": 3}']
+            "--config", '{"heap_factor": 1e-6, "exact_below": 0}', "--config", '{"max_postings": 3, "exact_below": 0}']
     assert interleaved.main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["backend"] == "sparse-approx" and res["items"] == 300 and res["queries"] == 12 and res["k"] == 10
     full, budget = res["configs"]
-    assert full["search"] == {"heap_factor": 1e-6} and full["retrieval_recall@5"] == 1.0
+    assert full["search"] == {"heap_factor": 1e-6, "exact_below": 0} and full["retrieval_recall@5"] == 1.0
     assert budget["retrieval_recall@5"] < 1.0
     assert full["p50_ratio_to_first"] == 1.0 and full["p50_ms"] > 0 and res["exact_p50_ms"] > 0
 
