@@ -2,7 +2,7 @@
 
 A query ``u`` becomes one boosted term per non-zero entry, ``p{d}`` for
 ``u_d > 0`` and ``n{d}`` for ``u_d < 0``, with boost ``|u_d| / max|u|``
-written with 9 decimals (see :mod:`.lucene` for why). A restricted search
+written with 6 decimals (see :mod:`.lucene` for why). A restricted search
 adds a required clause of *segment terms* with boost 0: it filters the
 matches without changing their scores.
 """
@@ -17,7 +17,9 @@ from ._lucene_files import FIELD
 
 __all__ = ["thread_parser", "weighted_terms", "filter_terms", "MAX_CLAUSES"]
 
-_BOOST_DECIMALS = 9
+#: decimals of the normalised boosts (in (0, 1]): an error of at most 5e-7 of the largest, far under the 8-bit
+#: impacts' 1/510; 9 decimals made the query text ~20% longer and its parse ~1.5x slower (measured, ML-1M users)
+_BOOST_DECIMALS = 6
 #: Lucene's default limit on the clauses of one query, nested clauses included (``IndexSearcher.maxClauseCount``)
 MAX_CLAUSES = 1024
 
@@ -32,7 +34,7 @@ def thread_parser(rt):
 
 
 def weighted_terms(dims: np.ndarray, vals: np.ndarray) -> tuple[str, float]:
-    """``(text, wmax)``: ``p3^0.500000000 n7^1.000000000``, boosts ``|u_d| / wmax``; ("", 0) for no entries.
+    """``(text, wmax)``: ``p3^0.500000 n7^1.000000``, boosts ``|u_d| / wmax``; ("", 0) for no entries.
 
     A Lucene score of this text times ``wmax`` is the score of the unnormalised query.
     """

@@ -25,14 +25,15 @@ embeddings ``P_j`` is the whole score and the re-rank only removes the
 quantisation error.
 
 Query weights are not quantised (Lucene boosts are floats): they are divided
-by the query's largest ``|u_d|`` and written with 9 decimals into a query
+by the query's largest ``|u_d|`` and written with 6 decimals into a query
 string parsed by Lucene's classic ``QueryParser`` (one Java call per query
 instead of one per term), and the Lucene score is multiplied back. With
 ``rerank=False`` the returned scores are these de-quantised ``P_j``; their
 error is at most ``sum over agreeing d of |u_d| * |q_jd / scale - |a_jd||``,
 i.e. ``0.5 / scale`` times the agreeing ``|u_d|`` (``1 / scale`` for values
-rounded up to impact 1), plus float32 rounding in Lucene's sum and ~1e-9
-relative from the printed boosts.
+rounded up to impact 1), plus float32 rounding in Lucene's sum and at
+most ``5e-7 * max|u|`` per agreeing term from the printed boosts (next to
+the impacts' ``1 / (2 * max_impact)`` of the largest value, nothing).
 
 Build parameters
 ----------------

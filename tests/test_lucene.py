@@ -164,7 +164,7 @@ def test_quantisation_error_is_bounded(case):
             per_value = np.where(np.abs(a) * s >= 0.5, 0.5 / s, 1.0 / s)
             bound = float((np.abs(ud) * per_value).sum())
             actual = abs(float(score) - p)
-            # Lucene sums float32 products; boosts carry 9 decimals.
+            # Lucene sums float32 products; boosts carry 6 decimals.
             assert actual <= bound + 1e-5 * (1 + abs(p)), (r, j, actual, bound)
             q = _impacts(a, s, 255)
             assert actual <= abs(float((np.abs(ud) * (q / s - np.abs(a))).sum())) + 1e-5 * (1 + abs(p))
