@@ -52,20 +52,29 @@ def score_rows(E, queries, candidates, dtype=np.float32) -> np.ndarray:
         raise ValueError(
             f"candidates must be an integer array of shape ({Q.shape[0]}, c), got {cand.dtype} {cand.shape}")
     cand = cand.astype(np.int64, copy=False)
-    if cand.size and (cand.min() < -1 or cand.max() >= n_items):
+    low = int(cand.min()) if cand.size else 0
+    if cand.size and (low < -1 or cand.max() >= n_items):
         raise ValueError(f"candidates hold item rows outside [-1, {n_items})")
     out = np.full(cand.shape, -np.inf, np.float64 if not sp.issparse(E) else np.float32)
     block = max(1, 4_000_000 // max(dims, 1))  # queries densified at once
     for start in range(0, Q.shape[0], block):
         Qb = Q if Q.shape[0] <= block else Q[start : start + block]  # slicing a sparse matrix costs ~30 us
         Qb = Qb.toarray() if sp.issparse(Qb) else Qb
-        rr, cc = np.nonzero(cand[start : start + block] >= 0)
-        items = cand[start + rr, cc]
+        cb = cand[start : start + block]
+        if low >= 0:  # no padding (the usual re-rank): every entry, row by row, without a mask
+            rr, cc = np.repeat(np.arange(cb.shape[0]), cb.shape[1]), None
+            items = cb.ravel()
+        else:
+            rr, cc = np.nonzero(cb >= 0)
+            items = cb[rr, cc]
         if sp.issparse(E):
             vals = _sparse_sums(E, np.asarray(Qb, dtype=np.float32), rr, items)
         else:
             vals = np.einsum("ij,ij->i", E[items].astype(np.float64), np.asarray(Qb, dtype=np.float64)[rr])
-        out[start + rr, cc] = vals
+        if cc is None:
+            out[start : start + cb.shape[0]] = vals.reshape(cb.shape)
+        else:
+            out[start + rr, cc] = vals
     return out.astype(dtype, copy=False)
 
 

@@ -267,7 +267,22 @@ def _blocked_batch(indptr, indices, data, n_blocks, block_items, n_items, q_indp
 
 
 def _row_sums(indptr, indices, data, dense, rr, items, out):
-    for i in range(items.shape[0]):
+    # Candidates are random rows, each behind two dependent loads (its offset, then its entries): the offset
+    # of the candidate 16 places ahead and the entries of the one 8 places ahead are prefetched.
+    n = items.shape[0]
+    for i in range(min(n, 16)):
+        _prefetch(indptr, items[i])
+    for i in range(min(n, 8)):
+        a = indptr[items[i]]
+        _prefetch(indices, a)
+        _prefetch(data, a)
+    for i in range(n):
+        if i + 16 < n:
+            _prefetch(indptr, items[i + 16])
+        if i + 8 < n:
+            a = indptr[items[i + 8]]
+            _prefetch(indices, a)
+            _prefetch(data, a)
         j = items[i]
         q = dense[rr[i]]
         s = np.float32(0.0)
