@@ -294,6 +294,82 @@ def test_lean_loss_is_the_normalised_mse(weighted):
     torch.testing.assert_close(scores.grad, g_ref)
 
 
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_loss_equals_the_unfused_one_with_gradients(monkeypatch, compact, weighted):
+    import torch
+
+    from elsa_index.models import elsa as elsa_mod
+
+    monkeypatch.setattr(elsa_mod, "FUSED_CHUNK_FLOATS", 5 * 3)  # 3 items a chunk for 5 users: several chunks
+    monkeypatch.setattr(elsa_mod, "_CHUNK_FLOATS", 3 * 8)
+    g = torch.Generator().manual_seed(3)
+    b, n, d, k = 5, 13, 8, 3
+    X = sp.random(b, n, density=0.3, format="csr", random_state=4, dtype=np.float32)
+    X.data[:] = 1
+    X = sp.csr_matrix(sp.diags(np.array([1, 1, 0, 1, 1], np.float32)) @ X)  # user 2: empty history
+    X.eliminate_zeros()
+    rows = torch.from_numpy(np.repeat(np.arange(b), np.diff(X.indptr)))
+    hist = torch.from_numpy(X.indices.astype(np.int64))
+    data = torch.from_numpy(X.data).double()
+    sqrt_w = None
+    if weighted:  # weights off the history columns, as sampled outputs have
+        w = torch.ones(n, dtype=torch.float64)
+        off = np.setdiff1d(np.arange(n), X.indices)
+        w[off] = torch.rand(len(off), generator=g, dtype=torch.float64) * 4
+        sqrt_w = w.sqrt()
+    xA = torch.randn(b, d, generator=g, dtype=torch.float64)
+    if compact:
+        cols = torch.stack([torch.randperm(d, generator=g)[:k].sort().values for _ in range(n)])
+        W = torch.randn(n, k, generator=g, dtype=torch.float64)
+    else:
+        cols, W = None, torch.randn(n, d, generator=g, dtype=torch.float64)
+    seen = {}
+
+    def run(fused):
+        u, w_ = xA.clone().requires_grad_(True), W.clone().requires_grad_(True)
+        got = []
+        sink = (lambda lo, hi, full: got.append((lo, full.clone()))) if compact else None
+        if fused:
+            loss = elsa_mod._fused_elsa_loss(u, w_, cols, rows, hist, data, sqrt_w, sink)
+        else:
+            S = elsa_mod._sparse_rows_product(u, w_, cols, sink) if compact else u @ w_.T
+            loss = elsa_mod._elsa_loss(S, rows, hist, data, sqrt_w)
+        loss.backward()
+        seen[fused] = torch.cat([f for _, f in sorted(got, key=lambda t: t[0])]) if got else None
+        return loss.detach(), u.grad, w_.grad
+
+    for a, b_ in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b_)
+    if compact:  # the regrowth recorder sees the same dense gradients
+        torch.testing.assert_close(seen[True], seen[False])
+
+
+def test_fused_outputs_train_the_same_model(planted):
+    class Fused(ELSA):
+        _fused_outputs = True
+
+    class Unfused(ELSA):
+        _fused_outputs = False
+
+    kw = dict(epochs=2, batch_size=256, lr=0.03, progress=False, seed=1)
+    a = Fused(32, **kw).fit(planted.train.matrix).embeddings_
+    b = Unfused(32, **kw).fit(planted.train.matrix).embeddings_
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+    class FusedC(CompressedELSA):
+        _fused_outputs = True
+
+    class UnfusedC(CompressedELSA):
+        _fused_outputs = False
+
+    ckw = dict(kw, epochs=3, warmup_epochs=0, finetune_epochs=1, prune_steps=4, n_negatives=40, start_nnz=12)
+    Ea, Eb = FusedC(48, 6, **ckw).fit(planted.train.matrix).embeddings_, UnfusedC(48, 6, **ckw).fit(
+        planted.train.matrix).embeddings_
+    np.testing.assert_array_equal(Ea.indices, Eb.indices)
+    np.testing.assert_allclose(Ea.data, Eb.data, atol=2e-5)
+
+
 def test_epoch_seconds_exclude_validation(planted, monkeypatch):
     import time
 

@@ -72,3 +72,27 @@ def test_interleaved_study_refuses_a_cut_off_above_k(tmp_path):
     ck, q = _tiny_sparse(tmp_path)
     with pytest.raises(SystemExit, match="--at must be in"):
         interleaved.main([str(ck), str(q), "--backend", "sparse-approx", "--k", "5", "--at", "6"])
+
+
+def test_train_memory_study_reports_each_configuration(capsys):
+    from elsa_index.eval.studies import train_memory
+
+    argv = ["--data", "synthetic", "--users", "300",
+            "--config", '{"kind": "elsa", "dims": 16, "batch_size": 128, "fused_outputs": true}',
+            "--config", '{"kind": "compressed", "dims": 32, "nnz": 4, "start_nnz": 8, "warmup_epochs": 0, '
+                        '"finetune_epochs": 0, "batch_size": 128}']
+    assert train_memory.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    dense, comp = res["configs"]
+    assert dense["steps"] == comp["steps"] == 3 and dense["outputs"] == dense["items"] > 0
+    assert dense["peak_mb"] >= 0 and dense["seconds_per_step"] > 0 and dense["peak_ratio_to_first"] in (1.0, None)
+    assert comp["config"]["kind"] == "compressed"
+
+
+def test_train_memory_study_names_a_failing_configuration():
+    import pytest
+
+    from elsa_index.eval.studies import train_memory
+
+    with pytest.raises(SystemExit, match="dims"):
+        train_memory.main(["--data", "synthetic", "--users", "50", "--config", '{"kind": "elsa", "dims": 0}'])

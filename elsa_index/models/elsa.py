@@ -59,6 +59,14 @@ logger = logging.getLogger(__name__)
 #: gradients). At batch 512 that is catalogues of up to 65,536 items.
 FULL_OUTPUT_CAP = 1 << 25
 
+#: A batch whose batch x scored-items array exceeds this many floats (16 MiB in float32) computes its outputs and
+#: loss in chunks of items (:func:`_fused_elsa_loss`), recomputing each chunk's scores in the backward pass: the
+#: step then holds one chunk's scores and gradients (about ``FUSED_CHUNK_FLOATS`` floats each) instead of about
+#: eight batch x items arrays, for one more matrix product per chunk.
+FUSED_OUTPUT_FLOATS = 1 << 22
+#: floats of one chunk's batch x items scores in the fused path
+FUSED_CHUNK_FLOATS = 1 << 21
+
 #: Negatives are drawn with probability proportional to (training count + 1)
 #: to this power (word2vec's smoothing: popular items, which score high and
 #: dominate the loss's normalisation, are drawn often; rare ones still can be).
@@ -185,6 +193,9 @@ class ELSA:
     _sampling_correction = True
     #: train only the live entries after the last pruning event (off only to measure the masked dense state)
     _compact_after_pruning = True
+    #: output scores in chunks, recomputed in the backward pass (see FUSED_OUTPUT_FLOATS): None decides by size;
+    #: True / False force it (to compare the two)
+    _fused_outputs: bool | None = None
 
     # -- configuration
 
@@ -446,8 +457,15 @@ class ELSA:
             sqrt_w = None if w is None else torch.from_numpy(np.sqrt(w).astype(np.float32)).to(device)
 
         opt.zero_grad(set_to_none=True)
-        scores = state.scores(idx, indptr, n_rows, cols)
-        loss = _elsa_loss(scores, rows, local, data, sqrt_w)
+        n_out = Xb.shape[1] if cols is None else len(cols)
+        fused = self._fused_outputs
+        if fused is None:
+            fused = n_rows * n_out > FUSED_OUTPUT_FLOATS
+        if fused:
+            xA, W, wcols, sink = state.parts(idx, indptr, n_rows, cols)
+            loss = _fused_elsa_loss(xA, W, wcols, rows, local, data, sqrt_w, sink)
+        else:
+            loss = _elsa_loss(state.scores(idx, indptr, n_rows, cols), rows, local, data, sqrt_w)
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -492,6 +510,99 @@ def _elsa_loss(scores, rows, cols, data, sqrt_w=None):
     n_p, n_x = pp.sqrt().clamp_min(eps), xx.sqrt().clamp_min(eps)
     return (pp / n_p**2 + xx / n_x**2 - 2 * px / (n_p * n_x)).mean()
 
+
+
+def _fused_elsa_loss(xA, W, wcols, rows, cols, data, sqrt_w=None, sink=None):
+    """:func:`_elsa_loss` of the scores ``xA @ Aᵀ``, computed item chunk by item chunk.
+
+    ``W`` holds the scored items' rows: dense (n_out, dims) when ``wcols`` is
+    None, else the live values (n_out, nnz) at columns ``wcols`` (the compact
+    state; ``sink`` records each chunk's dense gradient, as in
+    :func:`_sparse_rows_product`). The forward pass keeps per user only the
+    squared norm of the prediction and its product with the history; the
+    backward pass recomputes each chunk's scores for its gradient. The loss,
+    the gradients and what ``sink`` sees equal the unfused ones up to float
+    rounding (sums in another order).
+    """
+    import torch
+
+    global _FUSED
+    if _FUSED is None:
+        _FUSED = _make_fused()
+    pp, px = _FUSED.apply(xA, W, wcols, rows, cols, data, sqrt_w, sink)
+    eps = 1e-12
+    xx = torch.zeros_like(pp).index_add(0, rows, data * data)
+    n_p, n_x = pp.sqrt().clamp_min(eps), xx.sqrt().clamp_min(eps)
+    return (pp / n_p**2 + xx / n_x**2 - 2 * px / (n_p * n_x)).mean()
+
+
+def _make_fused():
+    import torch
+
+    def chunks(W, wcols, dims, n_rows):
+        step = max(1, min(FUSED_CHUNK_FLOATS // max(n_rows, 1), _CHUNK_FLOATS // dims))
+        for lo in range(0, W.shape[0], step):
+            hi = min(W.shape[0], lo + step)
+            if wcols is None:
+                yield lo, hi, W[lo:hi]
+            else:
+                R = torch.zeros(hi - lo, dims, dtype=W.dtype, device=W.device)
+                yield lo, hi, R.scatter_(1, wcols[lo:hi], W[lo:hi])
+
+    def predicted(xA, R, lo, hi, rows, cols, data, sqrt_w):
+        """A chunk's ``relu(scores - x)`` (weighted), the mask of its positive entries, and its history entries."""
+        S = xA @ R.T
+        sel = (cols >= lo) & (cols < hi)
+        r, c, d = rows[sel], cols[sel] - lo, data[sel]
+        S.index_put_((r, c), -d, accumulate=True)
+        mask = S > 0
+        S.relu_()
+        if sqrt_w is not None:
+            S.mul_(sqrt_w[lo:hi])
+        return S, mask, r, c, d
+
+    class Fused(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, xA, W, wcols, rows, cols, data, sqrt_w, sink):
+            dims = xA.shape[1]
+            pp = xA.new_zeros(xA.shape[0])
+            px = xA.new_zeros(xA.shape[0])
+            for lo, hi, R in chunks(W, wcols, dims, xA.shape[0]):
+                P, _, r, c, d = predicted(xA, R, lo, hi, rows, cols, data, sqrt_w)
+                pp += P.pow(2).sum(1)
+                px.index_add_(0, r, P[r, c] * d)
+            ctx.save_for_backward(xA, W, wcols, rows, cols, data, sqrt_w)
+            ctx.sink = sink
+            return pp, px
+
+        @staticmethod
+        def backward(ctx, g_pp, g_px):
+            xA, W, wcols, rows, cols, data, sqrt_w = ctx.saved_tensors
+            dims = xA.shape[1]
+            g_xA = torch.zeros_like(xA) if ctx.needs_input_grad[0] else None
+            g_W = torch.empty_like(W) if ctx.needs_input_grad[1] else None
+            for lo, hi, R in chunks(W, wcols, dims, xA.shape[0]):
+                P, mask, r, c, d = predicted(xA, R, lo, hi, rows, cols, data, sqrt_w)
+                # d pp / d p = 2p, d px / d p = x on the history; then through the weight and the relu.
+                G = P.mul_(2 * g_pp[:, None])
+                G.index_put_((r, c), g_px[r] * d, accumulate=True)
+                if sqrt_w is not None:
+                    G.mul_(sqrt_w[lo:hi])
+                G.mul_(mask)
+                if g_xA is not None:
+                    g_xA.addmm_(G, R)
+                if g_W is not None or ctx.sink is not None:
+                    full = G.T @ xA
+                    if g_W is not None:
+                        g_W[lo:hi] = full if wcols is None else torch.gather(full, 1, wcols[lo:hi])
+                    if ctx.sink is not None:
+                        ctx.sink(lo, hi, full)
+            return g_xA, g_W, None, None, None, None, None, None
+
+    return Fused
+
+
+_FUSED = None
 
 
 class _NegativeSampler:
@@ -552,14 +663,19 @@ class _DenseState:
         W = self.weight if self.mask is None else self.weight * self.mask
         return F.normalize(W, dim=-1)
 
-    def scores(self, idx, offsets, n_rows: int, cols):
-        """(batch, n_cols) scores ``(x·A)·a_j`` (all items when ``cols`` is None)."""
+    def parts(self, idx, offsets, n_rows: int, cols):
+        """``(x·A, output rows, None, None)``: the batch's hidden rows and the scored items' rows
+        (all items when ``cols`` is None), as :meth:`_CompactState.parts` returns them."""
         import torch.nn.functional as F
 
         A = self._normalised()
         # x·A as a sum of history rows: cheap for sparse histories on any catalogue size.
         xA = F.embedding_bag(idx, A, offsets, mode="sum")
-        A_out = A if cols is None else A[cols]
+        return xA, (A if cols is None else A[cols]), None, None
+
+    def scores(self, idx, offsets, n_rows: int, cols):
+        """(batch, n_cols) scores ``(x·A)·a_j`` (all items when ``cols`` is None)."""
+        xA, A_out, _, _ = self.parts(idx, offsets, n_rows, cols)
         return xA @ A_out.T
 
     def embeddings(self) -> np.ndarray:
@@ -691,7 +807,9 @@ class _CompactState:
 
         return F.normalize(self.values, dim=-1)
 
-    def scores(self, idx, offsets, n_rows: int, cols):
+    def parts(self, idx, offsets, n_rows: int, cols):
+        """``(x·A, values, columns, sink)``: the batch's hidden rows, the scored items' live entries (all
+        items when ``cols`` is None) and the regrowth recorder for their dense gradients (None: none)."""
         import torch
 
         V = self._normalised()
@@ -706,7 +824,11 @@ class _CompactState:
         if cols is not None:
             V, C, rows = V[cols], C[cols], cols
         sink = None if self.grow is None else (lambda lo, hi, g: self._record_growth(rows, lo, hi, g))
-        return _sparse_rows_product(xA, V, C, sink)
+        return xA, V, C, sink
+
+    def scores(self, idx, offsets, n_rows: int, cols):
+        """(batch, n_cols) scores, item chunk by item chunk (:func:`_sparse_rows_product`)."""
+        return _sparse_rows_product(*self.parts(idx, offsets, n_rows, cols))
 
     def _record_growth(self, rows, lo: int, hi: int, g) -> None:
         """Record in ``grow_cols``, for a chunk's rows, the ``grow`` dead columns of largest |gradient| ``g``."""
