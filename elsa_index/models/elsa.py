@@ -54,9 +54,10 @@ logger = logging.getLogger(__name__)
 # scoring and serving (which import this module) must not pay for it.
 
 #: Full outputs are used when ``batch_size * n_items`` scores stay within this
-#: many floats (128 MiB per float32 batch x catalogue array; a training step
-#: holds about eight such arrays: scores, target, their normalised copies and
-#: gradients). At batch 512 that is catalogues of up to 65,536 items.
+#: many floats (128 MiB as one float32 batch x catalogue array). Such batches
+#: compute their outputs in chunks (see FUSED_OUTPUT_FLOATS), so the cap bounds
+#: the time of a step (its output products grow with the catalogue) rather
+#: than its memory. At batch 512 that is catalogues of up to 65,536 items.
 FULL_OUTPUT_CAP = 1 << 25
 
 #: A batch whose batch x scored-items array exceeds this many floats (16 MiB in float32) computes its outputs and
