@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rates the search tries (default: 0.003 0.01 0.03)")
     g.add_argument("--search-dims", type=int, nargs="+", default=None, metavar="DIMS",
                    help="widths the search tries (default: the model's default width and half of it)")
+    g.add_argument("--search-prune-epochs", type=int, nargs="+", default=None, metavar="N",
+                   help="compressed model: pruning lengths in epochs the search tries (default: the model's own, "
+                        "--epochs minus --warmup-epochs minus --finetune-epochs, and twice it)")
     g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "
                         f"split, {' '.join(DEFAULT_METRICS)} for held-out users); recall@k is normalised by "

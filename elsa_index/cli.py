@@ -104,8 +104,9 @@ def _check_train_args(args) -> None:
     if args.search_budget is not None and (args.lr is not None or args.dims is not None):
         raise ElsaIndexError("with --search-budget the search chooses the learning rate and width: give the values "
                              "to try with --search-lrs/--search-dims instead of --lr/--dims")
-    if args.search_budget is None and (args.search_lrs or args.search_dims):
-        raise ElsaIndexError("--search-lrs/--search-dims need --search-budget (the time the search may take)")
+    if args.search_budget is None and (args.search_lrs or args.search_dims or args.search_prune_epochs):
+        raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs need --search-budget (the time the "
+                             "search may take)")
     if args.no_refit and not args.validation_users and args.search_budget is None:
         raise ElsaIndexError("--no-refit needs --validation-users (it keeps the early-stopped model)")
     if args.metrics:
@@ -133,17 +134,21 @@ def cmd_train(args) -> int:
     if search:
         recipe = search_recipe(
             args.model, split, base=params, lrs=args.search_lrs or DEFAULT_LRS, widths=args.search_dims,
+            prune_epochs=args.search_prune_epochs,
             max_epochs=params.get("epochs"), patience=patience or 10**6, budget_seconds=args.search_budget,
             validation_users=args.validation_users or 0.1, holdout_fraction=args.validation_holdout,
             seed=params.get("seed", 0))
+        def cand(c):
+            return f"lr {c['lr']:g} dims {c['dims']}" + (f" pruning {c['prune_epochs']} epochs"
+                                                          if "prune_epochs" in c else "")
+
         for t in recipe["trials"]:
-            _say(f"  trial lr {t['lr']:g} dims {t['dims']}: validation {recipe['metric']} {t['score']:.4f} "
+            _say(f"  trial {cand(t)}: validation {recipe['metric']} {t['score']:.4f} "
                  f"at epoch {t['best_epoch']} ({t['seconds']:.1f}s)")
         if recipe["untried"]:
-            _say(f"  not tried within {args.search_budget:g}s: "
-                 + ", ".join(f"lr {c['lr']:g} dims {c['dims']}" for c in recipe["untried"]))
+            _say(f"  not tried within {args.search_budget:g}s: " + ", ".join(cand(c) for c in recipe["untried"]))
         chosen = recipe["trials"][recipe["chosen"]]
-        _say(f"chosen: lr {chosen['lr']:g}, dims {chosen['dims']}, {recipe['best_epoch']} epochs")
+        _say(f"chosen: {cand(chosen)}, {recipe['best_epoch']} epochs")
         ckpt = fit_recipe(recipe, split, metrics=args.metrics, evaluate_heldout=not args.no_eval,
                           progress=not args.quiet)
     else:

@@ -116,7 +116,8 @@ def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch
         (["--patience", "-1"], "--patience must be an integer >= 0"),
         (["--validation-holdout", "1.5"], "--validation-holdout must be in (0, 1), got 1.5"),
         (["--search-budget", "10", "--lr", "0.1"], "the search chooses the learning rate and width"),
-        (["--search-lrs", "0.1"], "--search-lrs/--search-dims need --search-budget"),
+        (["--search-lrs", "0.1"], "--search-lrs/--search-dims/--search-prune-epochs need --search-budget"),
+        (["--search-prune-epochs", "2"], "need --search-budget"),
         (["--metrics", "precision@5"], "unknown metric 'precision@5'"),
     ],
 )
@@ -305,6 +306,22 @@ def test_recipe_search_from_the_cli(tmp_path, log_csv, capsys):
     assert chosen["score"] == max(t["score"] for t in recipe["trials"])
     assert Checkpoint.load(out).config["model"]["lr"] == chosen["lr"]
     assert "chosen: lr" in printed and recipe["validation"]["protocol"] == "users"
+
+
+def test_compressed_recipe_search_tries_pruning_lengths_from_the_cli(tmp_path, log_csv, capsys):
+    out = tmp_path / "ck"
+    assert _train(log_csv, out, "--model", "compressed", "--nnz", "4", "--epochs", "4",
+                  "--finetune-epochs", "2", "--warmup-epochs", "0", "--prune-steps", "4", "--search-budget", "300",
+                  "--search-lrs", "0.03", "--search-dims", "16", "--search-prune-epochs", "1", "2",
+                  "--validation-users", "40") == 0
+    printed = capsys.readouterr().out
+    ck = Checkpoint.load(out)
+    recipe = ck.config["recipe"]
+    assert [t["prune_epochs"] for t in recipe["trials"]] == [1, 2]
+    chosen = recipe["trials"][recipe["chosen"]]
+    m = ck.config["model"]
+    assert m["epochs"] - m["warmup_epochs"] - m["finetune_epochs"] == chosen["prune_epochs"]
+    assert "pruning 1 epochs" in printed and "pruning 2 epochs" in printed
 
 
 @pytest.mark.parametrize("model", ["ease", "popularity"])

@@ -127,3 +127,24 @@ def test_search_errors(fixed_split):
         search_recipe("elsa", fixed_split, widths=(0,), budget_seconds=1)
     with pytest.raises(TrainingError, match="not a recipe"):
         fit_recipe({"params": {}}, fixed_split)
+
+
+def test_compressed_search_tries_pruning_lengths(users_split):
+    base = dict(nnz=2, epochs=6, warmup_epochs=0, finetune_epochs=4, prune_steps=4, batch_size=64)
+    r = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), patience=2,
+                      budget_seconds=600.0, validation_users=30, seed=0)
+    # The model's own length (6 - 0 - 4 = 2 epochs) first, then twice it.
+    assert [t["prune_epochs"] for t in r["trials"]] == [2, 4]
+    chosen = r["trials"][r["chosen"]]
+    p = r["params"]
+    assert p["warmup_epochs"] + chosen["prune_epochs"] + p["finetune_epochs"] == p["epochs"]
+    assert p["epochs"] == max(r["best_epoch"], chosen["prune_epochs"])
+    given = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), prune_epochs=(3,),
+                          max_epochs=4, patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+    assert [t["prune_epochs"] for t in given["trials"]] == [3]
+    with pytest.raises(TrainingError, match="exceeds the 4 epochs"):
+        search_recipe("compressed", users_split, base=base, prune_epochs=(5,), max_epochs=4, budget_seconds=1)
+    with pytest.raises(TrainingError, match="prune_epochs must be an integer >= 1"):
+        search_recipe("compressed", users_split, base=base, prune_epochs=(0,), max_epochs=4, budget_seconds=1)
+    with pytest.raises(TrainingError, match="Compressed ELSA only"):
+        search_recipe("elsa", users_split, prune_epochs=(2,), budget_seconds=1)
