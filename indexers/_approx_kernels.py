@@ -420,7 +420,7 @@ def _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scal
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
         _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b],
-               qdense, seen, k, heap_factor, query_share, max_postings, out_ids[r], out_scores[r], stats)
+               qdense, seen, k, heap_factor[r], query_share, max_postings, out_ids[r], out_scores[r], stats)
 
 
 if HAVE_NUMBA:
@@ -457,7 +457,8 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     k : results per query (<= n_items).
     qdense : float32 (dims,) zeroed scratch; seen : uint64 (ceil(n_items / 64),) zeroed scratch (both
         left zeroed; one pair per thread).
-    heap_factor, query_share, max_postings : the search parameters (0 postings: no budget).
+    heap_factor : one number, or one per query (float64 array of n).
+    query_share, max_postings : the search parameters (0 postings: no budget).
     row_stride : :func:`uniform_stride` of the forward rows (computed when None; pass it to save an O(n) pass).
 
     Returns
@@ -473,5 +474,6 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     stats = np.zeros(2, np.int64)
     _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
            queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
-           qdense, seen, int(k), float(heap_factor), float(query_share), int(max_postings), ids, scores, stats)
+           qdense, seen, int(k), np.ascontiguousarray(np.broadcast_to(np.asarray(heap_factor, np.float64), (n,))),
+           float(query_share), int(max_postings), ids, scores, stats)
     return ids, scores, stats

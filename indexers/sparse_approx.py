@@ -19,18 +19,21 @@ summation order, ties to the lower item index). With ``heap_factor <= 1 /
 nnz_max`` (e.g. 1e-6), ``query_share=1``, ``max_postings=0`` and
 ``posting_share=1`` the results equal the exact top k.
 
-Small catalogues: below ``exact_below`` items (default 100,000) a search
-runs the exact backend's blocked kernel instead (exact results, from
-postings made from the forward rows at the first such search). There a
-pass over every posting of the query's dimensions is cheap, while the
-approximate search still scores each item it meets through a random
-access to its row. Measured one query at a time (k = 100): ML-1M
-(3,533 items) 0.043 vs 0.144 ms for 16 values per item and 0.26 vs
-0.85 ms for 128; Amazon-Book (24,915 items) 0.165 vs 0.195 ms for 32 and
-2.1 vs 10.4 ms for 128; synthetic catalogues of 16 values per item
-break even at ~100,000 items (0.36 vs 0.34 ms) and the approximate
-search wins above (1.31 vs 0.77 ms at 1M). Like a vector database's
-full-scan threshold: ``exact_below=0`` always searches approximately.
+When the exact kernel is faster: ``exact_below`` (an item count) sends
+searches over smaller catalogues to the exact backend's blocked kernel
+instead (postings made from the forward rows at the first such search;
+exact results, same scores and ties; ``info()["search_path"]`` says which).
+The default (None) takes the exact path under 100,000 items, and for items
+of more than 16 values at any size; ``exact_below=0`` always searches
+approximately. Measured one query at a time (k = 100): ML-1M (3,533 items)
+0.043 vs 0.144 ms for 16 values per item and 0.26 vs 0.85 ms for 128;
+Amazon-Book (24,915 items) 0.165 vs 0.195 ms for 32 and 2.1 vs 10.4 ms for
+128; synthetic catalogues of 16 values per item break even at ~100,000
+items (0.36 vs 0.34 ms) and the approximate search wins above (0.71 vs
+1.32 ms at 1M). Longer rows lose at every size: at 1M items (1,024 dims,
+queries of ML-1M users' length) 32 values took 27.8 ms at recall@20 0.997
+against exact's 25.0 ms, and 128 values 255 vs 24.5 ms; 100k items of 128
+values 27 vs 2.8 ms.
 
 Thread safety: searches only read the index (its arrays are read-only); the
 scratch arrays (a dense copy of the query and a bitset of the items met) are
@@ -73,30 +76,32 @@ class ApproxSparse(Backend):
     heap_factor : in (0, 1]; stop once ``tau * min(nnz_max, ratio / heap_factor)`` falls to the k-th score,
         where ``tau`` is the contribution threshold reached and ``ratio`` the mean score / contribution of
         the items admitted so far. Smaller reads more (<= 1 / nnz_max: exact). None (default):
-        :func:`default_heap_factor` of the index's largest item.
+        :func:`default_heap_factor` of each query (0.55, lower the more query terms an item shares).
     query_share : in (0, 1]; query terms are taken by decreasing |weight| until this share of the query's
         L1 mass is covered.
     max_postings : posting budget per query (0: none).
-    exact_below : catalogues of fewer items are searched exactly (see the module notes); 0: never.
+    exact_below : catalogues of fewer items are searched exactly (see the module notes); 0: never; None
+        (default): under 100,000 items, or items of more than 16 values.
     """
 
     name = "sparse-approx"
     accepts = "sparse"
     exact = False
     build_params = {"posting_share": 1.0}
-    search_params = {"heap_factor": None, "query_share": 1.0, "max_postings": 0, "exact_below": 100_000}
+    search_params = {"heap_factor": None, "query_share": 1.0, "max_postings": 0, "exact_below": None}
     param_docs = {
         "posting_share": "share of each impact list kept at build time, largest |values| first (0-1]; "
                          "1 keeps every entry",
         "heap_factor": "(0-1]: stop reading postings once the contribution threshold x min(nnz_max, "
                        "ratio / heap_factor) falls to the k-th score (ratio: mean score / finding contribution "
-                       "of the items admitted so far); smaller reads more, <= 1/nnz_max is exact; None: 0.55, "
-                       "lowered as (32/nnz_max)^(1/4) for items of more than 32 entries",
+                       "of the items admitted so far); smaller reads more, <= 1/nnz_max is exact; None: per "
+                       "query, 0.55 x m^-0.15 with m = mean values per item x query terms / dims (at least 1)",
         "query_share": "(0-1]: query terms are used by decreasing |weight| until this share of the query's "
                        "L1 mass is covered",
         "max_postings": "posting budget per query (integer >= 0; 0 means no budget)",
         "exact_below": "catalogues of fewer items are searched with the exact kernel, faster there (integer "
-                       ">= 0; default 100000; 0: always approximate)",
+                       ">= 0; 0: always approximate; None (default): under 100000 items, or items of more than "
+                       "16 values, at any size)",
     }
 
     @classmethod
@@ -122,7 +127,7 @@ class ApproxSparse(Backend):
         if getattr(self, "fval_", None) is not None:
             out["stored_entries"] = int(len(self.fval_))
             out["uniform_rows"] = bool(self.row_stride_)
-            out["heap_factor_in_use"] = self.heap_factor_
+            out["heap_factor_in_use"] = self.heap_factor_ if self.heap_factor_ is not None else "per query"
             out["search_path"] = "exact" if self.exact_path_ else "approximate"
         return out
 
@@ -140,8 +145,8 @@ class ApproxSparse(Backend):
         check_float(self._search_params["query_share"], "query_share", 0.0, 1.0, low_open=True, error=BackendError)
         check_int(self._search_params["max_postings"], "max_postings", 0, error=BackendError,
                   hint=" (0 means no budget)")
-        check_int(self._search_params["exact_below"], "exact_below", 0, error=BackendError,
-                  hint=" (catalogues of fewer items are searched exactly; 0: never)")
+        check_int(self._search_params["exact_below"], "exact_below", 0, allow_none=True, error=BackendError,
+                  hint=" (catalogues of fewer items are searched exactly; 0: never; None: the default rule)")
 
     # ------------------------------------------------------------------ build
 
@@ -193,8 +198,12 @@ class ApproxSparse(Backend):
 
     @property
     def exact_path_(self) -> bool:
-        """Whether searches run the exact kernel (fewer items than ``exact_below``)."""
-        return self.n_items_ < int(self._search_params["exact_below"])
+        """Whether searches run the exact kernel: fewer items than ``exact_below``; by default (None) also
+        items of more than ``LONG_ROWS`` values."""
+        below = self._search_params["exact_below"]
+        if below is None:
+            return self.n_items_ < DEFAULT_EXACT_BELOW or self.nnz_max_ > LONG_ROWS
+        return self.n_items_ < int(below)
 
     def _search(self, queries, k: int):
         Q = queries if sp.issparse(queries) else sp.csr_matrix(queries)
@@ -207,7 +216,7 @@ class ApproxSparse(Backend):
         p = self._search_params
         forward = (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_)
         lists = (self.lptr_, self.lids_, self.lcodes_, self.scale_)
-        ids, scores, stats = _k.search_batch(forward, lists, Q, k, qdense, seen, self.heap_factor_,
+        ids, scores, stats = _k.search_batch(forward, lists, Q, k, qdense, seen, self._heap_factors(Q),
                                              p["query_share"], p["max_postings"], self.row_stride_)
         total = getattr(self._local, "stats", None)
         self._local.stats = (stats if total is None else total + stats)
@@ -231,10 +240,18 @@ class ApproxSparse(Backend):
         return _kernels.blocked_topk(postings, Q, k, acc)
 
     @property
-    def heap_factor_(self) -> float:
-        """The heap factor in use: the search parameter, or :func:`default_heap_factor` when it is None."""
+    def heap_factor_(self) -> float | None:
+        """The heap factor in use: the search parameter, or None when it is chosen per query
+        (:func:`default_heap_factor`)."""
         h = self._search_params["heap_factor"]
-        return float(h) if h is not None else default_heap_factor(self.nnz_max_)
+        return float(h) if h is not None else None
+
+    def _heap_factors(self, Q) -> np.ndarray | float:
+        """The search parameter, or :func:`default_heap_factor` of each query (its number of terms)."""
+        if self._search_params["heap_factor"] is not None:
+            return float(self._search_params["heap_factor"])
+        mean_values = len(self.fval_) / max(self.n_items_, 1)
+        return default_heap_factor(mean_values, np.diff(Q.indptr), self.dims_)
 
     def search_stats(self, *, reset: bool = True) -> dict:
         """Postings read and items scored by this thread's searches since the last reset (summed over queries)."""
@@ -292,16 +309,29 @@ class ApproxSparse(Backend):
         self._freeze()
 
 
-def default_heap_factor(nnz_max: int) -> float:
-    """The default heap factor: 0.55, lowered as ``(32 / nnz_max) ** 0.25`` for items of more than 32 entries.
+#: the default item threshold of the exact path (``exact_below=None``)
+DEFAULT_EXACT_BELOW = 100_000
+#: by default, items of more than this many values are searched exactly at any catalogue size
+LONG_ROWS = 16
 
-    Measured (retrieval recall@20 >= 0.99 and Recall@20 within 0.002 of exact): 0.55 suits items of 4-32
-    entries (the synthetic 1M catalogue: recall@20 0.994 at about half the exact kernel's time; ML-1M
-    Compressed ELSA with 8, 16 and 32: >= 0.999), while items of 128 entries score on more of their
-    dimensions, so the contribution an item is found by understates its score more: 0.55 gave 0.92 there,
-    the lowered 0.39 gives 0.991 (ML-1M, 128 entries).
+
+def default_heap_factor(mean_values: float, query_terms, dims: int):
+    """The default heap factor of queries of ``query_terms`` terms: ``0.55 * m ** -0.15``, ``m`` at least 1.
+
+    ``m = mean_values * query_terms / dims`` is how many of a query's terms an
+    item of ``mean_values`` values shares on average. The more it shares, the
+    more an item's score exceeds the one contribution it is found by, so the
+    search must read further before it stops. Calibrated at 1M items
+    (k=100, retrieval recall@20 >= 0.98 wanted): 16 values per item of 4,096
+    dims with 200-term queries (m = 0.8): 0.55 gives 0.994; 16 of 1,024
+    dims with 455-term queries (m = 7.1): 0.55 gave 0.906, 0.45 0.985,
+    0.39 0.998 (rule: 0.41); 32 of 1,024 with 710-term queries (m = 22):
+    0.55 gave 0.72, 0.40 0.983, 0.35 0.998 (rule: 0.35). Works on a scalar
+    or an array of term counts.
     """
-    return 0.55 * min(1.0, (32.0 / max(int(nnz_max), 1)) ** 0.25)
+    m = np.maximum(1.0, float(mean_values) * np.asarray(query_terms, dtype=np.float64) / max(int(dims), 1))
+    out = 0.55 * m ** -0.15
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def _is_permutation(perm: np.ndarray) -> bool:

@@ -203,15 +203,38 @@ def test_corrupted_forward_rows_refused(catalogue, tmp_path, name, edit, message
         Backend.load(tmp_path / "ix", verify=False)
 
 
-def test_default_heap_factor_follows_the_largest_item(catalogue):
+def test_default_heap_factor_follows_the_query_density(catalogue):
     from elsa_index.indexers.sparse_approx import default_heap_factor
 
+    # 0.55 while an item shares at most one query term on average, lower the more it shares.
+    assert default_heap_factor(16, 200, 4096) == 0.55 == default_heap_factor(8, 10, 128)
+    terms = np.array([50, 200, 455, 710])
+    h = default_heap_factor(16, terms, 1024)
+    assert (np.diff(h) < 0).all() and h[0] == 0.55 and abs(h[2] - 0.55 * (16 * 455 / 1024) ** -0.15) < 1e-12
+    np.testing.assert_allclose([default_heap_factor(16, t, 1024) for t in terms], h, rtol=1e-12)
     ck, Q = catalogue
     ap = _approx().build(ck)
-    assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ == default_heap_factor(8) == 0.55
-    assert default_heap_factor(128) < default_heap_factor(64) < default_heap_factor(32) == 0.55
-    explicit = _approx(heap_factor=0.55).build(ck)
-    np.testing.assert_array_equal(ap.search(Q, 10).ids, explicit.search(Q, 10).ids)
+    assert ap.get_search_params()["heap_factor"] is None and ap.heap_factor_ is None
+    assert ap.info()["heap_factor_in_use"] == "per query"
+    # Each query gets the heap factor of its own number of terms.
+    mean = ck.embeddings.nnz / ck.n_items
+    for r in range(5):
+        q = Q[r : r + 1]
+        explicit = _approx(heap_factor=default_heap_factor(mean, q.nnz, ck.dims)).build(ck)
+        np.testing.assert_array_equal(ap.search(q, 10).ids, explicit.search(q, 10).ids)
+
+
+def test_long_rows_are_searched_exactly_by_default(monkeypatch):
+    from elsa_index.indexers import sparse_approx
+
+    monkeypatch.setattr(sparse_approx, "DEFAULT_EXACT_BELOW", 0)  # only the long-row clause of the default rule
+    short = _ckpt(planted_sparse_embeddings(n_items=200, dims=128, nnz=16, seed=1), "compressed_elsa")
+    long = _ckpt(planted_sparse_embeddings(n_items=200, dims=128, nnz=17, seed=1), "compressed_elsa")
+    a = get_backend("sparse-approx")().build(short)
+    b = get_backend("sparse-approx")().build(long)
+    assert a.info()["search_path"] == "approximate" and b.info()["search_path"] == "exact"
+    b.set_search_params(exact_below=0)  # an explicit threshold replaces the default rule
+    assert b.info()["search_path"] == "approximate"
 
 
 def test_touched_bytes_model(catalogue):
