@@ -96,3 +96,23 @@ def test_train_memory_study_names_a_failing_configuration():
 
     with pytest.raises(SystemExit, match="dims"):
         train_memory.main(["--data", "synthetic", "--users", "50", "--config", '{"kind": "elsa", "dims": 0}'])
+
+
+def test_synthetic_catalogue_study_times_heap_factors_against_exact(tmp_path, capsys):
+    import scipy.sparse as sp
+
+    from elsa_index.eval.memprobe import save_queries
+    from elsa_index.eval.studies import synthetic_catalogue
+
+    ck, q = _tiny_sparse(tmp_path, n_items=400, dims=64, nnz=6)
+    Q = sp.load_npz(q)
+    H = sp.random(Q.shape[0], 400, density=0.02, format="csr", random_state=3, dtype=np.float32)
+    H.data[:] = 1
+    save_queries(tmp_path / "set.npz", Q, H)
+    argv = [str(ck), str(tmp_path / "set.npz"), "--items", "2000", "--queries", "20", "--heap-factor", "None", "1e-6"]
+    assert synthetic_catalogue.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["items"] == 2000 and res["values_per_item"] > 0 and res["queries"] == 20 and res["exact_p50_ms"] > 0
+    default, unlimited = res["configs"]
+    assert default["heap_factor"] is None and unlimited["retrieval_recall@20"] == 1.0  # exhaustive: exact top k
+    assert 0 <= default["retrieval_recall@20"] <= 1 and default["p50_ratio_to_exact"] > 0
