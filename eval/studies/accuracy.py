@@ -193,8 +193,24 @@ def render(results: dict) -> str:
         lines += markdown_table(["model", "floats/item", *names, "epochs", "train s", "s/epoch"], body,
                                 "lr" + "r" * len(names) + "rrr")
         lines.append("")
+        lines += _selections(runs)
         lines += _analysis(dataset, runs)
     return "\n".join(lines) + "\n"
+
+
+def _selections(runs: dict) -> list[str]:
+    """One line per model whose pruning recipe was chosen on validation users: the candidates and the choice."""
+    out = []
+    for name, r in runs.items():
+        sel = r.get("selection")
+        if not sel:
+            continue
+        tried = ", ".join(f"{c['prune_epochs']} epochs at lr {c['lr']:g}: {c['val_recall@20']:.4f}"
+                          for c in sel["candidates"])
+        chosen = sel["chosen"]
+        out.append(f"- {name}: pruning over {chosen['prune_epochs']} epochs at lr {chosen['lr']:g} "
+                   f"(validation Recall@20 of the candidates: {tried})")
+    return (["Pruning recipes chosen on the validation users:", "", *out, ""]) if out else []
 
 
 def _analysis(dataset: str, runs: dict) -> list[str]:
