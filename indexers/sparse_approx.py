@@ -32,8 +32,8 @@ Amazon-Book (24,915 items) 0.165 vs 0.195 ms for 32 and 2.1 vs 10.4 ms for
 items (0.36 vs 0.34 ms) and the approximate search wins above (0.71 vs
 1.32 ms at 1M). Longer rows lose at every size: at 1M items (1,024 dims,
 queries of ML-1M users' length) 32 values took 27.8 ms at recall@20 0.997
-against exact's 25.0 ms, and 128 values 255 vs 24.5 ms; 100k items of 128
-values 27 vs 2.8 ms.
+against exact's 24.4 ms; 100k items of 128 values 37 vs 13.5 ms
+(:mod:`elsa_index.eval.studies.synthetic_catalogue`).
 
 Thread safety: searches only read the index (its arrays are read-only); the
 scratch arrays (a dense copy of the query and a bitset of the items met) are
