@@ -43,6 +43,17 @@ def _tied_queries(dims: int, n: int, rng) -> sp.csr_matrix:
     return Q
 
 
+def _agree_in_threads(backend, Q, expect, in_threads, k=10):
+    """Four threads search ``Q`` one query at a time; every result equals ``expect`` row for row."""
+    def work(t):
+        return [backend.search(Q[r : r + 1], k) for r in range(Q.shape[0])]
+
+    for results in in_threads(work, 4).values():
+        for r, res in enumerate(results):
+            np.testing.assert_array_equal(res.ids[0], expect.ids[r])
+            np.testing.assert_array_equal(res.scores[0], expect.scores[r])
+
+
 def test_unlimited_budgets_equal_exact_bit_for_bit(catalogue, exact):
     ck, Q = catalogue
     ap = _approx(**UNLIMITED).build(ck)
@@ -116,13 +127,7 @@ def test_deterministic_and_thread_safe(catalogue, in_threads):
     np.testing.assert_array_equal(b.search(Q, 10).ids, expect.ids)
     np.testing.assert_array_equal(a.perm_, b.perm_)
 
-    def work(t):
-        return [a.search(Q[r : r + 1], 10) for r in range(Q.shape[0])]
-
-    for results in in_threads(work, 4).values():
-        for r, res in enumerate(results):
-            np.testing.assert_array_equal(res.ids[0], expect.ids[r])
-            np.testing.assert_array_equal(res.scores[0], expect.scores[r])
+    _agree_in_threads(a, Q, expect, in_threads)
 
 
 def test_all_negative_query_returns_zero_score_items_first(catalogue, exact):
@@ -328,13 +333,7 @@ def test_small_catalogues_are_searched_exactly(catalogue, exact, in_threads, tmp
     fresh = get_backend("sparse-approx")().build(ck)
     expect = exact.search(Q, 10)
 
-    def work(t):
-        return [fresh.search(Q[r : r + 1], 10) for r in range(Q.shape[0])]
-
-    for results in in_threads(work, 4).values():
-        for r, res in enumerate(results):
-            np.testing.assert_array_equal(res.ids[0], expect.ids[r])
-            np.testing.assert_array_equal(res.scores[0], expect.scores[r])
+    _agree_in_threads(fresh, Q, expect, in_threads)
     # A saved and reopened (memory-mapped) index takes the same path with the same results.
     fresh.save(tmp_path / "ix")
     back = Backend.load(tmp_path / "ix", mmap=True)
