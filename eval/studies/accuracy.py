@@ -2,11 +2,14 @@
 
 Usage::
 
-    python -m elsa_index.eval.studies.accuracy --data-dir DIR [--datasets ml-1m amazon-book] [--out eval/results]
+    python -m elsa_index.eval.studies.accuracy --data-dir DIR [--datasets ml-1m amazon-book book-crossing]
+        [--out eval/results]
         [--force] [--quick] [--only NAME ...] [--render-only]
 
-``DIR`` holds ``ml-1m.parquet`` and ``amazon-book.parquet`` (string columns
-``user_id``/``item_id``, ``rating`` for ML-1M, ``split`` for Amazon-Book); it
+``DIR`` holds ``ml-1m.parquet``, ``amazon-book.parquet`` and, for the large
+catalogue, ``book-crossing.parquet`` (string columns ``user_id``/``item_id``,
+``rating`` for ML-1M, ``split`` for Amazon-Book; only the datasets named are read;
+the default is ML-1M and Amazon-Book); it
 defaults to ``$ELSA_INDEX_DATA``. Every finished run is stored in
 ``OUT/accuracy.json`` at once, so an interrupted benchmark resumes where it
 stopped (``--force`` re-runs). ``OUT/accuracy.md`` is regenerated from the JSON.
@@ -263,7 +266,8 @@ def _analysis(dataset: str, runs: dict) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=os.environ.get("ELSA_INDEX_DATA"),
-                    help="folder with ml-1m.parquet and amazon-book.parquet (default: $ELSA_INDEX_DATA)")
+                    help="folder with ml-1m.parquet, amazon-book.parquet, book-crossing.parquet (default: "
+                         "$ELSA_INDEX_DATA)")
     ap.add_argument("--datasets", nargs="+", default=["ml-1m", "amazon-book"])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "results"))
     ap.add_argument("--force", action="store_true", help="re-run finished runs")
