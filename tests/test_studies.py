@@ -96,6 +96,8 @@ def test_train_memory_study_names_a_failing_configuration():
 
     with pytest.raises(SystemExit, match="dims"):
         train_memory.main(["--data", "synthetic", "--users", "50", "--config", '{"kind": "elsa", "dims": 0}'])
+    with pytest.raises(SystemExit, match="expected a JSON object"):
+        train_memory.main(["--data", "synthetic", "--config", "{dims: 8"])
 
 
 def test_synthetic_catalogue_study_times_heap_factors_against_exact(tmp_path, capsys):
@@ -116,3 +118,7 @@ def test_synthetic_catalogue_study_times_heap_factors_against_exact(tmp_path, ca
     default, unlimited = res["configs"]
     assert default["heap_factor"] is None and unlimited["retrieval_recall@20"] == 1.0  # exhaustive: exact top k
     assert 0 <= default["retrieval_recall@20"] <= 1 and default["p50_ratio_to_exact"] > 0
+    import pytest
+
+    with pytest.raises(SystemExit, match=r"must be in \(0, 1\]"):
+        synthetic_catalogue.main(argv[:-2] + ["1.5"])

@@ -91,6 +91,9 @@ def main(argv=None) -> int:
         hfs = [None if h == "None" else float(h) for h in args.heap_factor]
     except ValueError:
         raise SystemExit(f"--heap-factor takes numbers in (0, 1] or None, got {args.heap_factor}") from None
+    for h in hfs:
+        if h is not None and not 0 < h <= 1:
+            raise SystemExit(f"--heap-factor values must be in (0, 1] or None, got {h}")
     print(json.dumps(run(args.checkpoint, args.queries, items=args.items, n_queries=args.n_queries,
                          heap_factors=hfs, seed=args.seed), indent=1))
     return 0

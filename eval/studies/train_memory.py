@@ -77,7 +77,11 @@ def main(argv=None) -> int:
         ap.error("give at least one --config")
     rows = []
     for cfg in args.config:
-        json.loads(cfg)  # a bad configuration fails here, not in the child
+        try:  # a bad configuration fails here, not in the child
+            if not isinstance(json.loads(cfg), dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise SystemExit(f"--config {cfg!r}: expected a JSON object of model settings ({exc})") from None
         cmd = [sys.executable, "-m", "elsa_index.eval.studies.train_memory", "--data", args.data,
                "--users", str(args.users), "--threads", str(args.threads), "--child", cfg]
         for flag, value in (("--split-col", args.split_col), ("--rating-col", args.rating_col),
