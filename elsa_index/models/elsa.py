@@ -541,14 +541,14 @@ def _make_fused():
     import torch
 
     def chunks(W, wcols, dims, n_rows):
+        # A chunk holds at most FUSED_CHUNK_FLOATS scores (n_rows per item) and _CHUNK_FLOATS expanded weights.
         step = max(1, min(FUSED_CHUNK_FLOATS // max(n_rows, 1), _CHUNK_FLOATS // dims))
+        if wcols is not None:
+            yield from _chunks(W, wcols, dims, step)
+            return
         for lo in range(0, W.shape[0], step):
             hi = min(W.shape[0], lo + step)
-            if wcols is None:
-                yield lo, hi, W[lo:hi]
-            else:
-                R = torch.zeros(hi - lo, dims, dtype=W.dtype, device=W.device)
-                yield lo, hi, R.scatter_(1, wcols[lo:hi], W[lo:hi])
+            yield lo, hi, W[lo:hi]
 
     def predicted(xA, R, lo, hi, rows, cols, data, sqrt_w):
         """A chunk's ``relu(scores - x)`` (weighted), the mask of its positive entries, and its history entries."""
@@ -927,11 +927,13 @@ def _sparse_rows_product(u, values, cols, sink=None):
     return _SPARSE_ROWS.apply(u, values, cols, sink)
 
 
-def _chunks(values, cols, dims: int):
+def _chunks(values, cols, dims: int, step: int | None = None):
+    """``(lo, hi, dense rows)`` of compact rows ``values`` at ``cols``, ``step`` rows at a time (default: as many
+    as fit in ``_CHUNK_FLOATS`` floats)."""
     import torch
 
     n = values.shape[0]
-    step = max(1, _CHUNK_FLOATS // dims)
+    step = max(1, _CHUNK_FLOATS // dims) if step is None else step
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         rows = torch.zeros(hi - lo, dims, dtype=values.dtype, device=values.device)
