@@ -116,7 +116,8 @@ def test_synthetic_catalogue_study_times_heap_factors_against_exact(tmp_path, ca
     res = json.loads(capsys.readouterr().out)
     assert res["items"] == 2000 and res["values_per_item"] > 0 and res["queries"] == 20 and res["exact_p50_ms"] > 0
     default, unlimited = res["configs"]
-    assert default["heap_factor"] is None and unlimited["retrieval_recall@20"] == 1.0  # exhaustive: exact top k
+    assert default["search"] == {"exact_below": 0, "heap_factor": None}
+    assert unlimited["retrieval_recall@20"] == 1.0  # exhaustive: exact top k
     assert 0 <= default["retrieval_recall@20"] <= 1 and default["p50_ratio_to_exact"] > 0
     import pytest
 

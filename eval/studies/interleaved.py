@@ -56,6 +56,17 @@ def run(ckpt_dir: str, queries: str, backend: str, configs: list[dict], *, build
     if X is not None and X.shape[1] != E.shape[0]:
         raise SystemExit(f"{queries}: its exclusions cover {X.shape[1]} items, the catalogue has {E.shape[0]} "
                          f"(use the checkpoint the query set was made for, without --items)")
+    return compare(ck, Q, X, backend, configs, build=build, k=k, at=at)
+
+
+def compare(ck: Checkpoint, Q: sp.csr_matrix, X: sp.csr_matrix | None, backend: str, configs: list[dict], *,
+            build: dict | None = None, k: int = 100, at: int = 20) -> dict:
+    """Time ``configs`` of ``backend`` against the exact backend on checkpoint ``ck``, query by query.
+
+    ``Q`` are float32 CSR queries of ``ck``'s dims, ``X`` their exclusions (CSR over ``ck``'s items) or None.
+    Returns the JSON object the module documentation describes.
+    """
+    E = sp.csr_matrix(ck.embeddings)
     k = min(k, E.shape[0])
     at = min(at, k)
     exact = get_backend("sparse")().build(ck)

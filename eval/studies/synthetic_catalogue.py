@@ -5,8 +5,9 @@ sparse checkpoint and its users' query set (:mod:`elsa_index.eval.scale`: values
 value and query-length distributions), so that catalogues of any size keep the checkpoint's row length and
 its users' query length. Builds the exact ``sparse`` backend and ``sparse-approx`` (``exact_below=0``: the
 approximate search itself) and times each ``--heap-factor`` (``None``: the per-query default) against the
-exact kernel, query by query in one process (k = 100, histories excluded). Prints one JSON object: the exact
-p50, and per heap factor the p50, its ratio to exact and retrieval recall@20 (tie-tolerant).
+exact kernel, query by query in one process, with :func:`.interleaved.compare` (k = 100, histories
+excluded). Prints one JSON object: the catalogue, the exact p50, and per heap factor (``search``) the p50,
+its ratios and retrieval recall@20 (tie-tolerant).
 
     python -m elsa_index.eval.studies.synthetic_catalogue eval/results/ml-1m/checkpoints/ml-1m/celsa-32 \\
         eval/results/ml-1m/queries/ml-1m/celsa-32/queries.npz --items 1000000 --heap-factor None 0.4 0.35
@@ -17,18 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 import scipy.sparse as sp
 
 from elsa_index.checkpoint import Checkpoint
-from elsa_index.indexers import get_backend
-from elsa_index.metrics import retrieval_recall
-from elsa_index.scoring import score_rows
 
 from ..memprobe import load_queries
 from ..scale import fit_catalogue_stats, make_queries, make_sparse_catalogue
+from .interleaved import compare
 
 
 def run(ckpt_dir: str, queries: str, *, items: int, n_queries: int = 150, heap_factors=(None,), k: int = 100,
@@ -43,37 +41,9 @@ def run(ckpt_dir: str, queries: str, *, items: int, n_queries: int = 150, heap_f
     Q.sort_indices()
     X = sp.csr_matrix(X)
     cat = Checkpoint(E, np.array([f"i{i}" for i in range(items)]), np.ones(items), kind="compressed_elsa")
-    exact = get_backend("sparse")().build(cat)
-    approx = get_backend("sparse-approx")(exact_below=0).build(cat)
-    k = min(k, items)
-    rows = [(Q[r : r + 1], X[r : r + 1]) for r in range(Q.shape[0])]
-    ref = exact.search(Q, k, exclude=X)
-    configs = [None if h is None else float(h) for h in heap_factors]
-    lat = {i: [] for i in range(len(configs) + 1)}  # 0: exact
-    ids = {i: np.empty((len(rows), k), np.int64) for i in range(1, len(configs) + 1)}
-    for r, (q, x) in enumerate(rows):  # every query through every configuration, in alternating order
-        order = list(range(len(configs) + 1))
-        if r % 2:
-            order.reverse()
-        for i in order:
-            if i:
-                approx.set_search_params(heap_factor=configs[i - 1], exact_below=0)
-            be = approx if i else exact
-            t0 = time.perf_counter()
-            res = be.search(q, k, exclude=x)
-            lat[i].append(time.perf_counter() - t0)
-            if i:
-                ids[i][r] = res.ids[0]
-    p50_exact = float(np.median(lat[0]) * 1e3)
-    out = []
-    for i, h in enumerate(configs, start=1):
-        true = score_rows(E, Q, ids[i])
-        p50 = float(np.median(lat[i]) * 1e3)
-        out.append({"heap_factor": h, "p50_ms": round(p50, 3), "p50_ratio_to_exact": round(p50 / p50_exact, 3),
-                    f"retrieval_recall@{at}": round(float(retrieval_recall(true, ids[i], ref.scores, at).mean()), 4)})
-    return {"checkpoint": ckpt_dir, "items": items, "values_per_item": round(E.nnz / items, 2), "dims": E.shape[1],
-            "median_query_terms": float(np.median(np.diff(Q.indptr))), "queries": len(rows), "k": k,
-            "exact_p50_ms": round(p50_exact, 3), "configs": out}
+    configs = [{"exact_below": 0, "heap_factor": None if h is None else float(h)} for h in heap_factors]
+    out = compare(cat, Q, X, "sparse-approx", configs, k=k, at=at)
+    return {"checkpoint": ckpt_dir, "values_per_item": round(E.nnz / items, 2), "dims": E.shape[1], **out}
 
 
 def main(argv=None) -> int:
