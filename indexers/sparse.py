@@ -260,14 +260,7 @@ class ExactSparse(Backend):
         return Q @ self.dense_.T
 
     def _acc(self, size: int) -> np.ndarray:
-        # Per-thread zeroed accumulator (the kernels leave it zeroed), one per size in use.
-        accs = getattr(self._local, "accs", None)
-        if accs is None:
-            accs = self._local.accs = {}
-        acc = accs.get(size)
-        if acc is None:
-            acc = accs[size] = np.zeros(size, np.float32)
-        return acc
+        return thread_accumulator(self._local, size)
 
     def _search(self, queries, k: int):
         if self.postings_ is not None and _have_numba():
@@ -334,3 +327,15 @@ def _blocked_layout(directory: Path) -> bool:
         return True
     params = manifest.get("build_params") if isinstance(manifest, dict) else None
     return not isinstance(params, dict) or "block_items" in params
+
+
+def thread_accumulator(local: threading.local, size: int) -> np.ndarray:
+    """The calling thread's zeroed float32 accumulator of ``size`` floats for the exact kernels (which leave it
+    zeroed), kept in ``local``, one per size in use."""
+    accs = getattr(local, "accs", None)
+    if accs is None:
+        accs = local.accs = {}
+    acc = accs.get(size)
+    if acc is None:
+        acc = accs[size] = np.zeros(size, np.float32)
+    return acc

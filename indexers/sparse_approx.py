@@ -225,7 +225,7 @@ class ApproxSparse(Backend):
     def _search_exact(self, Q, k: int):
         """The exact blocked kernel over postings of the rows in their original order (same scores and ties)."""
         from . import _kernels
-        from .sparse import BlockedPostings
+        from .sparse import BlockedPostings, thread_accumulator
 
         postings = self._exact_postings
         if postings is None:
@@ -234,10 +234,7 @@ class ApproxSparse(Backend):
                     internal = sp.csr_matrix((self.fval_, self.fdim_, self.fptr_), shape=(self.n_items_, self.dims_))
                     self._exact_postings = BlockedPostings.from_embeddings(internal[self.inv_])
                 postings = self._exact_postings
-        acc = getattr(self._local, "acc", None)
-        if acc is None or acc.shape[0] != postings.block_items:
-            acc = self._local.acc = np.zeros(postings.block_items, np.float32)
-        return _kernels.blocked_topk(postings, Q, k, acc)
+        return _kernels.blocked_topk(postings, Q, k, thread_accumulator(self._local, postings.block_items))
 
     @property
     def heap_factor_(self) -> float | None:
