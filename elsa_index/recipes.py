@@ -174,7 +174,6 @@ def _prune_lengths(kind: str, base: dict, defaults: dict, own_epochs: int, epoch
             raise TrainingError(f"prune_epochs applies to Compressed ELSA only, not to {kind!r}")
         return []
     warmup = int(base.get("warmup_epochs", defaults["warmup_epochs"]))
-    own = own_epochs - warmup - int(base.get("finetune_epochs", defaults["finetune_epochs"]))
     if given:
         lengths = [check_int(n, "prune_epochs", 1, error=TrainingError) for n in given]
         for n in lengths:
@@ -182,6 +181,7 @@ def _prune_lengths(kind: str, base: dict, defaults: dict, own_epochs: int, epoch
                 raise TrainingError(f"prune_epochs={n} with warmup_epochs={warmup} exceeds the {epochs} epochs of "
                                     "a trial; expected at most epochs - warmup_epochs")
         return list(dict.fromkeys(lengths))
+    own = own_epochs - warmup - int(base.get("finetune_epochs", defaults["finetune_epochs"]))
     own = max(1, min(own, epochs - warmup))
     return [own] + ([2 * own] if warmup + 2 * own < epochs else [])
 
