@@ -231,6 +231,16 @@ class Backend:
         ex = self.as_exclude(exclude, n)
         if n == 0:
             return Results(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+        return self._search_excluding(Q, k, ex)
+
+    def _search_excluding(self, Q, k: int, ex) -> Results:
+        """Top-k of validated queries with the exclusions ``ex`` (CSR or None) dropped, as :meth:`search` returns.
+
+        The default asks :meth:`_search` for k plus each query's exclusions and
+        drops them (:func:`finish`). A backend that can skip excluded items
+        inside its own search overrides this (fetching only k).
+        """
+        n = Q.shape[0]
         # Each query needs k results plus as many as it excludes. An exact backend's top-k does not depend
         # on how many candidates it fetches, so queries are searched in groups whose need is within a factor
         # of two (one long exclusion list does not inflate the whole batch). An approximate backend's candidate

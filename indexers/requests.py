@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from elsa_index._io import load_csr
 from elsa_index.errors import BackendError
 
-__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "ranked", "rerank_rows", "load_rerank_rows",
+__all__ = ["Results", "check_queries", "check_exclude", "check_candidates", "finish", "padded", "ranked", "rerank_rows", "load_rerank_rows",
            "query_entries", "prune"]
 
 
@@ -67,7 +67,8 @@ def check_exclude(exclude, n: int, n_items: int):
     if exclude is None:
         return None
     if sp.issparse(exclude):
-        ex = sp.csr_matrix(exclude)
+        # A CSR matrix is used as it is (only read); other formats are converted.
+        ex = exclude if isinstance(exclude, sp.csr_matrix) else sp.csr_matrix(exclude)
         if ex.shape != (n, n_items):
             raise BackendError(f"exclude has shape {ex.shape}; expected ({n}, {n_items})")
         return ex
@@ -140,6 +141,21 @@ def finish(ids: np.ndarray, scores: np.ndarray, exclude, k: int) -> Results:
     out_scores[:, :w] = scores[:, :w]
     out_ids[~np.isfinite(out_scores)] = -1
     return Results(out_ids, out_scores)
+
+
+def padded(ids: np.ndarray, scores: np.ndarray, k: int) -> Results:
+    """Rows that are already final (exclusions dropped, best first, missing entries -1 / -inf), padded to width k.
+
+    For a backend that skips excluded items in its own search; scores are
+    checked as :func:`finish` checks them.
+    """
+    _check_scores_finite(ids, scores)
+    n, w = ids.shape
+    if w >= k:
+        return Results(ids[:, :k], scores[:, :k])
+    out = Results(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
+    out.ids[:, :w], out.scores[:, :w] = ids, scores
+    return out
 
 
 def _excluded(ids: np.ndarray, ex: sp.csr_matrix) -> np.ndarray:

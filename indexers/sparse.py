@@ -39,6 +39,7 @@ from elsa_index.errors import BackendError
 from elsa_index.topk import topk_unchecked
 
 from .base import Backend
+from .requests import Results, padded
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +262,14 @@ class ExactSparse(Backend):
 
     def _acc(self, size: int) -> np.ndarray:
         return thread_accumulator(self._local, size)
+
+    def _search_excluding(self, Q, k: int, ex) -> Results:
+        if self.postings_ is not None and _have_numba() and self._search_params["kernel"] == "blocked":
+            # The blocked kernel skips excluded items itself, so it fetches k whatever the exclusions.
+            ids, scores = _kernels().blocked_topk(self.postings_, Q if sp.issparse(Q) else sp.csr_matrix(Q),
+                                                  min(k, self.n_items_), self._acc(self.postings_.block_items), ex)
+            return padded(ids, scores, k)
+        return super()._search_excluding(Q, k, ex)
 
     def _search(self, queries, k: int):
         if self.postings_ is not None and _have_numba():

@@ -55,6 +55,7 @@ from elsa_index.errors import BackendError
 
 from . import _approx_kernels as _k
 from .base import Backend
+from .requests import Results, padded
 
 logger = logging.getLogger(__name__)
 
@@ -205,11 +206,23 @@ class ApproxSparse(Backend):
             return self.n_items_ < DEFAULT_EXACT_BELOW or self.nnz_max_ > LONG_ROWS
         return self.n_items_ < int(below)
 
-    def _search(self, queries, k: int):
+    def _search_excluding(self, Q, k: int, ex) -> Results:
+        if self.exact_path_:  # the exact kernel skips excluded items itself: it fetches k whatever they are
+            ids, scores = self._search_exact(self._csr(Q), min(k, self.n_items_), ex)
+            return padded(ids, scores, k)
+        return super()._search_excluding(Q, k, ex)
+
+    @staticmethod
+    def _csr(queries):
+        """Queries as float32 CSR with sorted indices (the kernels' input)."""
         Q = queries if sp.issparse(queries) else sp.csr_matrix(queries)
         Q = sp.csr_matrix(Q, dtype=np.float32)
         if not Q.has_sorted_indices:
             Q = Q.sorted_indices()
+        return Q
+
+    def _search(self, queries, k: int):
+        Q = self._csr(queries)
         if self.exact_path_:
             return self._search_exact(Q, k)
         qdense, seen = self._scratch()
@@ -222,8 +235,9 @@ class ApproxSparse(Backend):
         self._local.stats = (stats if total is None else total + stats)
         return ids, scores
 
-    def _search_exact(self, Q, k: int):
-        """The exact blocked kernel over postings of the rows in their original order (same scores and ties)."""
+    def _search_exact(self, Q, k: int, exclude=None):
+        """The exact blocked kernel over postings of the rows in their original order (same scores and ties);
+        ``exclude`` as :func:`~elsa_index.indexers._kernels.blocked_topk` takes it."""
         from . import _kernels
         from .sparse import BlockedPostings, thread_accumulator
 
@@ -234,7 +248,7 @@ class ApproxSparse(Backend):
                     internal = sp.csr_matrix((self.fval_, self.fdim_, self.fptr_), shape=(self.n_items_, self.dims_))
                     self._exact_postings = BlockedPostings.from_embeddings(internal[self.inv_])
                 postings = self._exact_postings
-        return _kernels.blocked_topk(postings, Q, k, thread_accumulator(self._local, postings.block_items))
+        return _kernels.blocked_topk(postings, Q, k, thread_accumulator(self._local, postings.block_items), exclude)
 
     @property
     def heap_factor_(self) -> float | None:

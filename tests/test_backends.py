@@ -213,7 +213,8 @@ def test_retrieval_recall_with_ties():
 
 
 def test_batch_fetch_grows_only_for_queries_with_long_exclusions(sparse_checkpoint, histories):
-    be = get_backend("sparse")().build(sparse_checkpoint)
+    # The shared path (Backend._search_excluding) fetches k plus the exclusions; the reference kernel uses it.
+    be = get_backend("sparse")(kernel="reference").build(sparse_checkpoint)
     Q = sparse_checkpoint.encode(histories)
     fetched = []
     inner = be._search
@@ -230,6 +231,14 @@ def test_batch_fetch_grows_only_for_queries_with_long_exclusions(sparse_checkpoi
     fetched.clear()
     be.search(Q, 5)
     assert fetched == [(Q.shape[0], 5)]
+    # The blocked kernel skips excluded items itself: one call, no fetch beyond k, the same results.
+    expect = be.search(Q, 5, exclude=ex)
+    be.set_search_params(kernel="blocked")
+    fetched.clear()
+    got = be.search(Q, 5, exclude=ex)
+    assert fetched == []
+    np.testing.assert_array_equal(got.ids, expect.ids)
+    np.testing.assert_array_equal(got.scores, expect.scores)
 
 
 def test_toy_backend_is_one_module_and_one_registry_line(toy_registered):

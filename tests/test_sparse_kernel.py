@@ -142,6 +142,42 @@ def test_blocked_kernel_zero_scores_and_untouched_blocks():
                 _bits_equal((ids, scores), _reference(E, Q, k))
 
 
+def _excluding(n_queries, n_items, seed):
+    # Per query: none, a few, most items, or all but 3 (fewer than k left: padding); unsorted, with duplicates.
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_queries):
+        size = (0, 5, int(0.9 * n_items), n_items - 3)[r % 4]
+        e = rng.choice(n_items, size=size, replace=False)
+        rows.append(np.concatenate([e, e[:2]]))
+    indptr = np.concatenate([[0], np.cumsum([len(e) for e in rows])])
+    ex = sp.csr_matrix((np.ones(indptr[-1], bool), np.concatenate(rows), indptr), shape=(n_queries, n_items))
+    ex.has_sorted_indices = False
+    return ex
+
+
+@pytest.mark.parametrize("block_items", [1, 64, 460, 65536])
+@pytest.mark.parametrize("k", [1, 10, 333])
+def test_blocked_kernel_skips_excluded_items(block_items, k):
+    # Excluded items never enter the top-k; the others rank as in the reference kernel (scores and ties to the bit,
+    # zero-score and untouched blocks included); rows with fewer than k items left are padded with -1 / -inf.
+    E, Q = _tie_catalogue()
+    ex = _excluding(Q.shape[0], E.shape[0], seed=block_items + k)
+    postings = BlockedPostings.from_embeddings(E, block_items)
+    acc = np.zeros(block_items, np.float32)
+    ids, scores = _kernels.blocked_topk(postings, Q, k, acc, ex)
+    assert not acc.any()
+    full_ids, full_scores = _reference(E, Q, E.shape[0])
+    for r in range(Q.shape[0]):
+        keep = ~np.isin(full_ids[r], ex[r].indices)
+        expect_ids, expect_scores = full_ids[r][keep][:k], full_scores[r][keep][:k]
+        w = len(expect_ids)
+        np.testing.assert_array_equal(ids[r, :w], expect_ids)
+        np.testing.assert_array_equal(scores[r, :w].view(np.int32), expect_scores.view(np.int32))
+        assert (ids[r, w:] == -1).all() and (scores[r, w:] == -np.inf).all()
+    assert (ids[3::4, 3:] == -1).all()  # every 4th query keeps only 3 items
+
+
 def test_blocked_postings_layout_round_trip():
     E, _ = _random(n_items=1000, seed=2)
     P = sp.csr_matrix(E.T)
