@@ -295,12 +295,16 @@ def _flush(fptr, stride, fdim, fval, perm, qdense, buf, cbuf, nbuf, sbuf, hs, hi
     return size
 
 
-def _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, qdense,
-           seen, k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
+def _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims, q_w, excluded,
+           qdense, seen, k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     n_items = fptr.shape[0] - 1
     nt = q_dims.shape[0]
     for t in range(nt):
         qdense[q_dims[t]] = q_w[t]
+    # Excluded items (original rows) count as met: never gathered, scored or offered.
+    for x in range(excluded.shape[0]):
+        i = inv[excluded[x]]
+        seen[i >> 6] |= np.uint64(1) << np.uint64(i & 63)
     hs = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     size = 0
@@ -416,11 +420,12 @@ def _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scal
 
 
 def _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_indptr, q_dims, q_w,
-           qdense, seen, k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
+           x_indptr, x_items, qdense, seen, k, heap_factor, query_share, max_postings, out_ids, out_scores, stats):
     for r in range(q_indptr.shape[0] - 1):
         a, b = q_indptr[r], q_indptr[r + 1]
         _query(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, levels, scale, nnz_max, q_dims[a:b], q_w[a:b],
-               qdense, seen, k, heap_factor[r], query_share, max_postings, out_ids[r], out_scores[r], stats)
+               x_items[x_indptr[r] : x_indptr[r + 1]], qdense, seen, k, heap_factor[r], query_share, max_postings,
+               out_ids[r], out_scores[r], stats)
 
 
 if HAVE_NUMBA:
@@ -446,7 +451,8 @@ def uniform_stride(fptr, nnz_max) -> int:
         bool((np.diff(fptr) == nnz_max).all()) else 0
 
 
-def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings, row_stride=None):
+def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_share, max_postings, row_stride=None,
+                 exclude=None):
     """Approximate top-k of sparse ``queries`` (CSR n x dims, indices sorted).
 
     Parameters
@@ -460,6 +466,9 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     heap_factor : one number, or one per query (float64 array of n).
     query_share, max_postings : the search parameters (0 postings: no budget).
     row_stride : :func:`uniform_stride` of the forward rows (computed when None; pass it to save an O(n) pass).
+    exclude : optional CSR (n, n_items): the stored items (original rows) of row r are never returned for
+        query r (they count as met: not scored, and they take no place in the heap); rows with fewer than k
+        other items are padded with -1 / -inf.
 
     Returns
     -------
@@ -472,8 +481,12 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     stats = np.zeros(2, np.int64)
+    if exclude is None:
+        x_indptr, x_items = np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
+    else:
+        x_indptr, x_items = np.asarray(exclude.indptr, np.int64), np.asarray(exclude.indices, np.int64)
     _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
            queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
-           qdense, seen, int(k), np.ascontiguousarray(np.broadcast_to(np.asarray(heap_factor, np.float64), (n,))),
+           x_indptr, x_items, qdense, seen, int(k), np.ascontiguousarray(np.broadcast_to(np.asarray(heap_factor, np.float64), (n,))),
            float(query_share), int(max_postings), ids, scores, stats)
     return ids, scores, stats

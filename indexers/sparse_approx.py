@@ -207,10 +207,10 @@ class ApproxSparse(Backend):
         return self.n_items_ < int(below)
 
     def _search_excluding(self, Q, k: int, ex) -> Results:
-        if self.exact_path_:  # the exact kernel skips excluded items itself: it fetches k whatever they are
-            ids, scores = self._search_exact(self._csr(Q), min(k, self.n_items_), ex)
-            return padded(ids, scores, k)
-        return super()._search_excluding(Q, k, ex)
+        # Both paths skip excluded items themselves (the approximate one counts them as met), so each query
+        # asks for k whatever its history: the result of a query never depends on the other queries of a batch.
+        ids, scores = self._search(Q, min(k, self.n_items_), ex)
+        return padded(ids, scores, k)
 
     @staticmethod
     def _csr(queries):
@@ -221,16 +221,16 @@ class ApproxSparse(Backend):
             Q = Q.sorted_indices()
         return Q
 
-    def _search(self, queries, k: int):
+    def _search(self, queries, k: int, exclude=None):
         Q = self._csr(queries)
         if self.exact_path_:
-            return self._search_exact(Q, k)
+            return self._search_exact(Q, k, exclude)
         qdense, seen = self._scratch()
         p = self._search_params
         forward = (self.fptr_, self.fdim_, self.fval_, self.perm_, self.inv_, self.nnz_max_)
         lists = (self.lptr_, self.lids_, self.lcodes_, self.scale_)
         ids, scores, stats = _k.search_batch(forward, lists, Q, k, qdense, seen, self._heap_factors(Q),
-                                             p["query_share"], p["max_postings"], self.row_stride_)
+                                             p["query_share"], p["max_postings"], self.row_stride_, exclude)
         total = getattr(self._local, "stats", None)
         self._local.stats = (stats if total is None else total + stats)
         return ids, scores

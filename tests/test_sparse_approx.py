@@ -63,6 +63,33 @@ def test_unlimited_budgets_equal_exact_bit_for_bit(catalogue, exact):
         np.testing.assert_array_equal(b.scores, a.scores)  # same summation order: identical floats
 
 
+def test_exclusions_are_skipped_inside_the_search(catalogue, exact):
+    # The approximate search counts excluded items as met: with unlimited budgets it equals the exact search with
+    # the same exclusions (none returned, rows padded when fewer than k items are left), it never asks for more
+    # than k, and a query's result does not depend on the other queries' exclusions.
+    ck, Q = catalogue
+    ap = _approx(**UNLIMITED).build(ck)
+    rng = np.random.default_rng(4)
+    n = Q.shape[0]
+    ex = [rng.choice(ck.n_items, size=(0, 5, 300, ck.n_items - 3)[r % 4], replace=False) for r in range(n)]
+    for k in (10, 200):
+        a, b = exact.search(Q, k, exclude=ex), ap.search(Q, k, exclude=ex)
+        np.testing.assert_array_equal(b.ids, a.ids)
+        np.testing.assert_array_equal(b.scores, a.scores)
+        for r in range(n):
+            assert not np.isin(b.ids[r], ex[r]).any()
+        assert (b.ids[3::4, 3:] == -1).all() and (b.ids[3::4, :3] >= 0).all()
+    asked = []
+    inner = ap._search
+    ap._search = lambda queries, k, exclude=None: asked.append(k) or inner(queries, k, exclude)
+    defaults = _approx().build(ck)
+    one = [defaults.search(Q[r : r + 1], 10, exclude=[ex[r]]) for r in range(n)]
+    both = defaults.search(Q, 10, exclude=ex)
+    np.testing.assert_array_equal(np.vstack([o.ids for o in one]), both.ids)
+    ap.search(Q, 10, exclude=ex)
+    assert asked == [10]
+
+
 def test_unlimited_budgets_keep_the_tie_rule(exact, catalogue):
     """Quantised values and weights make many equal scores: both backends keep the lower item index."""
     ck, _ = catalogue
