@@ -214,7 +214,9 @@ class ApproxSparse(Backend):
 
     @staticmethod
     def _csr(queries):
-        """Queries as float32 CSR with sorted indices (the kernels' input)."""
+        """Queries as float32 CSR with sorted indices (the kernels' input; validated queries already are)."""
+        if isinstance(queries, sp.csr_matrix) and queries.dtype == np.float32 and queries.has_sorted_indices:
+            return queries
         Q = queries if sp.issparse(queries) else sp.csr_matrix(queries)
         Q = sp.csr_matrix(Q, dtype=np.float32)
         if not Q.has_sorted_indices:
