@@ -31,18 +31,18 @@ def check_int(value: Any, name: str, low: int | None = None, high: int | None = 
 
 
 def check_float(value: Any, name: str, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False, allow_none: bool = False,
+                low_open: bool = False, high_open: bool = False, allow_none: bool = False,
                 error: Callable[[str], Exception] = ElsaIndexError) -> float | None:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    """``value`` as a finite float in ``[low, high]`` (open at ``low`` / ``high`` when ``low_open`` / ``high_open``)."""
     if value is None and allow_none:
         return None
     ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
     if ok:
         v = float(value)
-        ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+        ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or (v < high if high_open else v <= high))
     if not ok:
         lo = "" if low is None else (f" > {low}" if low_open else f" >= {low}")
-        hi = "" if high is None else f" <= {high}"
+        hi = "" if high is None else (f" < {high}" if high_open else f" <= {high}")
         joint = " and" if lo and hi else ""
         raise error(f"{name} must be a finite number{lo}{joint}{hi}, got {value!r}")
     return float(value)

@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"default: {elsa['n_negatives']})")
     g.add_argument("--sampler", choices=("popularity", "uniform"), default=None,
                    help=f"how sampled negatives are drawn (default: {elsa['negatives']})")
+    g.add_argument("--input-dropout", type=float, default=None, metavar="SHARE",
+                   help="share of each user's history hidden from the input at each step, kept as targets "
+                        f"(denoising; default: {elsa['input_dropout']})")
     g.add_argument("--device", default=None, help=f"auto, cpu, cuda, cuda:1, ... (default: {elsa['device']})")
     g.add_argument("--seed", type=int, default=None, help=f"model seed (default: {elsa['seed']})")
     g = p.add_argument_group("validation, recipe search and evaluation")

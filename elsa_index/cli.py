@@ -70,7 +70,7 @@ def _data_spec(args):
 
 #: train options that set a model parameter of the same meaning (option attribute -> parameter name)
 _MODEL_OPTIONS = {"dims": "dims", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "negatives": "n_negatives",
-                  "sampler": "negatives", "device": "device", "seed": "seed"}
+                  "sampler": "negatives", "input_dropout": "input_dropout", "device": "device", "seed": "seed"}
 _COMPRESSED_OPTIONS = {"nnz": "nnz", "schedule": "schedule", "restart": "restart", "prune_steps": "prune_steps",
                        "start_nnz": "start_nnz", "regrow": "regrow",
                        "warmup_epochs": "warmup_epochs", "finetune_epochs": "finetune_epochs"}

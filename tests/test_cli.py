@@ -360,6 +360,16 @@ def test_output_options_round_trip_into_the_checkpoint(tmp_path, split_csv, give
     assert (model["n_negatives"], model["negatives"]) == expected
 
 
+def test_input_dropout_option_round_trips_and_is_checked(tmp_path, split_csv, capsys):
+    base = ["train", "--data", str(split_csv), "--split-col", "part", "--train-value", "fit", "--test-value", "eval",
+            "--model", "elsa", "--dims", "4", "--epochs", "1", "--quiet"]
+    assert main([*base, "--input-dropout", "0.25", "--out", str(tmp_path / "ck")]) == 0
+    assert Checkpoint.load(tmp_path / "ck").config["model"]["input_dropout"] == 0.25
+    assert main([*base, "--input-dropout", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "input_dropout must be a finite number >= 0.0 and < 1.0, got 1.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_negatives_option_is_refused(tmp_path, split_csv, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--data", str(split_csv), "--negatives", "many", "--out", str(tmp_path / "x")])

@@ -113,6 +113,9 @@ def _tiny():
         (lambda: ELSA(8, epochs=True), r"epochs must be an integer >= 1, got True"),
         (lambda: CompressedELSA(16, 4, epochs=3, prune_steps=0), r"prune_steps must be an integer >= 1, got 0"),
         (lambda: CompressedELSA(16, 4, epochs=3, warmup_epochs=-1), r"warmup_epochs must be an integer >= 0"),
+        (lambda: ELSA(8, input_dropout=1.0), r"input_dropout must be a finite number >= 0.0 and < 1.0, got 1.0"),
+        (lambda: ELSA(8, input_dropout=-0.1), r"input_dropout must be a finite number >= 0.0"),
+        (lambda: ELSA(8, input_dropout="half"), r"input_dropout must be a finite number"),
     ],
 )
 def test_bad_parameters(model, match):
@@ -262,8 +265,9 @@ def test_compact_training_gives_the_masked_dense_model(planted, n_negatives, res
     assert abs(Ea - pruned).max() > 1e-3
 
 
+@pytest.mark.parametrize("dropout", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_lean_loss_is_the_normalised_mse(weighted):
+def test_lean_loss_is_the_normalised_mse(weighted, dropout):
     import torch
     import torch.nn.functional as F
 
@@ -281,22 +285,28 @@ def test_lean_loss_is_the_normalised_mse(weighted):
                                                              dtype=torch.float64) * 5
     scores = torch.randn(b, n, generator=g, dtype=torch.float64, requires_grad=True)
     target = torch.from_numpy(X.toarray()).double()
-    ref = (F.normalize(torch.relu(scores - target) * w.sqrt(), dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
+    # Input dropout: only the visible entries are subtracted; every entry stays a target.
+    visible = torch.from_numpy((np.arange(X.nnz) % 3 != 0).astype(np.float64)) if dropout else None
+    shown = target.clone()
+    if dropout:
+        shown[np.repeat(np.arange(b), np.diff(X.indptr))[::3], X.indices[::3]] = 0
+    ref = (F.normalize(torch.relu(scores - shown) * w.sqrt(), dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()
     ref.backward()
     g_ref = scores.grad.clone()
     scores.grad = None
     rows = torch.from_numpy(np.repeat(np.arange(b), np.diff(X.indptr)))
     cols = torch.from_numpy(X.indices.astype(np.int64))
     data = torch.from_numpy(X.data).double()
-    lean = _elsa_loss(scores.clone(), rows, cols, data, w.sqrt() if weighted else None)
+    lean = _elsa_loss(scores.clone(), rows, cols, data, w.sqrt() if weighted else None, visible)
     lean.backward()
     torch.testing.assert_close(lean, ref)
     torch.testing.assert_close(scores.grad, g_ref)
 
 
+@pytest.mark.parametrize("dropout", [False, True])
 @pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_fused_loss_equals_the_unfused_one_with_gradients(monkeypatch, compact, weighted):
+def test_fused_loss_equals_the_unfused_one_with_gradients(monkeypatch, compact, weighted, dropout):
     import torch
 
     from elsa_index.models import elsa as elsa_mod
@@ -312,6 +322,7 @@ def test_fused_loss_equals_the_unfused_one_with_gradients(monkeypatch, compact, 
     rows = torch.from_numpy(np.repeat(np.arange(b), np.diff(X.indptr)))
     hist = torch.from_numpy(X.indices.astype(np.int64))
     data = torch.from_numpy(X.data).double()
+    visible = torch.from_numpy((np.arange(X.nnz) % 2 == 0).astype(np.float64)) if dropout else None
     sqrt_w = None
     if weighted:  # weights off the history columns, as sampled outputs have
         w = torch.ones(n, dtype=torch.float64)
@@ -331,10 +342,10 @@ def test_fused_loss_equals_the_unfused_one_with_gradients(monkeypatch, compact, 
         got = []
         sink = (lambda lo, hi, full: got.append((lo, full.clone()))) if compact else None
         if fused:
-            loss = elsa_mod._fused_elsa_loss(u, w_, cols, rows, hist, data, sqrt_w, sink)
+            loss = elsa_mod._fused_elsa_loss(u, w_, cols, rows, hist, data, sqrt_w, sink, visible)
         else:
             S = elsa_mod._sparse_rows_product(u, w_, cols, sink) if compact else u @ w_.T
-            loss = elsa_mod._elsa_loss(S, rows, hist, data, sqrt_w)
+            loss = elsa_mod._elsa_loss(S, rows, hist, data, sqrt_w, visible)
         loss.backward()
         seen[fused] = torch.cat([f for _, f in sorted(got, key=lambda t: t[0])]) if got else None
         return loss.detach(), u.grad, w_.grad
@@ -547,3 +558,26 @@ def test_regrowth_is_off_with_zero_and_ignored_with_the_dense_start(planted):
 def test_bad_regrow():
     with pytest.raises(TrainingError, match=r"regrow must be"):
         CompressedELSA(16, 4, start_nnz=8, regrow=1.5).fit(_tiny())
+
+
+def test_input_dropout_trains_deterministically_and_survives_empty_inputs():
+    # Users of one item lose their whole input half of the time: their scores are 0 and the loss stays finite (the
+    # chunked loss once spread a NaN gradient from them to every item). Chunked and plain losses train the same
+    # model, a seed gives one model, and hiding inputs changes the model.
+    X = sp.random(60, 40, density=0.15, format="csr", random_state=3, dtype=np.float32)
+    X.data[:] = 1
+    one = sp.csr_matrix((np.ones(20, np.float32), np.arange(20), np.arange(21)), shape=(20, 40))
+    X = sp.vstack([X, one]).tocsr()
+
+    def fit(p, fused=None, seed=0):
+        m = ELSA(8, epochs=3, batch_size=16, input_dropout=p, n_negatives=None, seed=seed, progress=False)
+        m._fused_outputs = fused
+        return m.fit(X)
+
+    a, b, c = fit(0.5, True), fit(0.5, False), fit(0.5, False)
+    assert all(np.isfinite(h["loss"]) for h in a.history_)
+    np.testing.assert_allclose(a.embeddings_, b.embeddings_, atol=1e-5)
+    np.testing.assert_array_equal(b.embeddings_, c.embeddings_)
+    assert abs(fit(0.0).embeddings_ - b.embeddings_).max() > 1e-3
+    assert abs(fit(0.5, seed=1).embeddings_ - b.embeddings_).max() > 1e-3
+    assert b.get_params()["input_dropout"] == 0.5

@@ -157,6 +157,12 @@ class ELSA:
         sampled softmax), so the squared norm of the prediction, which the
         loss normalises by, is an unbiased estimate of the full-output one.
         Full outputs use no weights and are unaffected.
+    input_dropout : share of each training user's history hidden from the
+        input of each step (default 0: none). The hidden items stay targets:
+        the model learns to predict them from the rest of the history, as the
+        fold-in/target protocol asks of it at inference (a denoising
+        autoencoder's input dropout; the ``-x`` term of ``x·(AAᵀ − I)``
+        subtracts only the visible items). Drawn per step from ``seed``.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     seed : seeds initialisation, shuffling and negative sampling.
     progress : show a progress bar.
@@ -186,6 +192,7 @@ class ELSA:
     lr: float = 0.01
     n_negatives: int | str | None = "auto"
     negatives: str = "popularity"
+    input_dropout: float = 0.0
     device: str = "auto"
     seed: int = 0
     progress: bool = field(default=True, metadata=_NOT_A_PARAM)
@@ -208,6 +215,7 @@ class ELSA:
         """Raise TrainingError for invalid settings (called by ``fit``; cheap, no data needed)."""
         _check_ints(self, (("dims", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)))
         check_float(self.lr, "lr", 0.0, low_open=True, error=TrainingError)
+        check_float(self.input_dropout, "input_dropout", 0.0, 1.0, high_open=True, error=TrainingError)
         if self.n_negatives != "auto" or not isinstance(self.n_negatives, str):
             check_int(self.n_negatives, "n_negatives", 0, allow_none=True, error=TrainingError,
                       hint=" (or None for all items, or 'auto')")
@@ -443,12 +451,24 @@ class ELSA:
 
         Xb.sum_duplicates()  # Xb is a fresh row selection, not the caller's matrix
         n_rows = Xb.shape[0]
-        indptr = torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(device)
-        idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
-        rows = torch.from_numpy(np.repeat(np.arange(n_rows), np.diff(Xb.indptr))).to(device)
+        row_of = np.repeat(np.arange(n_rows), np.diff(Xb.indptr))
+        rows = torch.from_numpy(row_of).to(device)
         data = torch.from_numpy(Xb.data.astype(np.float32)).to(device)
+        visible = None
+        if self.input_dropout > 0:
+            # The input (and the -x term) holds the visible entries; every entry stays a target.
+            keep = rng.random(len(Xb.indices)) >= self.input_dropout
+            visible = torch.from_numpy(keep.astype(np.float32)).to(device)
+            counts = np.bincount(row_of[keep], minlength=n_rows)
+            in_ptr = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            indptr = torch.from_numpy(in_ptr.astype(np.int64)).to(device)
+            idx = torch.from_numpy(Xb.indices[keep].astype(np.int64)).to(device)
+        else:
+            indptr = torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(device)
+            idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
+        all_idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
         if sampler is None:
-            cols, sqrt_w, local = None, None, idx
+            cols, sqrt_w, local = None, None, all_idx
         else:
             cols_np, w = sampler.sample(Xb, rng)
             lookup = np.full(Xb.shape[1], -1, np.int64)
@@ -464,9 +484,9 @@ class ELSA:
             fused = n_rows * n_out > FUSED_OUTPUT_FLOATS
         if fused:
             xA, W, wcols, sink = state.parts(idx, indptr, n_rows, cols)
-            loss = _fused_elsa_loss(xA, W, wcols, rows, local, data, sqrt_w, sink)
+            loss = _fused_elsa_loss(xA, W, wcols, rows, local, data, sqrt_w, sink, visible)
         else:
-            loss = _elsa_loss(state.scores(idx, indptr, n_rows, cols), rows, local, data, sqrt_w)
+            loss = _elsa_loss(state.scores(idx, indptr, n_rows, cols), rows, local, data, sqrt_w, visible)
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -489,11 +509,20 @@ class ELSA:
 # ---------------------------------------------------------------- training state
 
 
-def _elsa_loss(scores, rows, cols, data, sqrt_w=None):
+def _norm(sq):
+    """``max(√sq, 1e-12)`` (as ``F.normalize``), with a finite gradient at ``sq = 0``: a user whose input is
+    empty (every entry hidden by input dropout) scores 0 everywhere, and the gradient of ``√`` at 0 (inf) times
+    the clamp's 0 would be NaN, which the chunked loss's backward would spread to every item."""
+    return sq.clamp_min(1e-24).sqrt()
+
+
+def _elsa_loss(scores, rows, cols, data, sqrt_w=None, visible=None):
     """ELSA's normalised MSE ``mean_u ‖p/‖p‖ − x/‖x‖‖²`` with ``p = relu(scores − x)``, x given sparse.
 
     ``scores`` (batch, n_cols) are consumed (modified in place); the history x
-    is ``data`` at ``(rows, cols)``. With ``sqrt_w`` (n_cols,), column j counts
+    is ``data`` at ``(rows, cols)``. With ``visible`` (0/1 per entry; input
+    dropout) only the visible entries are subtracted (``p = relu(scores −
+    x_visible)``); x stays the target. With ``sqrt_w`` (n_cols,), column j counts
     ``w_j`` times in ``‖p‖²`` (sampled outputs; x must lie on columns of
     weight 1). Expanding the square as ``‖p‖²/n_p² + ‖x‖²/n_x² − 2 p·x/(n_p n_x)``
     (``n = max(‖·‖, 1e-12)``, as ``F.normalize``) keeps a single batch x
@@ -501,19 +530,18 @@ def _elsa_loss(scores, rows, cols, data, sqrt_w=None):
     """
     import torch
 
-    eps = 1e-12
-    pred = scores.index_put_((rows, cols), -data, accumulate=True).relu_()
+    pred = scores.index_put_((rows, cols), -(data if visible is None else data * visible), accumulate=True).relu_()
     if sqrt_w is not None:
         pred = pred * sqrt_w
     pp = pred.pow(2).sum(-1)
     px = torch.zeros_like(pp).index_add(0, rows, pred[rows, cols] * data)
     xx = torch.zeros_like(pp).index_add(0, rows, data * data)
-    n_p, n_x = pp.sqrt().clamp_min(eps), xx.sqrt().clamp_min(eps)
+    n_p, n_x = _norm(pp), _norm(xx)
     return (pp / n_p**2 + xx / n_x**2 - 2 * px / (n_p * n_x)).mean()
 
 
 
-def _fused_elsa_loss(xA, W, wcols, rows, cols, data, sqrt_w=None, sink=None):
+def _fused_elsa_loss(xA, W, wcols, rows, cols, data, sqrt_w=None, sink=None, visible=None):
     """:func:`_elsa_loss` of the scores ``xA @ Aᵀ``, computed item chunk by item chunk.
 
     ``W`` holds the scored items' rows: dense (n_out, dims) when ``wcols`` is
@@ -530,10 +558,10 @@ def _fused_elsa_loss(xA, W, wcols, rows, cols, data, sqrt_w=None, sink=None):
     global _FUSED
     if _FUSED is None:
         _FUSED = _make_fused()
-    pp, px = _FUSED.apply(xA, W, wcols, rows, cols, data, sqrt_w, sink)
-    eps = 1e-12
+    sub = data if visible is None else data * visible
+    pp, px = _FUSED.apply(xA, W, wcols, rows, cols, data, sub, sqrt_w, sink)
     xx = torch.zeros_like(pp).index_add(0, rows, data * data)
-    n_p, n_x = pp.sqrt().clamp_min(eps), xx.sqrt().clamp_min(eps)
+    n_p, n_x = _norm(pp), _norm(xx)
     return (pp / n_p**2 + xx / n_x**2 - 2 * px / (n_p * n_x)).mean()
 
 
@@ -550,12 +578,13 @@ def _make_fused():
             hi = min(W.shape[0], lo + step)
             yield lo, hi, W[lo:hi]
 
-    def predicted(xA, R, lo, hi, rows, cols, data, sqrt_w):
-        """A chunk's ``relu(scores - x)`` (weighted), the mask of its positive entries, and its history entries."""
+    def predicted(xA, R, lo, hi, rows, cols, data, sub, sqrt_w):
+        """A chunk's ``relu(scores - x_visible)`` (weighted), the mask of its positive entries, and its history
+        entries (the targets)."""
         S = xA @ R.T
         sel = (cols >= lo) & (cols < hi)
         r, c, d = rows[sel], cols[sel] - lo, data[sel]
-        S.index_put_((r, c), -d, accumulate=True)
+        S.index_put_((r, c), -sub[sel], accumulate=True)
         mask = S > 0
         S.relu_()
         if sqrt_w is not None:
@@ -564,26 +593,26 @@ def _make_fused():
 
     class Fused(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, xA, W, wcols, rows, cols, data, sqrt_w, sink):
+        def forward(ctx, xA, W, wcols, rows, cols, data, sub, sqrt_w, sink):
             dims = xA.shape[1]
             pp = xA.new_zeros(xA.shape[0])
             px = xA.new_zeros(xA.shape[0])
             for lo, hi, R in chunks(W, wcols, dims, xA.shape[0]):
-                P, _, r, c, d = predicted(xA, R, lo, hi, rows, cols, data, sqrt_w)
+                P, _, r, c, d = predicted(xA, R, lo, hi, rows, cols, data, sub, sqrt_w)
                 pp += P.pow(2).sum(1)
                 px.index_add_(0, r, P[r, c] * d)
-            ctx.save_for_backward(xA, W, wcols, rows, cols, data, sqrt_w)
+            ctx.save_for_backward(xA, W, wcols, rows, cols, data, sub, sqrt_w)
             ctx.sink = sink
             return pp, px
 
         @staticmethod
         def backward(ctx, g_pp, g_px):
-            xA, W, wcols, rows, cols, data, sqrt_w = ctx.saved_tensors
+            xA, W, wcols, rows, cols, data, sub, sqrt_w = ctx.saved_tensors
             dims = xA.shape[1]
             g_xA = torch.zeros_like(xA) if ctx.needs_input_grad[0] else None
             g_W = torch.empty_like(W) if ctx.needs_input_grad[1] else None
             for lo, hi, R in chunks(W, wcols, dims, xA.shape[0]):
-                P, mask, r, c, d = predicted(xA, R, lo, hi, rows, cols, data, sqrt_w)
+                P, mask, r, c, d = predicted(xA, R, lo, hi, rows, cols, data, sub, sqrt_w)
                 # d pp / d p = 2p, d px / d p = x on the history; then through the weight and the relu.
                 G = P.mul_(2 * g_pp[:, None])
                 G.index_put_((r, c), g_px[r] * d, accumulate=True)
@@ -598,7 +627,7 @@ def _make_fused():
                         g_W[lo:hi] = full if wcols is None else torch.gather(full, 1, wcols[lo:hi])
                     if ctx.sink is not None:
                         ctx.sink(lo, hi, full)
-            return g_xA, g_W, None, None, None, None, None, None
+            return g_xA, g_W, None, None, None, None, None, None, None
 
     return Fused
 
