@@ -72,7 +72,7 @@ def runs_for(dataset: str, quick: bool):
         # 319k items: sampled outputs (n_negatives "auto"), computed in chunks; the sparse start keeps the
         # Compressed model's state at ~50 B per live entry instead of a dense 319k x 1024 weight.
         common = dict(batch_size=512)
-        dense_dims = [64, 256]
+        dense_dims = [64, 256, 512]
         comp_nnz = [32]
         epochs, cepochs = 12, 8
         start = dict(start_nnz=48)
