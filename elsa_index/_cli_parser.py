@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--search-prune-epochs", type=int, nargs="+", default=None, metavar="N",
                    help="compressed model: pruning lengths in epochs the search tries (default: the model's own, "
                         "--epochs minus --warmup-epochs minus --finetune-epochs, and twice it)")
+    g.add_argument("--search-input-dropouts", type=float, nargs="+", default=None, metavar="SHARE",
+                   help="input dropout shares the search tries, e.g. 0 0.5 (default: not searched; the model's "
+                        "--input-dropout)")
     g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "
                         f"split, {' '.join(DEFAULT_METRICS)} for held-out users); recall@k is normalised by "

@@ -104,9 +104,13 @@ def _check_train_args(args) -> None:
     if args.search_budget is not None and (args.lr is not None or args.dims is not None):
         raise ElsaIndexError("with --search-budget the search chooses the learning rate and width: give the values "
                              "to try with --search-lrs/--search-dims instead of --lr/--dims")
-    if args.search_budget is None and (args.search_lrs or args.search_dims or args.search_prune_epochs):
-        raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs need --search-budget (the time the "
-                             "search may take)")
+    if args.search_budget is None and (args.search_lrs or args.search_dims or args.search_prune_epochs
+                                       or args.search_input_dropouts):
+        raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts need "
+                             "--search-budget (the time the search may take)")
+    for share in args.search_input_dropouts or ():
+        if not 0.0 <= share < 1.0:
+            raise ElsaIndexError(f"--search-input-dropouts must be shares in [0, 1), got {share:g}")
     if args.no_refit and not args.validation_users and args.search_budget is None:
         raise ElsaIndexError("--no-refit needs --validation-users (it keeps the early-stopped model)")
     if args.metrics:
@@ -134,13 +138,14 @@ def cmd_train(args) -> int:
     if search:
         recipe = search_recipe(
             args.model, split, base=params, lrs=args.search_lrs or DEFAULT_LRS, widths=args.search_dims,
-            prune_epochs=args.search_prune_epochs,
+            prune_epochs=args.search_prune_epochs, input_dropouts=args.search_input_dropouts,
             max_epochs=params.get("epochs"), patience=patience or 10**6, budget_seconds=args.search_budget,
             validation_users=args.validation_users or 0.1, holdout_fraction=args.validation_holdout,
             seed=params.get("seed", 0))
         def cand(c):
-            return f"lr {c['lr']:g} dims {c['dims']}" + (f" pruning {c['prune_epochs']} epochs"
-                                                          if "prune_epochs" in c else "")
+            return (f"lr {c['lr']:g} dims {c['dims']}"
+                    + (f" pruning {c['prune_epochs']} epochs" if "prune_epochs" in c else "")
+                    + (f" input dropout {c['input_dropout']:g}" if "input_dropout" in c else ""))
 
         for t in recipe["trials"]:
             _say(f"  trial {cand(t)}: validation {recipe['metric']} {t['score']:.4f} "

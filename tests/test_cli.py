@@ -116,8 +116,11 @@ def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch
         (["--patience", "-1"], "--patience must be an integer >= 0"),
         (["--validation-holdout", "1.5"], "--validation-holdout must be in (0, 1), got 1.5"),
         (["--search-budget", "10", "--lr", "0.1"], "the search chooses the learning rate and width"),
-        (["--search-lrs", "0.1"], "--search-lrs/--search-dims/--search-prune-epochs need --search-budget"),
+        (["--search-lrs", "0.1"], "--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts need"),
         (["--search-prune-epochs", "2"], "need --search-budget"),
+        (["--search-input-dropouts", "0", "0.5"], "--search-input-dropouts need --search-budget"),
+        (["--search-budget", "10", "--search-input-dropouts", "1.5"],
+         "--search-input-dropouts must be shares in [0, 1), got 1.5"),
         (["--metrics", "precision@5"], "unknown metric 'precision@5'"),
     ],
 )
@@ -322,6 +325,18 @@ def test_compressed_recipe_search_tries_pruning_lengths_from_the_cli(tmp_path, l
     m = ck.config["model"]
     assert m["epochs"] - m["warmup_epochs"] - m["finetune_epochs"] == chosen["prune_epochs"]
     assert "pruning 1 epochs" in printed and "pruning 2 epochs" in printed
+
+
+def test_recipe_search_tries_input_dropouts_from_the_cli(tmp_path, log_csv, capsys):
+    out = tmp_path / "ck"
+    assert _train(log_csv, out, "--model", "elsa", "--epochs", "2", "--search-budget", "300", "--search-lrs", "0.03",
+                  "--search-dims", "8", "--search-input-dropouts", "0", "0.5", "--validation-users", "40") == 0
+    printed = capsys.readouterr().out
+    ck = Checkpoint.load(out)
+    recipe = ck.config["recipe"]
+    assert sorted(t["input_dropout"] for t in recipe["trials"]) == [0.0, 0.5]
+    assert ck.config["model"]["input_dropout"] == recipe["trials"][recipe["chosen"]]["input_dropout"]
+    assert "input dropout 0.5" in printed
 
 
 @pytest.mark.parametrize("model", ["ease", "popularity"])

@@ -148,3 +148,23 @@ def test_compressed_search_tries_pruning_lengths(users_split):
         search_recipe("compressed", users_split, base=base, prune_epochs=(0,), max_epochs=4, budget_seconds=1)
     with pytest.raises(TrainingError, match="Compressed ELSA only"):
         search_recipe("elsa", users_split, prune_epochs=(2,), budget_seconds=1)
+
+
+def test_search_tries_input_dropouts_and_records_the_choice(users_split):
+    d = class_defaults("elsa")
+    r = search_recipe("elsa", users_split, lrs=(d["lr"],), widths=(d["dims"],), input_dropouts=(0.5, 0.0, 0.5),
+                      max_epochs=3, patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+    # Duplicates count once; the model's own settings (input dropout: the class default 0) go first.
+    assert [t["input_dropout"] for t in r["trials"]] == [0.0, 0.5]
+    assert r["trials"][0]["score"] != r["trials"][1]["score"]  # the share changes the model
+    assert r["params"]["input_dropout"] == r["trials"][r["chosen"]]["input_dropout"]
+    own = search_recipe("elsa", users_split, base={"input_dropout": 0.5}, lrs=(d["lr"],), widths=(d["dims"],),
+                        input_dropouts=(0.0, 0.5), max_epochs=2, patience=1, budget_seconds=1e-6,
+                        validation_users=30, seed=0)
+    assert [t["input_dropout"] for t in own["trials"]] == [0.5]  # base's share is the one tried first
+    plain = search_recipe("elsa", users_split, lrs=(0.03,), widths=(8,), max_epochs=2, patience=1,
+                          budget_seconds=600.0, validation_users=30, seed=0)
+    assert "input_dropout" not in plain["trials"][0] and plain["params"]["input_dropout"] == 0.0
+    for bad in ((1.0,), (-0.2,), ()):
+        with pytest.raises(TrainingError, match="input_dropouts"):
+            search_recipe("elsa", users_split, input_dropouts=bad, budget_seconds=1)
