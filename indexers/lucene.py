@@ -56,9 +56,10 @@ Search parameters
 depth : int >= 1 or None (default). Candidates fetched from Lucene per
     query and re-ranked exactly; the effective depth is ``max(depth,
     k_fetched)`` (``k`` plus the largest exclusion list), so ``depth < k``
-    is allowed. None: ``400 * sqrt(nnz_max / 32)``, at least 400, where
-    ``nnz_max`` is the largest number of values of an item (400 up to 32
-    values, 566 at 64, 800 at 128; :meth:`info` reports it). Chosen with
+    is allowed. None: ``400 * sqrt(nnz_max / 32)``, at least 100, where
+    ``nnz_max`` is the largest number of values of an item (200 at 8
+    values, 283 at 16, 400 at 32, 566 at 64, 800 at 128; :meth:`info`
+    reports it). Chosen with
     ``query_mass``: the candidates come from part of the query, and the
     more values an item has, the more items share the query's terms and
     the closer their quantised scores. Retrieval recall@20 at
@@ -74,8 +75,8 @@ query_mass : float in (0, 1], default 0.6. Send Lucene only the largest
     embedding query has hundreds, most of them small: an item's score is
     carried by the query's large entries, and the exact re-rank uses the
     whole query, so the small entries change which items are candidates
-    only at the margin. With 0.6 at depth 400 (the default depth up to 32
-    values per item), about a
+    only at the margin. With 0.6 at depth 400 (the default depth at 32
+    values per item; it was the default from 1 to 32 values), about a
     third of the terms are sent (median 142 of 422 for ML-1M users, 65 of
     208 on a synthetic 1M-item catalogue, 313 of 1,017 for ML-1M with 128
     values per item) and retrieval recall@20 (k=100, histories excluded)
@@ -217,6 +218,8 @@ MAX_IMPACT = 65535
 #: items per JSON file handed to Anserini (its unit of parallelism)
 _ITEMS_PER_FILE = 100_000
 _COUNT_ALL_HITS = 2**31 - 1  # Java's Integer.MAX_VALUE as a total-hits threshold
+#: the smallest default depth (items of 1-2 values)
+MIN_DEFAULT_DEPTH = 100
 #: default share of a query's total |weight| sent to Lucene (see the module notes on query_mass)
 DEFAULT_QUERY_MASS = 0.6
 
@@ -252,7 +255,7 @@ class LuceneImpact(Backend):
         "threads": "Anserini indexing threads (default 1)",
         "optimize": "merge the index into one segment after indexing (default True)",
         "depth": "candidates fetched from Lucene per query, at least the results fetched (default None: "
-                 "400 * sqrt(largest values per item / 32), at least 400)",
+                 "400 * sqrt(largest values per item / 32), at least 100)",
         "query_mass": "send Lucene the largest query entries up to this share of the query's total |weight|, "
                       f"in (0, 1] (default {DEFAULT_QUERY_MASS}; 1 = all)",
         "query_terms": "send at most this many largest query entries to Lucene (default None = no cap)",
@@ -617,8 +620,8 @@ class LuceneImpact(Backend):
 
 
 def default_depth(emb: sp.csr_matrix) -> int:
-    """The default ``depth``: ``400 * sqrt(nnz_max / 32)``, at least 400 (``nnz_max``: most values of one item)."""
+    """The default ``depth``: ``400 * sqrt(nnz_max / 32)``, at least 100 (``nnz_max``: most values of one item)."""
     nnz_max = int(np.diff(emb.indptr).max()) if emb.shape[0] else 0
-    return int(round(400 * math.sqrt(max(nnz_max, 32) / 32)))
+    return max(MIN_DEFAULT_DEPTH, int(round(400 * math.sqrt(nnz_max / 32))))
 
 

@@ -117,8 +117,8 @@ def test_default_depth_grows_with_the_values_per_item(case):
     name, ckpt, U, lu, ex = case
     rows = lambda n: sp.csr_matrix((np.ones(3 * n, np.float32), np.tile(np.arange(n), 3), np.arange(4) * n),
                                    shape=(3, 256))
-    assert [default_depth(rows(n)) for n in (1, 16, 32, 64, 128)] == [400, 400, 400, 566, 800]
-    assert default_depth(sp.csr_matrix((0, 8), dtype=np.float32)) == 400
+    assert [default_depth(rows(n)) for n in (1, 8, 16, 32, 64, 128)] == [100, 200, 283, 400, 566, 800]
+    assert default_depth(sp.csr_matrix((0, 8), dtype=np.float32)) == 100
     expect = default_depth(sp.csr_matrix(ckpt.embeddings))
     assert lu.info()["index"]["default_depth"] == expect == lu.default_depth_
     n = ckpt.n_items
