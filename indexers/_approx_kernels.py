@@ -65,7 +65,7 @@ from __future__ import annotations
 import numpy as np
 
 # The exact kernel's min-heap: one tie rule (equal scores: the lower item index wins) for both backends.
-from ._kernels import _heap_less, _pop_sorted, _prefetch, _sift_down, _sift_up
+from ._kernels import _heap_less, _pop_sorted, _prefetch, _sift_down, _sift_up, exclusion_arrays
 
 try:
     import numba
@@ -481,10 +481,7 @@ def search_batch(forward, lists, queries, k, qdense, seen, heap_factor, query_sh
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     stats = np.zeros(2, np.int64)
-    if exclude is None:
-        x_indptr, x_items = np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
-    else:
-        x_indptr, x_items = np.asarray(exclude.indptr, np.int64), np.asarray(exclude.indices, np.int64)
+    x_indptr, x_items = exclusion_arrays(exclude, n)
     _batch(fptr, stride, fdim, fval, perm, inv, lptr, lids, lcodes, LEVELS, float(scale), int(nnz_max),
            queries.indptr.astype(np.int64), queries.indices.astype(np.int64), queries.data.astype(np.float32),
            x_indptr, x_items, qdense, seen, int(k), np.ascontiguousarray(np.broadcast_to(np.asarray(heap_factor, np.float64), (n,))),

@@ -324,6 +324,15 @@ def _query_arrays(queries):
             np.asarray(queries.data, dtype=np.float32))
 
 
+def exclusion_arrays(exclude, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, items)`` int64 of the exclusions of ``n`` queries (CSR, or None for none), items ascending per row:
+    the kernels' fixed-dtype form."""
+    if exclude is None or not exclude.nnz:
+        return np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
+    ex = exclude if exclude.has_sorted_indices else exclude.sorted_indices()
+    return np.asarray(ex.indptr, dtype=np.int64), np.asarray(ex.indices, dtype=np.int64)
+
+
 def sparse_topk(postings, queries, k: int, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of sparse ``queries`` (CSR, n x dims) against ``postings`` (CSR, dims x n_items).
 
@@ -357,16 +366,13 @@ def blocked_topk(postings, queries, k: int, acc: np.ndarray, exclude=None) -> tu
     items (with the excluded ones dropped from its ranking).
     """
     n = queries.shape[0]
-    if exclude is None or not exclude.nnz:
-        x_indptr, x_items = np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
-        ids = np.empty((n, k), np.int64)
-        scores = np.empty((n, k), np.float32)
-    else:
-        ex = exclude if exclude.has_sorted_indices else exclude.sorted_indices()
-        x_indptr = np.asarray(ex.indptr, dtype=np.int64)
-        x_items = np.asarray(ex.indices, dtype=np.int64)
+    x_indptr, x_items = exclusion_arrays(exclude, n)
+    if len(x_items):  # a row may keep fewer than k items: padding
         ids = np.full((n, k), -1, np.int64)
         scores = np.full((n, k), -np.inf, np.float32)
+    else:
+        ids = np.empty((n, k), np.int64)
+        scores = np.empty((n, k), np.float32)
     p = postings
     _blocked_batch(np.asarray(p.indptr, dtype=np.int64), np.asarray(p.indices, dtype=np.uint16),
                    np.asarray(p.data, dtype=np.float32), p.n_blocks, postings.block_items, postings.n_items,

@@ -212,19 +212,9 @@ class ApproxSparse(Backend):
         ids, scores = self._search(Q, min(k, self.n_items_), ex)
         return padded(ids, scores, k)
 
-    @staticmethod
-    def _csr(queries):
-        """Queries as float32 CSR with sorted indices (the kernels' input; validated queries already are)."""
-        if isinstance(queries, sp.csr_matrix) and queries.dtype == np.float32 and queries.has_sorted_indices:
-            return queries
-        Q = queries if sp.issparse(queries) else sp.csr_matrix(queries)
-        Q = sp.csr_matrix(Q, dtype=np.float32)
-        if not Q.has_sorted_indices:
-            Q = Q.sorted_indices()
-        return Q
-
     def _search(self, queries, k: int, exclude=None):
-        Q = self._csr(queries)
+        # Validated queries (Backend.as_queries) are float32 CSR with sorted indices, or a float32 array.
+        Q = queries if sp.issparse(queries) else sp.csr_matrix(queries)
         if self.exact_path_:
             return self._search_exact(Q, k, exclude)
         qdense, seen = self._scratch()

@@ -454,6 +454,7 @@ class ELSA:
         row_of = np.repeat(np.arange(n_rows), np.diff(Xb.indptr))
         rows = torch.from_numpy(row_of).to(device)
         data = torch.from_numpy(Xb.data.astype(np.float32)).to(device)
+        all_idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
         visible = None
         if self.input_dropout > 0:
             # The input (and the -x term) holds the visible entries; every entry stays a target.
@@ -462,11 +463,10 @@ class ELSA:
             counts = np.bincount(row_of[keep], minlength=n_rows)
             in_ptr = np.concatenate([[0], np.cumsum(counts)[:-1]])
             indptr = torch.from_numpy(in_ptr.astype(np.int64)).to(device)
-            idx = torch.from_numpy(Xb.indices[keep].astype(np.int64)).to(device)
+            idx = all_idx[visible.bool()]
         else:
             indptr = torch.from_numpy(Xb.indptr[:-1].astype(np.int64)).to(device)
-            idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
-        all_idx = torch.from_numpy(Xb.indices.astype(np.int64)).to(device)
+            idx = all_idx
         if sampler is None:
             cols, sqrt_w, local = None, None, all_idx
         else:
