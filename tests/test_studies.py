@@ -62,6 +62,26 @@ def test_interleaved_study_compares_configurations_with_exact(tmp_path, capsys):
     assert full["search"] == {"heap_factor": 1e-6, "exact_below": 0} and full["retrieval_recall@5"] == 1.0
     assert budget["retrieval_recall@5"] < 1.0
     assert full["p50_ratio_to_first"] == 1.0 and full["p50_ms"] > 0 and res["exact_p50_ms"] > 0
+    assert res["warmup"] == 0
+
+
+def test_interleaved_study_warms_every_configuration_up_untimed(tmp_path, capsys, monkeypatch):
+    from elsa_index.eval.studies import interleaved
+    from elsa_index.indexers.sparse_approx import ApproxSparse
+
+    ck, q = _tiny_sparse(tmp_path)
+    calls = []
+    inner = ApproxSparse.search
+    monkeypatch.setattr(ApproxSparse, "search", lambda self, *a, **kw: calls.append(1) or inner(self, *a, **kw))
+    argv = [str(ck), str(q), "--backend", "sparse-approx", "--k", "10", "--at", "5", "--warmup", "30",
+            "--config", "{}", "--config", '{"exact_below": 0}']
+    assert interleaved.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["warmup"] == 30 and res["queries"] == 12
+    assert len(calls) == 2 * (30 + 12)  # 30 untimed (the 12 queries cycled), then the timed ones
+    import pytest
+    with pytest.raises(SystemExit):
+        interleaved.main(argv[:-4] + ["--warmup", "-1"])
 
 
 def test_interleaved_study_refuses_a_cut_off_above_k(tmp_path):

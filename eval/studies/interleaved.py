@@ -40,7 +40,7 @@ def _queries(path: str, n_queries: int | None):
 
 
 def run(ckpt_dir: str, queries: str, backend: str, configs: list[dict], *, build: dict | None = None,
-        items: int | None = None, n_queries: int | None = None, k: int = 100, at: int = 20) -> dict:
+        items: int | None = None, n_queries: int | None = None, k: int = 100, at: int = 20, warmup: int = 0) -> dict:
     """Measure ``configs`` (search parameters of ``backend``); see the module documentation."""
     full = Checkpoint.load(ckpt_dir, mmap=True)
     if not full.sparse:
@@ -56,14 +56,17 @@ def run(ckpt_dir: str, queries: str, backend: str, configs: list[dict], *, build
     if X is not None and X.shape[1] != E.shape[0]:
         raise SystemExit(f"{queries}: its exclusions cover {X.shape[1]} items, the catalogue has {E.shape[0]} "
                          f"(use the checkpoint the query set was made for, without --items)")
-    return compare(ck, Q, X, backend, configs, build=build, k=k, at=at)
+    return compare(ck, Q, X, backend, configs, build=build, k=k, at=at, warmup=warmup)
 
 
 def compare(ck: Checkpoint, Q: sp.csr_matrix, X: sp.csr_matrix | None, backend: str, configs: list[dict], *,
-            build: dict | None = None, k: int = 100, at: int = 20) -> dict:
+            build: dict | None = None, k: int = 100, at: int = 20, warmup: int = 0) -> dict:
     """Time ``configs`` of ``backend`` against the exact backend on checkpoint ``ck``, query by query.
 
     ``Q`` are float32 CSR queries of ``ck``'s dims, ``X`` their exclusions (CSR over ``ck``'s items) or None.
+    ``warmup`` queries (the first ones, repeated if there are fewer) go through every configuration untimed first:
+    a JVM compiles its hot code after some thousands of calls, and the first configuration timed should not pay
+    for it.
     Returns the JSON object the module documentation describes.
     """
     E = sp.csr_matrix(ck.embeddings)
@@ -81,6 +84,13 @@ def compare(ck: Checkpoint, Q: sp.csr_matrix, X: sp.csr_matrix | None, backend: 
     ids = np.full((len(configs), n, k), -1, np.int64)
     ref = np.full((n, k), -np.inf, np.float32)
     order = list(range(len(configs)))
+    for w in range(warmup if n else 0):
+        q, x = Q[w % n:w % n + 1], None if X is None else X[w % n:w % n + 1]
+        exact.search(q, k, exclude=x)
+        for c in configs:
+            be.set_search_params(**{**defaults, **c})
+            be.search(q, k, exclude=x)
+    out["warmup"] = warmup
     for r in range(n):
         q = Q[r:r + 1]
         x = None if X is None else X[r:r + 1]
@@ -126,9 +136,14 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", dest="n_queries", type=int, default=None, help="queries timed (default: all)")
     ap.add_argument("--k", type=int, default=100, help="results per query (default 100)")
     ap.add_argument("--at", type=int, default=20, help="retrieval recall cut-off (default 20)")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="untimed queries through every configuration first (default 0; a JVM backend needs "
+                         "a few thousand calls to compile its hot code)")
     args = ap.parse_args(argv)
+    if args.warmup < 0:
+        ap.error(f"--warmup must be >= 0, got {args.warmup}")
     res = run(args.checkpoint, args.queries, args.backend, args.config or [{}], build=args.build, items=args.items,
-              n_queries=args.n_queries, k=args.k, at=args.at)
+              n_queries=args.n_queries, k=args.k, at=args.at, warmup=args.warmup)
     sys.stdout.write(json.dumps(res, indent=1) + "\n")
     return 0
 
