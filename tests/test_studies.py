@@ -32,6 +32,28 @@ def test_accuracy_study_runs_on_a_tiny_parquet(tmp_path):
     assert (out / "accuracy.md").read_text() == md
 
 
+def test_accuracy_seed_rows_are_reported_apart_from_the_best_of_comparisons():
+    def run(r20, dims=None, nnz=None):
+        return {"metrics": {"recall@20": r20, "recall@50": r20, "ndcg@100": r20}, "train_seconds": 1.0,
+                "dims": dims, "nnz": nnz, "floats_per_item": nnz or dims}
+
+    runs = {"EASE l2=300": run(0.31), "ELSA 64d": run(0.30, dims=64), "ELSA 64d seed 1": run(0.40, dims=64),
+            "ELSA 64d seed 2": run(0.32, dims=64), "CELSA 1024->32 exponential": run(0.29, 1024, 32),
+            "CELSA 1024->32 exponential seed 1": run(0.27, 1024, 32)}
+    md = accuracy.render({"datasets": {"ml-1m": runs}})
+    # a lucky seed is not the "best dense" model: the base runs are compared
+    assert "best dense ELSA (64d, Recall@20 0.3000)" in md
+    assert "Compressed ELSA 32 nnz / best dense ELSA Recall@20: 0.9667 (goal: >= 0.97: not met)" in md
+    assert "| ELSA 64d | 0 1 2 | 0.3400 | 0.0529 | 0.3000 | 0.4000 |" in md
+    assert "| CELSA 1024->32 exponential | 0 1 | 0.2800 |" in md
+    assert "Seed mean of the best dense ELSA (ELSA 64d) / EASE: 1.0968" in md
+    assert "Seed mean of CELSA 1024->32 exponential / seed mean of ELSA 64d: 0.8235" in md
+    assert accuracy._seeded("ELSA 64d seed 12") == ("ELSA 64d", 12) and accuracy._seeded("ELSA 64d") == ("ELSA 64d", 0)
+    import pytest
+    with pytest.raises(SystemExit):
+        accuracy.main(["--seeds", "0", "--render-only"])
+
+
 def _tiny_sparse(tmp_path, n_items=300, dims=64, nnz=6, n_queries=12):
     """A sparse checkpoint and a query matrix (scipy .npz) on disk."""
     import scipy.sparse as sp

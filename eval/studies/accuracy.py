@@ -4,7 +4,7 @@ Usage::
 
     python -m elsa_index.eval.studies.accuracy --data-dir DIR [--datasets ml-1m amazon-book book-crossing]
         [--out eval/results]
-        [--force] [--quick] [--only NAME ...] [--render-only]
+        [--force] [--quick] [--only NAME ...] [--seeds S ...] [--render-only]
 
 ``DIR`` holds ``ml-1m.parquet``, ``amazon-book.parquet`` and, for the large
 catalogue, ``book-crossing.parquet`` (string columns ``user_id``/``item_id``,
@@ -28,6 +28,13 @@ and -> 16 with ``input_dropout=0.5`` (half of each history hidden from the
 input at each step, kept as targets).
 Book-Crossing's dense widths are 64, 256, 512 and 1024 (1024 needs ~13 GB
 of free memory).
+
+Training seeds: every model trains with seed 0 (initialisation, shuffling,
+sampling; the data split and the validation users stay fixed). ``--seeds 1 2``
+also trains the selected ELSA models with those seeds, as rows named ``NAME
+seed S``. Those rows never enter the best-of comparisons (picking the best
+seed on the test users would flatter a model); the report adds a table of the
+spread over seeds and the goal ratios of the seed means.
 
 Every ELSA model picks its number of epochs on *training* users set aside
 for validation (early stopping on Recall@20; never the test users). ML-1M:
@@ -53,6 +60,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from elsa_index.eval.machine import cpu_name
 from elsa_index.eval.tables import markdown_table
@@ -246,7 +255,44 @@ def _selections(runs: dict) -> list[str]:
     return (["Pruning recipes chosen on the validation users:", "", *out, ""]) if out else []
 
 
-def _analysis(dataset: str, runs: dict) -> list[str]:
+SEED_TAG = " seed "
+
+
+def _seeded(name: str) -> tuple[str, int]:
+    """``("NAME", seed)`` of a run name: ``"X seed 2"`` -> ``("X", 2)``, ``"X"`` -> ``("X", 0)``."""
+    base, tag, seed = name.rpartition(SEED_TAG)
+    return (base, int(seed)) if tag and seed.isdigit() else (name, 0)
+
+
+def _seed_spread(runs: dict) -> list[str]:
+    """Recall@20 over training seeds for every model trained with more than one, and the goal ratios of the means."""
+    groups: dict[str, dict[int, float]] = {}
+    for n, r in runs.items():
+        base, seed = _seeded(n)
+        groups.setdefault(base, {})[seed] = r["metrics"]["recall@20"]
+    groups = {b: g for b, g in groups.items() if len(g) > 1 and b in runs}
+    if not groups:
+        return []
+    mean = {b: float(np.mean(list(g.values()))) for b, g in groups.items()}
+    body = [[b, " ".join(str(s) for s in sorted(g)), f"{mean[b]:.4f}", f"{np.std(list(g.values()), ddof=1):.4f}",
+             f"{min(g.values()):.4f}", f"{max(g.values()):.4f}"] for b, g in groups.items()]
+    out = ["Recall@20 over training seeds (same data split and validation users; rows `NAME seed S` above):", ""]
+    out += markdown_table(["model", "seeds", "mean", "sd", "min", "max"], body, "llrrrr")
+    dense = [b for b in groups if b.startswith("ELSA ")]
+    if dense:
+        best = max(dense, key=mean.get)
+        ease = runs.get("EASE l2=300", {}).get("metrics", {}).get("recall@20")
+        out += [""]
+        if ease:
+            out += [f"- Seed mean of the best dense ELSA ({best}) / EASE: {mean[best] / ease:.4f} (goal >= 0.98)."]
+        for b in groups:
+            if b.startswith("CELSA") and "->32 " in b:
+                out += [f"- Seed mean of {b} / seed mean of {best}: {mean[b] / mean[best]:.4f} (goal >= 0.97)."]
+    return out + [""]
+
+
+def _analysis(dataset: str, all_runs: dict) -> list[str]:
+    runs = {n: r for n, r in all_runs.items() if _seeded(n)[1] == 0}  # seed variants: see _seed_spread
     dense = {}  # the best dense ELSA of each width (with or without input dropout)
     for n, r in runs.items():
         if n.startswith("ELSA "):
@@ -281,7 +327,7 @@ def _analysis(dataset: str, runs: dict) -> list[str]:
         out += ["", f"Best dense ELSA / EASE Recall@20: {goal(best / ease, 0.98)}."]
     if 32 in comp:
         out += ["", f"Compressed ELSA 32 nnz / best dense ELSA Recall@20: {goal(comp[32] / best, 0.97)}."]
-    return out + [""]
+    return out + [""] + _seed_spread(all_runs)
 
 
 # ------------------------------------------------------------------ main
@@ -297,8 +343,12 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="re-run finished runs")
     ap.add_argument("--quick", action="store_true", help="a few models only (smoke run)")
     ap.add_argument("--only", nargs="*", default=None, help="run only models whose name contains one of these")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[],
+                    help="also train the selected ELSA models with these seeds (rows 'NAME seed S'; see above)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the Markdown report from the JSON")
     args = ap.parse_args(argv)
+    if any(s < 1 for s in args.seeds):
+        ap.error(f"--seeds must be integers >= 1 (seed 0 is the base run), got {args.seeds}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,8 +377,11 @@ def main(argv=None) -> int:
                                     "train_interactions": split.train.nnz, "test_users": split.fold_in.shape[0]}
         done = results["datasets"].setdefault(dataset, {})
         val_users = 2000 if dataset == "amazon-book" else 500
-        for name, kind, params in runs_for(dataset, args.quick):
-            if args.only and not any(s in name for s in args.only):
+        planned = runs_for(dataset, args.quick)
+        planned += [(f"{name}{SEED_TAG}{seed}", kind, dict(params, seed=seed))
+                    for seed in args.seeds for name, kind, params in planned if kind in ("elsa", "compressed")]
+        for name, kind, params in planned:
+            if args.only and not any(s in _seeded(name)[0] for s in args.only):
                 continue
             if name in done and not args.force:
                 continue
