@@ -12,6 +12,9 @@ Schema (every top-level key but ``datasets`` and ``backends`` is optional)::
     k = 100                        # results per query (retrieval depth)
     queries = 1000                 # queries per dataset (held-out users or synthetic)
     warmup = 50                    # warm-up queries before the timed single-query pass
+    index_warmup_seconds = 3.0     # once per opened index, before its first configuration: the query set,
+                                   # cycled, for this long (a JVM compiles its hot code after thousands of
+                                   # calls; without it the first configuration of an index is timed cold)
     threads = [1, 2]               # thread counts of the batched throughput runs
     throughput_repeats = 3         # batched passes per thread count (median reported)
     metrics = ["recall@20", "recall@50", "ndcg@100", "retrieval_recall@20", "retrieval_recall@100"]
@@ -102,7 +105,7 @@ __all__ = [
     "default_storage",
 ]
 
-_QUICK_CAPS = {"queries": 100, "warmup": 10, "throughput_repeats": 1}
+_QUICK_CAPS = {"queries": 100, "warmup": 10, "throughput_repeats": 1, "index_warmup_seconds": 0.5}
 
 
 # ---------------------------------------------------------------------- loading
@@ -168,7 +171,7 @@ def parse_config(raw: dict, *, quick: bool = False) -> BenchConfig:
         for key, cap in _QUICK_CAPS.items():
             if key in (quick_table or {}):
                 continue  # the config's own quick value wins
-            if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
+            if isinstance(raw.get(key), (int, float)) and not isinstance(raw.get(key), bool):
                 raw[key] = min(raw[key], cap)
             elif key not in raw:
                 raw[key] = cap

@@ -63,7 +63,7 @@ from elsa_index.indexers.base import Backend
 
 from .config import BenchConfig, load_config
 from .machine import machine_info, measure_bandwidth
-from .measure import build_index, measure_config, overhead_check, probe_memory
+from .measure import build_index, measure_config, overhead_check, probe_memory, search_params_of, warm_index
 from .memprobe import baseline_rss
 from .plan import RunSpec, plan_runs, resolve_backends, size_label
 from .prepare import Workspace
@@ -198,6 +198,8 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
                     rec["memory"] = {"error": str(exc)}
                 write_json(index_paths(out, first)[1], rec)
             be = Backend.load(rec["index_dir"])
+            be.set_search_params(**search_params_of(be, first.search))
+            warm_index(be, qset.qs, qset.xs, cfg.k, cfg.index_warmup_seconds)
             for r in todo:
                 bar.set_postfix_str(f"{dataset} {ckpt} {label} {r.search or ''}"[:60], refresh=True)
                 try:

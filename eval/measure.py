@@ -41,8 +41,25 @@ from .store import index_paths, is_done, load_reference, run_paths, write_json, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["latency_pass", "throughput", "build_index", "probe_memory", "measure_config", "search_params_of", "overhead_check",
+__all__ = ["warm_index", "latency_pass", "throughput", "build_index", "probe_memory", "measure_config", "search_params_of", "overhead_check",
            "harness_loop"]
+
+
+def warm_index(be, qs, xs, k: int, seconds: float) -> int:
+    """Single queries, the query set cycled, for ``seconds`` (0: none); returns how many were searched.
+
+    Run once per opened index before its first configuration, so that no configuration is timed while the
+    backend's code is still being compiled (a JVM's just-in-time compiler needs thousands of calls).
+    """
+    n, done = len(qs), 0
+    if not n or seconds <= 0:
+        return 0
+    end = time.perf_counter() + seconds
+    with thread_limits(1):
+        while time.perf_counter() < end:
+            be.search(qs[done % n], k, exclude=xs[done % n])
+            done += 1
+    return done
 
 
 def latency_pass(be, qs, xs, k: int, warmup: int):
@@ -228,7 +245,7 @@ def measure_config(cfg: BenchConfig, out: Path, spec: RunSpec, be, rec: dict, qs
     pct = latency_percentiles(lat)
     meta = {
         "status": "done", **spec.record(), "storage": storage, "k": cfg.k, "n_queries": int(len(lat)),
-        "warmup": cfg.warmup, "threads": cfg.threads, "throughput_how": how, "throughput_seconds": times,
+        "warmup": cfg.warmup, "index_warmup_seconds": cfg.index_warmup_seconds, "threads": cfg.threads, "throughput_how": how, "throughput_seconds": times,
         "qps": qps, "build_seconds": rec.get("build_seconds"), "bytes_on_disk": rec.get("bytes_on_disk"),
         "peak_rss_bytes": (memory or {}).get("peak_rss_bytes"), "memory": memory,
         "latency_p50_ms": pct["p50"], "latency_p95_ms": pct["p95"], "latency_p99_ms": pct["p99"],

@@ -159,7 +159,8 @@ def _protocol_lines(cfg, machine: dict) -> list[str]:
         "`x·A`, history excluded from the results; synthetic: fitted queries with the history they exclude. "
         f"Every configuration answers the same queries, k = {cfg.k}.",
         f"- Latency: one query at a time on one thread (BLAS/OpenMP pools limited to 1, backend `threads` = 1), "
-        f"{cfg.warmup} warm-up queries first, `time.perf_counter_ns` around `search`, GC paused; p50/p95/p99 over "
+        f"{cfg.index_warmup_seconds:g} s of warm-up queries once per opened index (JIT-compiled backends), then "
+        f"{cfg.warmup} warm-up queries per configuration, `time.perf_counter_ns` around `search`, GC paused; p50/p95/p99 over "
         "all queries. Throughput: the whole query set as one batch (or split over a thread pool for backends "
         f"without a `threads` parameter) at {t} thread(s), median of {cfg.throughput_repeats} pass(es).",
         "- Retrieval recall@k: returned items whose exact score reaches the exact k-th score (ties count), over "

@@ -185,6 +185,7 @@ class BenchConfig(Schema):
     k: PosInt = 100
     queries: PosInt = 1000
     warmup: NonNegInt = 50
+    index_warmup_seconds: Annotated[float, Field(ge=0.0, le=3600.0)] = 3.0
     threads: list[PosInt] = Field(default_factory=lambda: [1], min_length=1)
     throughput_repeats: PosInt = 3
     metrics: list[str] = Field(default_factory=lambda: [

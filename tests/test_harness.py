@@ -6,7 +6,9 @@ import importlib.util
 import io
 import json
 import textwrap
+import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -26,6 +28,7 @@ title = "test bench"
 k = 10
 queries = 12
 warmup = 2
+index_warmup_seconds = 0.05
 threads = [1, 2]
 throughput_repeats = 1
 bandwidth_mb = 4
@@ -138,6 +141,7 @@ def test_quick_config_runs_end_to_end(bench):
     assert table.num_rows == rec["n_queries"] == 12
     assert set(table.column_names) >= {"latency_ns", "ids", "scores", "true_scores", "touched_bytes"}
     assert rec["peak_rss_bytes"] is not None and rec["bytes_on_disk"] > 0 and set(rec["qps"]) == {"1", "2"}
+    assert rec["index_warmup_seconds"] == 0.05 and "s of warm-up queries once per opened index" in report
     over = json.loads((out / "overhead.json").read_text())
     assert over["label"] == "toy" and over["standalone_mean_ms"] > 0 and over["ratio_mean"] > 0
 
@@ -211,3 +215,24 @@ def test_each_configuration_starts_from_the_backend_defaults():
     assert be.get_search_params()["batch_size"] == 7
     be.set_search_params(**search_params_of(be, {}))
     assert be.get_search_params() == {**cls.search_params}
+
+
+def test_index_warm_up_cycles_the_queries_for_the_time_given():
+    import scipy.sparse as sp
+
+    from elsa_index.checkpoint import Checkpoint
+    from elsa_index.eval.measure import warm_index
+    from elsa_index.indexers import get_backend
+
+    E = sp.random(50, 16, density=0.25, format="csr", random_state=0, dtype=np.float32)
+    be = get_backend("sparse")().build(Checkpoint(E, [str(i) for i in range(50)], np.ones(50, np.int64),
+                                                  kind="imported"))
+    qs, xs = [E[i:i + 1] for i in range(3)], [None, [1], None]
+    calls = []
+    inner = be.search
+    be.search = lambda q, k, exclude=None: calls.append((q, exclude)) or inner(q, k, exclude=exclude)
+    assert warm_index(be, qs, xs, 5, 0) == 0 and warm_index(be, [], [], 5, 1.0) == 0 and not calls
+    t0 = time.perf_counter()
+    done = warm_index(be, qs, xs, 5, 0.2)
+    assert time.perf_counter() - t0 >= 0.2 and done == len(calls) > 3  # more than one pass over the 3 queries
+    assert [x for _, x in calls[:6]] == xs + xs  # each query with its own exclusions, in order
