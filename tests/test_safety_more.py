@@ -117,6 +117,8 @@ def test_jsonl_user_and_history_object_still_works(index, index_dir, tmp_path, c
 
 _JVM_SIGINT = """
 import os, signal, time
+# Python's own handler, also where this child inherits SIGINT ignored (e.g. started in the background by a shell)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from elsa_index.indexers import _jvm
 _jvm.runtime()
 try:
