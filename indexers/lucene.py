@@ -225,7 +225,7 @@ from ._lucene_files import (FIELD, check_doc_rows, clean_rows, doc_rows, new_wor
                             run_indexer, segments, verify_checksums, write_documents)
 from ._lucene_query import MAX_CLAUSES, filter_term_ids, query_text, request, thread_parser
 from .base import Backend
-from .requests import load_rerank_rows, prune, query_entries, ranked, rerank_rows
+from .requests import Results, load_rerank_rows, padded, prune, query_entries, ranked, rerank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -447,9 +447,21 @@ class LuceneImpact(Backend):
     # ----------------------------------------------------------------- search
 
     def _search(self, queries, k: int):
+        return self._search_rows(queries, k, None)
+
+    def _search_excluding(self, Q, k: int, ex) -> Results:
+        """Each query's excluded items are dropped from its Lucene candidates before the re-rank (fetching k).
+
+        A query fetches ``max(depth, k + its exclusions)`` candidates, as through the base path (which fetched
+        k + exclusions and dropped them afterwards), so the results are the same; only the extra ranking and
+        the dropping pass over the results are saved.
+        """
+        return padded(*self._search_rows(Q, k, ex), k)
+
+    def _search_rows(self, queries, k: int, ex) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)`` (n, k) of every query, its exclusions (row of CSR ``ex``, or None) left out."""
         session = self._session()
         n = queries.shape[0]
-        depth = self._depth(k)
         m = self._search_params["query_terms"]
         mass = float(self._search_params["query_mass"])
         rerank = bool(self._search_params["rerank"])
@@ -457,8 +469,13 @@ class LuceneImpact(Backend):
         scores = np.full((n, k), -np.inf, np.float32)
         for r in range(n):
             dims, vals = query_entries(queries, r)
+            drop = ex.indices[ex.indptr[r]:ex.indptr[r + 1]] if ex is not None else ()
             # pruned for Lucene only; the re-rank uses all of u
-            cand, lscore = self._lucene_top(session, *prune(dims, vals, m, mass), depth, scores=not rerank)
+            cand, lscore = self._lucene_top(session, *prune(dims, vals, m, mass), self._depth(k + len(drop)),
+                                            scores=not rerank)
+            if len(drop) and len(cand):
+                keep = ~np.isin(cand, drop)
+                cand, lscore = cand[keep], (lscore[keep] if lscore is not None else None)
             if not len(cand):
                 continue
             ids[r], scores[r] = ranked(cand, self._exact_scores(cand, dims, vals) if rerank else lscore, k)

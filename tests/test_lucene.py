@@ -355,6 +355,32 @@ def test_exclusions(case):
         lu.set_search_params(query_mass=LuceneImpact.search_params["query_mass"])
 
 
+@pytest.mark.parametrize("params", [{}, {"rerank": False}, {"depth": 3}])
+def test_exclusions_inside_the_search_equal_the_fetch_and_drop_path(case, params):
+    """Dropping a query's excluded items from its candidates before the re-rank gives what fetching k +
+    exclusions and dropping them afterwards (the base path) gives, ties included."""
+    name, ckpt, U, lu, ex = case
+    rng = np.random.default_rng(5)
+    n_items = ckpt.embeddings.shape[0]
+    exclude = [rng.choice(n_items, size, replace=False) for size in rng.integers(0, 40, U.shape[0])]
+    exclude[0] = np.arange(n_items - 3)  # all but 3 items: short, padded rows
+    depths = []
+    inner = lu._lucene_top
+    lu._lucene_top = lambda s, d, v, depth, **kw: depths.append(depth) or inner(s, d, v, depth, **kw)
+    try:
+        lu.set_search_params(**params)
+        X = lu.as_exclude(exclude, U.shape[0])
+        got = lu.search(U, 10, exclude=exclude)
+        assert depths == [lu._depth(10 + len(x)) for x in exclude]  # each query fetches its own need
+        base = Backend._search_excluding(lu, lu.as_queries(U), 10, X)
+    finally:
+        del lu._lucene_top
+        lu.set_search_params(**LuceneImpact.search_params)
+    np.testing.assert_array_equal(got.ids, base.ids)
+    np.testing.assert_array_equal(got.scores, base.scores)
+    assert (got.ids[0] >= 0).sum() <= 3 and not np.isin(got.ids[0], exclude[0]).any()
+
+
 def _check_exclusions(ckpt, U, lu, ex):
     plain = ex.search(U, 10)
     exclude = [plain.ids[r, ::3] for r in range(U.shape[0])]
