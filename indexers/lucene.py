@@ -73,9 +73,9 @@ optimize : bool, default True. Merge the index into one segment after
 Search parameters
 -----------------
 depth : int >= 1 or None (default). Candidates fetched from Lucene per
-    query and re-ranked exactly; the effective depth is ``max(depth,
-    k_fetched)`` (``k`` plus the largest exclusion list), so ``depth < k``
-    is allowed. None: ``400 * sqrt(nnz_max / 32)``, at least 100, where
+    query and re-ranked exactly; the effective depth is ``max(depth, k +
+    the query's exclusions)`` (its excluded items are dropped from the
+    candidates before the re-rank), so ``depth < k`` is allowed. None: ``400 * sqrt(nnz_max / 32)``, at least 100, where
     ``nnz_max`` is the largest number of values of an item (200 at 8
     values, 283 at 16, 400 at 32, 566 at 64, 800 at 128; :meth:`info`
     reports it). Chosen with
