@@ -198,8 +198,11 @@ def run_bench(config: BenchConfig | str | os.PathLike, out: str | os.PathLike, *
                     rec["memory"] = {"error": str(exc)}
                 write_json(index_paths(out, first)[1], rec)
             be = Backend.load(rec["index_dir"])
-            be.set_search_params(**search_params_of(be, first.search))
-            warm_index(be, qset.qs, qset.xs, cfg.k, cfg.index_warmup_seconds)
+            try:
+                be.set_search_params(**search_params_of(be, first.search))
+                warm_index(be, qset.qs, qset.xs, cfg.k, cfg.index_warmup_seconds)
+            except ElsaIndexError as exc:  # the configuration's own measurement below reports it
+                logger.warning("warm-up of %s on %s/%s failed: %s", label, dataset, ckpt, exc)
             for r in todo:
                 bar.set_postfix_str(f"{dataset} {ckpt} {label} {r.search or ''}"[:60], refresh=True)
                 try:

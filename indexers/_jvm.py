@@ -82,7 +82,9 @@ class JavaRuntime:
     pyjnius ``autoclass`` proxy); ``cast`` is ``jnius.cast``,
     ``JavaException`` the exception type pyjnius raises for Java exceptions
     and ``json`` a Jackson ``ObjectMapper`` (one Java call turns a result
-    object into a JSON string, instead of one call per hit).
+    object into a JSON string, instead of one call per hit; the ``lucene``
+    backend's text transport). ``ImpactSearch`` is the backend's own class
+    (:data:`HELPER_CLASS`), or None where the JVM was started without it.
     """
 
     def __init__(self, versions: dict[str, str], cast: Any, java_exception: type, classes: dict[str, Any]):
@@ -94,12 +96,12 @@ class JavaRuntime:
         self.keep: list = []
 
 
-# Java classes used by the backend: short name -> fully qualified name.
 #: the backend's own Java class (source and compiled class under ``java/``, see :mod:`._java`): one search per
-#: call, request and reply as byte arrays. Optional: a JVM started elsewhere lacks it (see :class:`.lucene`).
+#: call, request and reply as byte arrays. Optional: a JVM started elsewhere lacks it (see :mod:`.lucene`).
 HELPER_CLASS = "elsaindex.ImpactSearch"
 HELPER_CLASSPATH = Path(__file__).resolve().parent / "java"
 
+# Java classes used by the backend: short name -> fully qualified name.
 _CLASSES = {
     "System": "java.lang.System",
     "Runtime": "java.lang.Runtime",
