@@ -75,8 +75,9 @@ Search parameters
 depth : int >= 1 or None (default). Candidates fetched from Lucene per
     query and re-ranked exactly; the effective depth is ``max(depth, k +
     the query's exclusions)`` (its excluded items are dropped from the
-    candidates before the re-rank), so ``depth < k`` is allowed. None: ``400 * sqrt(nnz_max / 32)``, at least 100, where
-    ``nnz_max`` is the largest number of values of an item (200 at 8
+    candidates before the re-rank), so ``depth < k`` is allowed. None:
+    ``400 * sqrt(nnz_max / 32)``, at least 100, where ``nnz_max`` is the
+    largest number of values of an item (200 at 8
     values, 283 at 16, 400 at 32, 566 at 64, 800 at 128; :meth:`info`
     reports it). Chosen with
     ``query_mass``: the candidates come from part of the query, and the
