@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--search-input-dropouts", type=float, nargs="+", default=None, metavar="SHARE",
                    help="input dropout shares the search tries, e.g. 0 0.5 (default: not searched; the model's "
                         "--input-dropout)")
+    g.add_argument("--search-start-nnz", type=int, nargs="+", default=None, metavar="N",
+                   help="compressed model: live entries per row at the start the search tries; 0 (or a value >= the "
+                        "width) is the dense start, e.g. 0 48 for --nnz 32 (default: not searched; the model's "
+                        "--start-nnz)")
     g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "
                         f"split, {' '.join(DEFAULT_METRICS)} for held-out users); recall@k is normalised by "

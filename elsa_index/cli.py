@@ -105,12 +105,17 @@ def _check_train_args(args) -> None:
         raise ElsaIndexError("with --search-budget the search chooses the learning rate and width: give the values "
                              "to try with --search-lrs/--search-dims instead of --lr/--dims")
     if args.search_budget is None and (args.search_lrs or args.search_dims or args.search_prune_epochs
-                                       or args.search_input_dropouts):
-        raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts need "
-                             "--search-budget (the time the search may take)")
+                                       or args.search_input_dropouts or args.search_start_nnz):
+        raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts/"
+                             "--search-start-nnz need --search-budget (the time the search may take)")
     for share in args.search_input_dropouts or ():
         if not 0.0 <= share < 1.0:
             raise ElsaIndexError(f"--search-input-dropouts must be shares in [0, 1), got {share:g}")
+    if args.search_start_nnz and args.model != "compressed":
+        raise ElsaIndexError(f"--search-start-nnz applies to --model compressed only, not to {args.model!r}")
+    for n in args.search_start_nnz or ():
+        if n < 0:
+            raise ElsaIndexError(f"--search-start-nnz must be counts >= 0 (0: the dense start), got {n}")
     if args.no_refit and not args.validation_users and args.search_budget is None:
         raise ElsaIndexError("--no-refit needs --validation-users (it keeps the early-stopped model)")
     if args.metrics:
@@ -139,13 +144,16 @@ def cmd_train(args) -> int:
         recipe = search_recipe(
             args.model, split, base=params, lrs=args.search_lrs or DEFAULT_LRS, widths=args.search_dims,
             prune_epochs=args.search_prune_epochs, input_dropouts=args.search_input_dropouts,
+            start_nnzs=None if args.search_start_nnz is None else [n or None for n in args.search_start_nnz],
             max_epochs=params.get("epochs"), patience=patience or 10**6, budget_seconds=args.search_budget,
             validation_users=args.validation_users or 0.1, holdout_fraction=args.validation_holdout,
             seed=params.get("seed", 0))
         def cand(c):
             return (f"lr {c['lr']:g} dims {c['dims']}"
                     + (f" pruning {c['prune_epochs']} epochs" if "prune_epochs" in c else "")
-                    + (f" input dropout {c['input_dropout']:g}" if "input_dropout" in c else ""))
+                    + (f" input dropout {c['input_dropout']:g}" if "input_dropout" in c else "")
+                    + ((f" sparse start {c['start_nnz']}" if c["start_nnz"] else " dense start")
+                       if "start_nnz" in c else ""))
 
         for t in recipe["trials"]:
             _say(f"  trial {cand(t)}: validation {recipe['metric']} {t['score']:.4f} "

@@ -116,9 +116,13 @@ def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch
         (["--patience", "-1"], "--patience must be an integer >= 0"),
         (["--validation-holdout", "1.5"], "--validation-holdout must be in (0, 1), got 1.5"),
         (["--search-budget", "10", "--lr", "0.1"], "the search chooses the learning rate and width"),
-        (["--search-lrs", "0.1"], "--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts need"),
+        (["--search-lrs", "0.1"], "--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts/"),
+        (["--model", "compressed", "--search-start-nnz", "0", "8"], "need --search-budget (the time"),
+        (["--model", "elsa", "--search-budget", "10", "--search-start-nnz", "8"], "--search-start-nnz applies to --model compressed"),
+        (["--model", "compressed", "--search-budget", "10", "--search-start-nnz", "-1"],
+         "--search-start-nnz must be counts >= 0 (0: the dense start), got -1"),
         (["--search-prune-epochs", "2"], "need --search-budget"),
-        (["--search-input-dropouts", "0", "0.5"], "--search-input-dropouts need --search-budget"),
+        (["--search-input-dropouts", "0", "0.5"], "--search-start-nnz need --search-budget"),
         (["--search-budget", "10", "--search-input-dropouts", "1.5"],
          "--search-input-dropouts must be shares in [0, 1), got 1.5"),
         (["--metrics", "precision@5"], "unknown metric 'precision@5'"),
@@ -337,6 +341,19 @@ def test_recipe_search_tries_input_dropouts_from_the_cli(tmp_path, log_csv, caps
     assert sorted(t["input_dropout"] for t in recipe["trials"]) == [0.0, 0.5]
     assert ck.config["model"]["input_dropout"] == recipe["trials"][recipe["chosen"]]["input_dropout"]
     assert "input dropout 0.5" in printed
+
+
+def test_recipe_search_tries_sparse_starts_from_the_cli(tmp_path, log_csv, capsys):
+    out = tmp_path / "ck"
+    assert _train(log_csv, out, "--model", "compressed", "--nnz", "4", "--epochs", "3", "--finetune-epochs", "1",
+                  "--prune-steps", "4", "--search-budget", "300", "--search-lrs", "0.03", "--search-dims", "16",
+                  "--search-start-nnz", "0", "6", "--validation-users", "40") == 0
+    printed = capsys.readouterr().out
+    ck = Checkpoint.load(out)
+    recipe = ck.config["recipe"]
+    assert [t["start_nnz"] for t in recipe["trials"]] == [None, 6]  # the model's own (dense) start first
+    assert ck.config["model"]["start_nnz"] == recipe["trials"][recipe["chosen"]]["start_nnz"]
+    assert "dense start" in printed and "sparse start 6" in printed
 
 
 @pytest.mark.parametrize("model", ["ease", "popularity"])

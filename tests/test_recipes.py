@@ -168,3 +168,27 @@ def test_search_tries_input_dropouts_and_records_the_choice(users_split):
     for bad in ((1.0,), (-0.2,), ()):
         with pytest.raises(TrainingError, match="input_dropouts"):
             search_recipe("elsa", users_split, input_dropouts=bad, budget_seconds=1)
+
+
+def test_compressed_search_tries_sparse_starts(users_split):
+    base = dict(nnz=2, epochs=4, warmup_epochs=0, finetune_epochs=2, prune_steps=4, batch_size=64)
+    r = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8, 16),
+                      start_nnzs=(3, None, 12, 3), patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+    # Duplicates count once; a start at or above a width is that width's dense start (one trial per width).
+    got = [(t["dims"], t["start_nnz"]) for t in r["trials"] if t["prune_epochs"] == 2]
+    assert sorted(got, key=str) == sorted([(8, 3), (8, None), (16, 3), (16, None), (16, 12)], key=str)
+    assert r["params"]["start_nnz"] == r["trials"][r["chosen"]]["start_nnz"]
+    assert r["params"]["dims"] == r["trials"][r["chosen"]]["dims"]
+    # The model's own start goes first at the class defaults (here a sparse start of 3).
+    d = class_defaults("compressed")
+    for own, first in ((None, None), (3, 3)):
+        o = search_recipe("compressed", users_split, base={**base, "start_nnz": own}, lrs=(d["lr"],),
+                          widths=(d["dims"],), prune_epochs=(2,), start_nnzs=(3, None), patience=1,
+                          budget_seconds=1e-6, validation_users=30, seed=0)
+        assert [t["start_nnz"] for t in o["trials"]] == [first]
+    with pytest.raises(TrainingError, match="nnz must be an integer in \\[1, 1\\]"):  # a start below nnz
+        search_recipe("compressed", users_split, base=base, widths=(8,), start_nnzs=(1,), budget_seconds=1)
+    with pytest.raises(TrainingError, match="start_nnzs is empty"):
+        search_recipe("compressed", users_split, base=base, start_nnzs=(), budget_seconds=1)
+    with pytest.raises(TrainingError, match="Compressed ELSA only"):
+        search_recipe("elsa", users_split, start_nnzs=(4,), budget_seconds=1)
