@@ -42,7 +42,7 @@ def test_accuracy_seed_rows_are_reported_apart_from_the_best_of_comparisons():
             "CELSA 1024->32 exponential seed 1": run(0.27, 1024, 32)}
     md = accuracy.render({"datasets": {"ml-1m": runs}})
     # a lucky seed is not the "best dense" model: the base runs are compared
-    assert "best dense ELSA (64d, Recall@20 0.3000)" in md
+    assert "best dense ELSA (ELSA 64d, Recall@20 0.3000)" in md
     assert "Compressed ELSA 32 nnz / best dense ELSA Recall@20: 0.9667 (goal: >= 0.97: not met)" in md
     assert "| ELSA 64d | 0 1 2 | 0.3400 | 0.0529 | 0.3000 | 0.4000 |" in md
     assert "| CELSA 1024->32 exponential | 0 1 | 0.2800 |" in md
@@ -52,6 +52,31 @@ def test_accuracy_seed_rows_are_reported_apart_from_the_best_of_comparisons():
     import pytest
     with pytest.raises(SystemExit):
         accuracy.main(["--seeds", "0", "--render-only"])
+
+
+def test_accuracy_variants_of_a_width_are_chosen_on_validation_users():
+    def run(r20, val=None, dims=None, nnz=None):
+        return {"metrics": {"recall@20": r20, "recall@50": r20, "ndcg@100": r20}, "train_seconds": 1.0,
+                "dims": dims, "nnz": nnz, "floats_per_item": nnz or dims} | ({} if val is None else
+                                                                            {"val_recall@20": val})
+
+    runs = {"EASE l2=300": run(0.30),
+            # the best test score is the worse validation score: the validation decides
+            "ELSA 64d": run(0.40, val=0.30, dims=64), "ELSA 64d input dropout 0.5": run(0.33, val=0.35, dims=64),
+            "CELSA 1024->32 exponential": run(0.31, val=0.20, dims=1024, nnz=32),
+            "CELSA 1024->32 exponential sparse start 48": run(0.30, val=0.25, dims=1024, nnz=32)}
+    md = accuracy.render({"datasets": {"ml-1m": runs}})
+    assert "best dense ELSA (ELSA 64d input dropout 0.5, Recall@20 0.3300)" in md
+    assert "| 32 nnz | CELSA 1024->32 exponential sparse start 48 | 0.2500 | 0.3000 |" in md
+    assert "Compressed ELSA 32 nnz / best dense ELSA Recall@20: 0.9091 (goal: >= 0.97: not met)" in md
+    assert "chosen on test" not in md
+    # a stored run without a validation score (and no pruning selection): its width falls back to test, said so
+    del runs["ELSA 64d"]["val_recall@20"]
+    md = accuracy.render({"datasets": {"ml-1m": runs}})
+    assert "best dense ELSA (ELSA 64d, Recall@20 0.4000)" in md
+    assert "(ELSA 64d: chosen on test Recall@20, no validation score recorded)" in md
+    # a pruning selection's candidates stand in for the validation score of runs stored before it was recorded
+    assert accuracy._validation({"selection": {"candidates": [{"val_recall@20": 0.2}, {"val_recall@20": 0.3}]}}) == 0.3
 
 
 def _tiny_sparse(tmp_path, n_items=300, dims=64, nnz=6, n_queries=12):
