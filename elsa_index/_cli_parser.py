@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compressed model: live entries per row at the start the search tries; 0 (or a value >= the "
                         "width) is the dense start, e.g. 0 48 for --nnz 32 (default: not searched; the model's "
                         "--start-nnz)")
+    g.add_argument("--no-search-refine", action="store_true",
+                   help="skip the search's refinement stage (the winner again with input dropout 0.5 and, for the "
+                        "compressed model, a sparse start of 1.5 x --nnz, and both; settings given explicitly are "
+                        "never refined)")
     g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "
                         f"split, {' '.join(DEFAULT_METRICS)} for held-out users); recall@k is normalised by "

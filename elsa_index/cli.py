@@ -105,9 +105,11 @@ def _check_train_args(args) -> None:
         raise ElsaIndexError("with --search-budget the search chooses the learning rate and width: give the values "
                              "to try with --search-lrs/--search-dims instead of --lr/--dims")
     if args.search_budget is None and (args.search_lrs or args.search_dims or args.search_prune_epochs
-                                       or args.search_input_dropouts or args.search_start_nnz):
+                                       or args.search_input_dropouts or args.search_start_nnz
+                                       or args.no_search_refine):
         raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts/"
-                             "--search-start-nnz need --search-budget (the time the search may take)")
+                             "--search-start-nnz/--no-search-refine need --search-budget (the time the search may "
+                             "take)")
     for share in args.search_input_dropouts or ():
         if not 0.0 <= share < 1.0:
             raise ElsaIndexError(f"--search-input-dropouts must be shares in [0, 1), got {share:g}")
@@ -145,6 +147,7 @@ def cmd_train(args) -> int:
             args.model, split, base=params, lrs=args.search_lrs or DEFAULT_LRS, widths=args.search_dims,
             prune_epochs=args.search_prune_epochs, input_dropouts=args.search_input_dropouts,
             start_nnzs=None if args.search_start_nnz is None else [n or None for n in args.search_start_nnz],
+            refine=not args.no_search_refine,
             max_epochs=params.get("epochs"), patience=patience or 10**6, budget_seconds=args.search_budget,
             validation_users=args.validation_users or 0.1, holdout_fraction=args.validation_holdout,
             seed=params.get("seed", 0))

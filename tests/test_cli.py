@@ -122,7 +122,8 @@ def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch
         (["--model", "compressed", "--search-budget", "10", "--search-start-nnz", "-1"],
          "--search-start-nnz must be counts >= 0 (0: the dense start), got -1"),
         (["--search-prune-epochs", "2"], "need --search-budget"),
-        (["--search-input-dropouts", "0", "0.5"], "--search-start-nnz need --search-budget"),
+        (["--search-input-dropouts", "0", "0.5"], "--no-search-refine need --search-budget"),
+        (["--no-search-refine"], "need --search-budget (the time"),
         (["--search-budget", "10", "--search-input-dropouts", "1.5"],
          "--search-input-dropouts must be shares in [0, 1), got 1.5"),
         (["--metrics", "precision@5"], "unknown metric 'precision@5'"),
@@ -307,8 +308,11 @@ def test_recipe_search_from_the_cli(tmp_path, log_csv, capsys):
                   "0.01", "0.05", "--search-dims", "8", "--validation-users", "40") == 0
     printed = capsys.readouterr().out
     recipe = Checkpoint.load(out).config["recipe"]
-    assert [(t["lr"], t["dims"]) for t in recipe["trials"]] == [(0.01, 8), (0.05, 8)] or \
-        sorted((t["lr"], t["dims"]) for t in recipe["trials"]) == [(0.01, 8), (0.05, 8)]
+    main, refined = recipe["trials"][:2], recipe["trials"][2:]
+    assert sorted((t["lr"], t["dims"]) for t in main) == [(0.01, 8), (0.05, 8)]
+    top = max(main, key=lambda t: (t["score"], -main.index(t)))
+    assert [(t["lr"], t["input_dropout"]) for t in refined] == [(top["lr"], 0.5)]  # the refinement stage
+    assert f"trial lr {top['lr']:g} dims 8 input dropout 0.5:" in printed
     chosen = recipe["trials"][recipe["chosen"]]
     assert chosen["score"] == max(t["score"] for t in recipe["trials"])
     assert Checkpoint.load(out).config["model"]["lr"] == chosen["lr"]
@@ -320,7 +324,7 @@ def test_compressed_recipe_search_tries_pruning_lengths_from_the_cli(tmp_path, l
     assert _train(log_csv, out, "--model", "compressed", "--nnz", "4", "--epochs", "4",
                   "--finetune-epochs", "2", "--warmup-epochs", "0", "--prune-steps", "4", "--search-budget", "300",
                   "--search-lrs", "0.03", "--search-dims", "16", "--search-prune-epochs", "1", "2",
-                  "--validation-users", "40") == 0
+                  "--validation-users", "40", "--no-search-refine") == 0
     printed = capsys.readouterr().out
     ck = Checkpoint.load(out)
     recipe = ck.config["recipe"]
@@ -347,7 +351,7 @@ def test_recipe_search_tries_sparse_starts_from_the_cli(tmp_path, log_csv, capsy
     out = tmp_path / "ck"
     assert _train(log_csv, out, "--model", "compressed", "--nnz", "4", "--epochs", "3", "--finetune-epochs", "1",
                   "--prune-steps", "4", "--search-budget", "300", "--search-lrs", "0.03", "--search-dims", "16",
-                  "--search-start-nnz", "0", "6", "--validation-users", "40") == 0
+                  "--search-start-nnz", "0", "6", "--validation-users", "40", "--no-search-refine") == 0
     printed = capsys.readouterr().out
     ck = Checkpoint.load(out)
     recipe = ck.config["recipe"]

@@ -89,8 +89,14 @@ def test_search_is_seeded_and_deterministic(fixed_split):
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"} | {  # noqa: E731
         "trials": [{k: v for k, v in t.items() if k != "seconds"} for t in r["trials"]]}
     assert strip(a) == strip(b)
-    assert len(a["trials"]) == 4 and a["untried"] == []
-    assert {(t["lr"], t["dims"]) for t in a["trials"]} == {(0.01, 4), (0.05, 4), (0.01, 8), (0.05, 8)}
+    assert len(a["trials"]) == 5 and a["untried"] == []
+    main = a["trials"][:4]
+    assert {(t["lr"], t["dims"]) for t in main} == {(0.01, 4), (0.05, 4), (0.01, 8), (0.05, 8)}
+    # then the refinement: the main search's winner again with input dropout
+    top = max(main, key=lambda t: t["score"])
+    assert (a["trials"][4]["lr"], a["trials"][4]["dims"], a["trials"][4]["input_dropout"]) == (top["lr"], top["dims"],
+                                                                                               0.5)
+    assert all("input_dropout" not in t for t in main) and a["refined"] == {"input_dropout": 0.5}
     chosen = a["trials"][a["chosen"]]
     assert chosen["score"] == max(t["score"] for t in a["trials"])
     assert (a["params"]["lr"], a["params"]["dims"], a["params"]["epochs"]) == (chosen["lr"], chosen["dims"],
@@ -105,7 +111,8 @@ def test_budget_limits_the_trials_and_the_defaults_go_first(fixed_split):
     assert d["lr"] == ELSA.lr and d["dims"] == ELSA.dims
     r = search_recipe("elsa", fixed_split, lrs=(0.05, d["lr"]), widths=(4, d["dims"]), max_epochs=2, patience=1,
                       budget_seconds=1e-6, validation_users=30, seed=0)
-    assert len(r["trials"]) == 1 and len(r["untried"]) == 3
+    assert len(r["trials"]) == 1 and len(r["untried"]) == 3 + 1  # and the refinement of the one trial
+    assert r["untried"][-1] == {"lr": d["lr"], "dims": d["dims"], "input_dropout": 0.5}
     assert (r["trials"][0]["lr"], r["trials"][0]["dims"]) == (d["lr"], d["dims"])
 
 
@@ -117,7 +124,7 @@ def test_fit_recipe_records_the_recipe_in_the_checkpoint(fixed_split, tmp_path):
     assert list(ckpt.metrics) == ["hit_recall@20", "ndcg@20"]
     ckpt.save(tmp_path / "ck")
     assert Checkpoint.load(tmp_path / "ck").config["recipe"] == ckpt.config["recipe"]
-    assert ckpt.config["recipe"]["trials"][0]["score"] == recipe["score"]
+    assert ckpt.config["recipe"]["trials"][recipe["chosen"]]["score"] == recipe["score"]
 
 
 def test_search_errors(fixed_split):
@@ -131,7 +138,7 @@ def test_search_errors(fixed_split):
 
 def test_compressed_search_tries_pruning_lengths(users_split):
     base = dict(nnz=2, epochs=6, warmup_epochs=0, finetune_epochs=4, prune_steps=4, batch_size=64)
-    r = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), patience=2,
+    r = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), patience=2, refine=False,
                       budget_seconds=600.0, validation_users=30, seed=0)
     # The model's own length (6 - 0 - 4 = 2 epochs) first, then twice it.
     assert [t["prune_epochs"] for t in r["trials"]] == [2, 4]
@@ -140,7 +147,7 @@ def test_compressed_search_tries_pruning_lengths(users_split):
     assert p["warmup_epochs"] + chosen["prune_epochs"] + p["finetune_epochs"] == p["epochs"]
     assert p["epochs"] == max(r["best_epoch"], chosen["prune_epochs"])
     given = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), prune_epochs=(3,),
-                          max_epochs=4, patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+                          refine=False, max_epochs=4, patience=1, budget_seconds=600.0, validation_users=30, seed=0)
     assert [t["prune_epochs"] for t in given["trials"]] == [3]
     with pytest.raises(TrainingError, match="exceeds the 4 epochs"):
         search_recipe("compressed", users_split, base=base, prune_epochs=(5,), max_epochs=4, budget_seconds=1)
@@ -162,7 +169,7 @@ def test_search_tries_input_dropouts_and_records_the_choice(users_split):
                         input_dropouts=(0.0, 0.5), max_epochs=2, patience=1, budget_seconds=1e-6,
                         validation_users=30, seed=0)
     assert [t["input_dropout"] for t in own["trials"]] == [0.5]  # base's share is the one tried first
-    plain = search_recipe("elsa", users_split, lrs=(0.03,), widths=(8,), max_epochs=2, patience=1,
+    plain = search_recipe("elsa", users_split, lrs=(0.03,), widths=(8,), max_epochs=2, patience=1, refine=False,
                           budget_seconds=600.0, validation_users=30, seed=0)
     assert "input_dropout" not in plain["trials"][0] and plain["params"]["input_dropout"] == 0.0
     for bad in ((1.0,), (-0.2,), ()):
@@ -173,7 +180,8 @@ def test_search_tries_input_dropouts_and_records_the_choice(users_split):
 def test_compressed_search_tries_sparse_starts(users_split):
     base = dict(nnz=2, epochs=4, warmup_epochs=0, finetune_epochs=2, prune_steps=4, batch_size=64)
     r = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8, 16),
-                      start_nnzs=(3, None, 12, 3), patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+                      start_nnzs=(3, None, 12, 3), patience=1, budget_seconds=600.0, validation_users=30, seed=0,
+                      refine=False)
     # Duplicates count once; a start at or above a width is that width's dense start (one trial per width).
     got = [(t["dims"], t["start_nnz"]) for t in r["trials"] if t["prune_epochs"] == 2]
     assert sorted(got, key=str) == sorted([(8, 3), (8, None), (16, 3), (16, None), (16, 12)], key=str)
@@ -183,7 +191,7 @@ def test_compressed_search_tries_sparse_starts(users_split):
     d = class_defaults("compressed")
     for own, first in ((None, None), (3, 3)):
         o = search_recipe("compressed", users_split, base={**base, "start_nnz": own}, lrs=(d["lr"],),
-                          widths=(d["dims"],), prune_epochs=(2,), start_nnzs=(3, None), patience=1,
+                          widths=(d["dims"],), prune_epochs=(2,), start_nnzs=(3, None), patience=1, refine=False,
                           budget_seconds=1e-6, validation_users=30, seed=0)
         assert [t["start_nnz"] for t in o["trials"]] == [first]
     with pytest.raises(TrainingError, match="nnz must be an integer in \\[1, 1\\]"):  # a start below nnz
@@ -192,3 +200,35 @@ def test_compressed_search_tries_sparse_starts(users_split):
         search_recipe("compressed", users_split, base=base, start_nnzs=(), budget_seconds=1)
     with pytest.raises(TrainingError, match="Compressed ELSA only"):
         search_recipe("elsa", users_split, start_nnzs=(4,), budget_seconds=1)
+
+
+def test_refinement_tries_the_winner_with_dropout_and_a_sparse_start(users_split):
+    base = dict(nnz=2, epochs=4, warmup_epochs=0, finetune_epochs=2, prune_steps=4, batch_size=64)
+    r = search_recipe("compressed", users_split, base=base, lrs=(0.01, 0.03), widths=(8,), patience=1,
+                      budget_seconds=600.0, validation_users=30, seed=0)
+    main, refined = r["trials"][:2], r["trials"][2:]
+    assert sorted(t["lr"] for t in main) == [0.01, 0.03]
+    top = max(main, key=lambda t: (t["score"], -main.index(t)))
+    # the winner with dropout, with a sparse start of 1.5 x nnz = 3, and with both; nothing else
+    assert [(t["lr"], t.get("input_dropout"), t.get("start_nnz")) for t in refined] == [
+        (top["lr"], 0.0, 3), (top["lr"], 0.5, None), (top["lr"], 0.5, 3)]
+    assert r["refined"] == {"input_dropout": 0.5, "start_nnz": 3}
+    chosen = r["trials"][r["chosen"]]
+    assert chosen["score"] == max(t["score"] for t in r["trials"])
+    assert (r["params"]["input_dropout"], r["params"]["start_nnz"]) == (chosen.get("input_dropout", 0.0),
+                                                                        chosen.get("start_nnz"))
+    # settings given in base, or searched explicitly, are not refined; refine=False turns the stage off
+    own = search_recipe("compressed", users_split, base={**base, "start_nnz": 4, "input_dropout": 0.25},
+                        lrs=(0.03,), widths=(8,), patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+    assert len(own["trials"]) == 1 and own["refined"] == {}
+    given = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), input_dropouts=(0.0,),
+                          patience=1, budget_seconds=600.0, validation_users=30, seed=0)
+    assert [t.get("start_nnz") for t in given["trials"]] == [None, 3] and given["refined"] == {"start_nnz": 3}
+    off = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), patience=1, refine=False,
+                        budget_seconds=600.0, validation_users=30, seed=0)
+    assert len(off["trials"]) == 1 and off["refined"] == {}
+    # a start of 1.5 x nnz at or above the width would be the dense start again: only dropout is tried
+    wide = search_recipe("compressed", users_split, base={**base, "nnz": 6}, lrs=(0.03,), widths=(8,), patience=1,
+                         budget_seconds=600.0, validation_users=30, seed=0)
+    assert [(t.get("input_dropout"), t.get("start_nnz")) for t in wide["trials"]] == [(None, None), (0.5, None)]
+    assert wide["refined"] == {"input_dropout": 0.5}
