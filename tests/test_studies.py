@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -190,3 +191,42 @@ def test_synthetic_catalogue_study_times_heap_factors_against_exact(tmp_path, ca
 
     with pytest.raises(SystemExit, match=r"must be in \(0, 1\]"):
         synthetic_catalogue.main(argv[:-2] + ["1.5"])
+
+
+def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsys):
+    import scipy.sparse as sp
+
+    from elsa_index.eval.studies import popularity_hits as ph
+    from elsa_index.metrics import evaluate
+
+    rng = np.random.default_rng(3)
+    X = sp.csr_matrix((rng.random((200, 40)) < np.linspace(0.02, 0.5, 40)).astype(np.float32))
+    fold = sp.csr_matrix((rng.random((30, 40)) < 0.2).astype(np.float32))
+    tgt = sp.csr_matrix((rng.random((30, 40)) < 0.2).astype(np.float32) - fold.multiply(1.0)).maximum(0)
+    tgt.eliminate_zeros()
+    counts = np.asarray(X.sum(0)).ravel()
+    svd = ph.PureSVD(8).fit(X)
+    recall, hits = ph.hits_by_bucket(svd.score, fold, tgt, counts, k=5, batch=7)
+    # the same Recall@5 as the library's metric, and every hit in one bucket
+    assert recall == pytest.approx(evaluate(svd.score, fold, tgt, ks=(), metrics=("recall@5",))["recall@5"])
+    scores = np.array(svd.score(fold))
+    scores[fold.nonzero()] = -np.inf
+    top = np.argsort(-scores, axis=1)[:, :5]
+    assert hits.sum() == sum(len(set(top[u]) & set(tgt[u].indices)) for u in range(30))
+    assert list(ph.buckets(np.array([0, 1, 2, 3, 4, 10, 11, 50, 51, 1000]))) == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    # full rank: x V V^T reconstructs x
+    assert np.allclose(ph.PureSVD(40).fit(X).score(X[:5].toarray()), X[:5].toarray(), atol=1e-4)
+
+    users = np.repeat(np.arange(1100), 8)  # the ML-1M protocol holds out 1,000 users with >= 5 positives
+    items = (np.arange(len(users)) * 7 + rng.integers(0, 3, len(users))) % 60
+    pq.write_table(pa.table({"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items],
+                             "rating": np.full(len(users), 5.0)}), tmp_path / "ml-1m.parquet")
+    out = tmp_path / "hits.json"
+    assert ph.main(["--dataset", "ml-1m", "--data-dir", str(tmp_path), "--models", "ease:10", "puresvd:4",
+                    "--k", "5", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["models"]) == {"EASE l2=10", "PureSVD rank 4"}
+    assert sum(res["targets"]) > 0 and all(0 <= m["recall"] <= 1 for m in res["models"].values())
+    assert "Recall@5" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ph.main(["--dataset", "ml-1m", "--data-dir", str(tmp_path), "--models", "svd:4"])

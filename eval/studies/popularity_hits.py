@@ -1,0 +1,142 @@
+"""Where a model's hits fall: Recall@20 and the top-20 hits split by the target items' training counts.
+
+Usage::
+
+    python -m elsa_index.eval.studies.popularity_hits --dataset book-crossing [--data-dir DIR]
+        --models ease:300 puresvd:256 puresvd:512 elsa:256:2 [--k 20] [--json OUT.json]
+
+The data and its protocol are the accuracy benchmark's (``--dataset`` ml-1m,
+amazon-book or book-crossing; ``DIR`` defaults to ``$ELSA_INDEX_DATA``).
+Models: ``ease:L2`` (EASE), ``puresvd:RANK`` (scores ``x V Vᵀ`` with ``V``
+the top right singular vectors of the training matrix, a randomized SVD:
+the best low-rank reconstruction, as a reference for what a rank limit
+costs), ``elsa:DIMS:EPOCHS`` (dense ELSA at lr 0.01, batch 512, seed 0, all
+training users, no validation). For each model it prints Recall@k
+(normalised by min(k, |targets|)) and how many of its top-k hits are items
+with 0, 1, 2-3, 4-10, 11-50 and more than 50 training interactions, beside
+how many targets fall in each bucket: it tells whether a model loses on the
+long tail or on the items every model can learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: bucket lower bounds of the training count: [0], [1], [2-3], [4-10], [11-50], [51-]
+EDGES = (0, 1, 2, 4, 11, 51)
+LABELS = ("0", "1", "2-3", "4-10", "11-50", ">50")
+
+
+def buckets(counts: np.ndarray) -> np.ndarray:
+    return np.searchsorted(EDGES, counts, side="right") - 1
+
+
+def hits_by_bucket(score, fold_in, targets, counts: np.ndarray, k: int = 20, batch: int = 256):
+    """(Recall@k normalised by min(k, |targets|), top-k hits per training-count bucket) of ``score``."""
+    hits = np.zeros(len(EDGES), dtype=np.int64)
+    recalls = []
+    for s in range(0, fold_in.shape[0], batch):
+        f, t = fold_in[s:s + batch], targets[s:s + batch]
+        sc = np.array(score(f), dtype=np.float32)
+        sc[f.nonzero()] = -np.inf
+        top = np.argpartition(-sc, k, axis=1)[:, :k]
+        for u in range(f.shape[0]):
+            tg = t.indices[t.indptr[u]:t.indptr[u + 1]]
+            if not len(tg):
+                continue
+            h = top[u][np.isin(top[u], tg)]
+            np.add.at(hits, buckets(counts[h]), 1)
+            recalls.append(len(h) / min(k, len(tg)))
+    return float(np.mean(recalls)), hits
+
+
+class PureSVD:
+    """Scores ``x V Vᵀ`` with ``V`` the top ``rank`` right singular vectors of the training matrix."""
+
+    def __init__(self, rank: int, seed: int = 0):
+        self.rank, self.seed = rank, seed
+
+    def fit(self, X):
+        import torch
+
+        torch.manual_seed(self.seed)
+        coo = X.tocoo()
+        A = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape,
+                                    check_invariants=True)
+        _, _, V = torch.svd_lowrank(A, q=min(self.rank, min(X.shape)), niter=3)
+        self.V = V.numpy().astype(np.float32)
+        return self
+
+    def score(self, X):
+        return (X @ self.V) @ self.V.T
+
+
+def make(spec: str):
+    """A fitted-on-demand model from ``ease:L2``, ``puresvd:RANK`` or ``elsa:DIMS:EPOCHS``."""
+    from elsa_index.models.baselines import EASE
+    from elsa_index.workflow import make_model
+
+    kind, *args = spec.split(":")
+    try:
+        if kind == "ease" and len(args) == 1:
+            return f"EASE l2={float(args[0]):g}", EASE(l2=float(args[0]))
+        if kind == "puresvd" and len(args) == 1:
+            return f"PureSVD rank {int(args[0])}", PureSVD(int(args[0]))
+        if kind == "elsa" and len(args) == 2:
+            d, e = int(args[0]), int(args[1])
+            return f"ELSA {d}d {e} epochs", make_model("elsa", dims=d, epochs=e, lr=0.01, batch_size=512,
+                                                         progress=False)
+    except ValueError:
+        pass
+    raise SystemExit(f"bad model {spec!r}; expected ease:L2, puresvd:RANK or elsa:DIMS:EPOCHS")
+
+
+def main(argv=None) -> int:
+    from elsa_index.eval.studies.accuracy import data_spec
+    from elsa_index.workflow import load_split
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", required=True, help="ml-1m, amazon-book or book-crossing (the accuracy protocols)")
+    ap.add_argument("--data-dir", default=os.environ.get("ELSA_INDEX_DATA"), help="default: $ELSA_INDEX_DATA")
+    ap.add_argument("--models", nargs="+", required=True, help="ease:L2, puresvd:RANK, elsa:DIMS:EPOCHS")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = ap.parse_args(argv)
+    if not args.data_dir:
+        ap.error("--data-dir is required (or set ELSA_INDEX_DATA)")
+    if args.k < 1:
+        ap.error(f"--k must be >= 1, got {args.k}")
+    models = [make(m) for m in args.models]  # refuse a bad spec before loading data
+    split = load_split(data_spec(args.dataset, Path(args.data_dir)))
+    X = split.train.matrix.tocsr()
+    counts = np.asarray(X.sum(axis=0)).ravel()
+    F, T = split.fold_in.tocsr(), split.targets.tocsr()
+    per_target = np.bincount(buckets(counts[T.indices]), minlength=len(EDGES))
+    print(f"{args.dataset}: {X.shape[0]} training users x {X.shape[1]} items; {F.shape[0]} test users, "
+          f"{T.nnz} targets")
+    print(f"{'training count':28s}" + "".join(f"{b:>8s}" for b in LABELS))
+    print(f"{'targets':28s}" + "".join(f"{n:8d}" for n in per_target), flush=True)
+    out = {"dataset": args.dataset, "k": args.k, "buckets": list(LABELS), "targets": per_target.tolist(),
+           "models": {}}
+    for name, model in models:
+        t0 = time.perf_counter()
+        model.fit(X)
+        secs = time.perf_counter() - t0
+        recall, hits = hits_by_bucket(model.score, F, T, counts, args.k)
+        print(f"{name:28s}" + "".join(f"{n:8d}" for n in hits) + f"   Recall@{args.k} {recall:.4f} "
+              f"(fit {secs:.0f}s)", flush=True)
+        out["models"][name] = {"recall": recall, "hits": hits.tolist(), "fit_seconds": round(secs, 1)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
