@@ -193,7 +193,7 @@ def test_synthetic_catalogue_study_times_heap_factors_against_exact(tmp_path, ca
         synthetic_catalogue.main(argv[:-2] + ["1.5"])
 
 
-def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsys):
+def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsys, monkeypatch):
     import scipy.sparse as sp
 
     from elsa_index.eval.studies import popularity_hits as ph
@@ -214,7 +214,14 @@ def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsy
     top = np.argsort(-scores, axis=1)[:, :5]
     assert hits.sum() == sum(len(set(top[u]) & set(tgt[u].indices)) for u in range(30))
     assert list(ph.buckets(np.array([0, 1, 2, 3, 4, 10, 11, 50, 51, 1000]))) == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    # full rank: x V V^T reconstructs x
+    # exact PureSVD against numpy's SVD, with more users than items (V) and fewer (the Gram of the users)
+    for M in (X, sp.csr_matrix(X.T)):
+        V = np.linalg.svd(M.toarray())[2][:6].T
+        q = sp.csr_matrix(M[:5])
+        assert np.allclose(ph.PureSVD(6).fit(M).score(q), q.toarray() @ V @ V.T, atol=1e-4)
+        # full rank (0: every non-zero singular value): x V V^T reconstructs the training rows
+        assert np.allclose(ph.PureSVD(0).fit(M).score(q), q.toarray(), atol=1e-3)
+    monkeypatch.setattr(ph, "EXACT_MAX", 10)  # the randomized SVD at full rank spans the same row space
     assert np.allclose(ph.PureSVD(40).fit(X).score(X[:5].toarray()), X[:5].toarray(), atol=1e-4)
 
     users = np.repeat(np.arange(1100), 8)  # the ML-1M protocol holds out 1,000 users with >= 5 positives

@@ -8,9 +8,10 @@ Usage::
 The data and its protocol are the accuracy benchmark's (``--dataset`` ml-1m,
 amazon-book or book-crossing; ``DIR`` defaults to ``$ELSA_INDEX_DATA``).
 Models: ``ease:L2`` (EASE), ``puresvd:RANK`` (scores ``x V Vᵀ`` with ``V``
-the top right singular vectors of the training matrix, a randomized SVD:
-the best low-rank reconstruction, as a reference for what a rank limit
-costs), ``elsa:DIMS:EPOCHS`` (dense ELSA at lr 0.01, batch 512, seed 0, all
+the top right singular vectors of the training matrix, exact when users or
+items number at most 25,000, else a randomized SVD: the best low-rank
+reconstruction, as a reference for what a rank limit costs; ``puresvd:0``
+keeps every non-zero singular value), ``elsa:DIMS:EPOCHS`` (dense ELSA at lr 0.01, batch 512, seed 0, all
 training users, no validation). For each model it prints Recall@k
 (normalised by min(k, |targets|)) and how many of its top-k hits are items
 with 0, 1, 2-3, 4-10, 11-50 and more than 50 training interactions, beside
@@ -57,25 +58,60 @@ def hits_by_bucket(score, fold_in, targets, counts: np.ndarray, k: int = 20, bat
     return float(np.mean(recalls)), hits
 
 
+#: PureSVD is exact (an eigendecomposition of the smaller Gram matrix, ``X Xᵀ`` or ``Xᵀ X``) up to this side
+EXACT_MAX = 25_000
+_GRAMS: dict = {}  # one eigendecomposition per training matrix, shared by every rank
+
+
 class PureSVD:
-    """Scores ``x V Vᵀ`` with ``V`` the top ``rank`` right singular vectors of the training matrix."""
+    """Scores ``x V Vᵀ`` with ``V`` the top ``rank`` right singular vectors of the training matrix.
+
+    Exact when the smaller side of the matrix is at most ``EXACT_MAX`` (one
+    eigendecomposition of its Gram matrix serves every rank; with fewer users
+    than items, ``x V Vᵀ = (x Xᵀ) U S⁻² Uᵀ X`` never forms ``V``); else a
+    randomized SVD.
+    """
 
     def __init__(self, rank: int, seed: int = 0):
         self.rank, self.seed = rank, seed
 
     def fit(self, X):
+        self.X = X.tocsr().astype(np.float32)
+        n_users, n_items = X.shape
+        if min(X.shape) <= EXACT_MAX:
+            key = (id(X), X.shape, X.nnz)
+            if key not in _GRAMS:
+                _GRAMS.clear()
+                G = (self.X @ self.X.T if n_users <= n_items else self.X.T @ self.X).toarray()
+                w, U = np.linalg.eigh(G.astype(np.float64))
+                del G
+                keep = w > w[-1] * 1e-10  # numerically non-zero singular values, largest first
+                _GRAMS[key] = (w[keep][::-1].astype(np.float32), np.ascontiguousarray(U[:, keep][:, ::-1],
+                                                                                     dtype=np.float32))
+            w, U = _GRAMS[key]
+            r = len(w) if self.rank == 0 else min(self.rank, len(w))
+            if n_users <= n_items:
+                self.U, self.inv = U[:, :r], 1.0 / w[:r]
+                self.V = None
+            else:
+                self.V = U[:, :r]
+            return self
+        if self.rank == 0:
+            raise SystemExit(f"puresvd:0 (every singular value) needs users or items <= {EXACT_MAX:,}, got {X.shape}")
         import torch
 
         torch.manual_seed(self.seed)
-        coo = X.tocoo()
-        A = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape,
-                                    check_invariants=True)
+        coo = self.X.tocoo()
+        A = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, coo.shape, check_invariants=True)
         _, _, V = torch.svd_lowrank(A, q=min(self.rank, min(X.shape)), niter=3)
         self.V = V.numpy().astype(np.float32)
         return self
 
     def score(self, X):
-        return (X @ self.V) @ self.V.T
+        if self.V is not None:
+            return (X @ self.V) @ self.V.T
+        a = np.asarray((X @ self.X.T).todense() if hasattr(X, "tocsr") else X @ self.X.T, dtype=np.float32)
+        return np.asarray(self.X.T @ (((a @ self.U) * self.inv) @ self.U.T).T).T
 
 
 def make(spec: str):
@@ -88,7 +124,9 @@ def make(spec: str):
         if kind == "ease" and len(args) == 1:
             return f"EASE l2={float(args[0]):g}", EASE(l2=float(args[0]))
         if kind == "puresvd" and len(args) == 1:
-            return f"PureSVD rank {int(args[0])}", PureSVD(int(args[0]))
+            r = int(args[0])
+            if r >= 0:
+                return f"PureSVD rank {r}" if r else "PureSVD full rank", PureSVD(r)
         if kind == "elsa" and len(args) == 2:
             d, e = int(args[0]), int(args[1])
             return f"ELSA {d}d {e} epochs", make_model("elsa", dims=d, epochs=e, lr=0.01, batch_size=512,
