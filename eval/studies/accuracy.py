@@ -96,8 +96,8 @@ def runs_for(dataset: str, quick: bool):
         start = dict(start_nnz=48)
     else:
         common = dict(batch_size=1024, n_negatives=4096)
-        dense_dims = [1024, 256, 64, 32, 16]
-        comp_nnz = [128, 32, 16, 8]
+        dense_dims = [1024, 512, 256, 128, 64, 32, 16]
+        comp_nnz = [128, 64, 32, 16, 8]
         epochs, cepochs = 12, 8
     cstart = 1024
     if quick:
