@@ -1,14 +1,16 @@
 """Training recipes chosen on data: a small, seeded search within a time budget.
 
 A recipe is the learning rate, the width (``dims``; for Compressed ELSA the
-dense start width), for Compressed ELSA the number of pruning epochs,
-optionally the input dropout, and the number of epochs of a model. Instead of a table of
+dense start width), for Compressed ELSA the number of pruning epochs and the
+start, the input dropout, and the number of epochs of a model. Instead of a table of
 fixed numbers, :func:`search_recipe` tries a few candidates on validation
 data drawn from the training data by the test protocol of the split
 (:func:`elsa_index.workflow.validation_split`: held-out training users for
 strong generalisation, held-out interactions of training users for a fixed
 split; the test users and test interactions are never read), with early
-stopping choosing the epochs. :func:`fit_recipe` then trains the chosen
+stopping choosing the epochs, then tries the winner again with input
+dropout and (Compressed ELSA) a sparse start (the refinement stage; see
+:func:`search_recipe`). :func:`fit_recipe` then trains the chosen
 candidate on all training data for its best epoch count and records the
 recipe, with every trial, in the checkpoint's ``config["recipe"]``.
 
