@@ -31,6 +31,7 @@ dense weight never exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -81,6 +82,30 @@ __all__ = ["ELSA", "CompressedELSA", "SCHEDULES", "nnz_schedule", "score_items",
 
 
 # ---------------------------------------------------------------- validation
+
+
+@contextlib.contextmanager
+def _deterministic(device):
+    """Training on the CPU is bit-reproducible for a seed: torch's deterministic algorithms while it runs.
+
+    Some CPU kernels (sparse products, index additions) otherwise sum in an
+    order that depends on thread timing: about 1e-7 apart after a few epochs
+    with a dense start, and, with a sparse start, different models (regrowth and
+    magnitude pruning pick other columns). The global setting is restored
+    afterwards. CUDA training is seeded but left as it is (deterministic cuBLAS
+    needs ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts).
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _check_validation(validation, n_items: int):
@@ -334,6 +359,10 @@ class ELSA:
         -------
         self
         """
+        with _deterministic(self._resolve_device()):
+            return self._fit(X, validation=validation, patience=patience)
+
+    def _fit(self, X: sp.spmatrix, *, validation=None, patience: int | None = 3) -> "ELSA":
         import torch
 
         X = self._validate(X)
