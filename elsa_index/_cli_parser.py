@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--start-nnz)")
     g.add_argument("--no-search-refine", action="store_true",
                    help="skip the search's refinement stage (the winner again with input dropout 0.5 and, for the "
-                        "compressed model, a sparse start of 1.5 x --nnz, and both; settings given explicitly are "
+                        "compressed model, a sparse start of 2 x --nnz, and both; settings given explicitly are "
                         "never refined)")
     g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "

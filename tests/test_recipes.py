@@ -209,10 +209,10 @@ def test_refinement_tries_the_winner_with_dropout_and_a_sparse_start(users_split
     main, refined = r["trials"][:2], r["trials"][2:]
     assert sorted(t["lr"] for t in main) == [0.01, 0.03]
     top = max(main, key=lambda t: (t["score"], -main.index(t)))
-    # the winner with dropout, with a sparse start of 1.5 x nnz = 3, and with both; nothing else
+    # the winner with dropout, with a sparse start of 2 x nnz = 4, and with both; nothing else
     assert [(t["lr"], t.get("input_dropout"), t.get("start_nnz")) for t in refined] == [
-        (top["lr"], 0.0, 3), (top["lr"], 0.5, None), (top["lr"], 0.5, 3)]
-    assert r["refined"] == {"input_dropout": 0.5, "start_nnz": 3}
+        (top["lr"], 0.0, 4), (top["lr"], 0.5, None), (top["lr"], 0.5, 4)]
+    assert r["refined"] == {"input_dropout": 0.5, "start_nnz": 4}
     chosen = r["trials"][r["chosen"]]
     assert chosen["score"] == max(t["score"] for t in r["trials"])
     assert (r["params"]["input_dropout"], r["params"]["start_nnz"]) == (chosen.get("input_dropout", 0.0),
@@ -223,12 +223,12 @@ def test_refinement_tries_the_winner_with_dropout_and_a_sparse_start(users_split
     assert len(own["trials"]) == 1 and own["refined"] == {}
     given = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), input_dropouts=(0.0,),
                           patience=1, budget_seconds=600.0, validation_users=30, seed=0)
-    assert [t.get("start_nnz") for t in given["trials"]] == [None, 3] and given["refined"] == {"start_nnz": 3}
+    assert [t.get("start_nnz") for t in given["trials"]] == [None, 4] and given["refined"] == {"start_nnz": 4}
     off = search_recipe("compressed", users_split, base=base, lrs=(0.03,), widths=(8,), patience=1, refine=False,
                         budget_seconds=600.0, validation_users=30, seed=0)
     assert len(off["trials"]) == 1 and off["refined"] == {}
-    # a start of 1.5 x nnz at or above the width would be the dense start again: only dropout is tried
-    wide = search_recipe("compressed", users_split, base={**base, "nnz": 6}, lrs=(0.03,), widths=(8,), patience=1,
+    # a start of 2 x nnz at or above the width would be the dense start again: only dropout is tried
+    wide = search_recipe("compressed", users_split, base={**base, "nnz": 4}, lrs=(0.03,), widths=(8,), patience=1,
                          budget_seconds=600.0, validation_users=30, seed=0)
     assert [(t.get("input_dropout"), t.get("start_nnz")) for t in wide["trials"]] == [(None, None), (0.5, None)]
     assert wide["refined"] == {"input_dropout": 0.5}
