@@ -40,22 +40,22 @@ def buckets(counts: np.ndarray) -> np.ndarray:
 
 
 def hits_by_bucket(score, fold_in, targets, counts: np.ndarray, k: int = 20, batch: int = 256):
-    """(Recall@k normalised by min(k, |targets|), top-k hits per training-count bucket) of ``score``."""
+    """(Recall@k normalised by min(k, |targets|), top-k hits per training-count bucket) of ``score``.
+
+    The ranking (fold-in excluded, ties to the lower item id) and the recall are the library's
+    (:func:`elsa_index.topk.topk`, :func:`elsa_index.metrics.recall_at_k`), as in ``evaluate``.
+    """
+    from elsa_index.metrics import hits_at_k, recall_at_k
+    from elsa_index.topk import topk
+
     hits = np.zeros(len(EDGES), dtype=np.int64)
     recalls = []
     for s in range(0, fold_in.shape[0], batch):
         f, t = fold_in[s:s + batch], targets[s:s + batch]
-        sc = np.array(score(f), dtype=np.float32)
-        sc[f.nonzero()] = -np.inf
-        top = np.argpartition(-sc, k, axis=1)[:, :k]
-        for u in range(f.shape[0]):
-            tg = t.indices[t.indptr[u]:t.indptr[u + 1]]
-            if not len(tg):
-                continue
-            h = top[u][np.isin(top[u], tg)]
-            np.add.at(hits, buckets(counts[h]), 1)
-            recalls.append(len(h) / min(k, len(tg)))
-    return float(np.mean(recalls)), hits
+        ids, _ = topk(np.asarray(score(f), dtype=np.float32), k, exclude=f)
+        np.add.at(hits, buckets(counts[ids[hits_at_k(ids, t)]]), 1)
+        recalls.append(recall_at_k(ids, t, k))
+    return float(np.nanmean(np.concatenate(recalls))), hits
 
 
 #: PureSVD is exact (an eigendecomposition of the smaller Gram matrix, ``X Xᵀ`` or ``Xᵀ X``) up to this side
