@@ -165,7 +165,7 @@ def search_recipe(kind: str, split: Split, *, base: dict | None = None, lrs: Seq
         candidates = list({_key(c): c for c in ({**c, "start_nnz": n if n is not None and n < c["dims"] else None}
                                                 for n in starts for c in candidates)}.values())
         defaults = {**defaults, "start_nnz": own_start}
-    refinements = _refinements(kind, base, defaults, input_dropouts, start_nnzs) if refine else {}
+    refinements = _refinements(base, defaults, input_dropouts, start_nnzs) if refine else {}
     for c in candidates:  # refuse a bad candidate now, not after an hour of search
         for r in [c, *_refined(c, refinements)]:
             make_model(kind, **_trial_params(base, r, epochs), seed=seed, progress=False)
@@ -251,7 +251,7 @@ def _prune_lengths(kind: str, base: dict, defaults: dict, own_epochs: int, epoch
     return [own] + ([2 * own] if warmup + 2 * own < epochs else [])
 
 
-def _refinements(kind: str, base: dict, defaults: dict, input_dropouts, start_nnzs) -> dict[str, tuple]:
+def _refinements(base: dict, defaults: dict, input_dropouts, start_nnzs) -> dict[str, tuple]:
     """(own, refined) value of every setting the refinement stage tries (see :func:`search_recipe`)."""
     out = {}
     if input_dropouts is None and float(base.get("input_dropout", defaults["input_dropout"])) == 0.0:

@@ -348,7 +348,7 @@ def _analysis(dataset: str, all_runs: dict) -> list[str]:
     dense = {d: _pick(v) for d, v in by_dims.items()}
     comp = {k: _pick(v) for k, v in by_nnz.items()}
     r20 = lambda picked: picked[1]["metrics"]["recall@20"]  # noqa: E731
-    on_test = [_pick(v)[0] for v in [*by_dims.values(), *by_nnz.values()]
+    on_test = [picked[w][0] for groups, picked in ((by_dims, dense), (by_nnz, comp)) for w, v in groups.items()
                if len(v) > 1 and any(_validation(r) is None for r in v.values())]
     best_dims = max(dense, key=lambda d: r20(dense[d]))
     best = r20(dense[best_dims])
