@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the search's refinement stage (the winner again with input dropout 0.5 and, for the "
                         "compressed model, a sparse start of 2 x --nnz, and both; settings given explicitly are "
                         "never refined)")
+    g.add_argument("--no-search-reference", action="store_true",
+                   help="skip the search's reference: EASE (l2 100, 300 or 1000, the best on the validation data) on "
+                        "the same validation data, reported beside the chosen model with a warning when the model is "
+                        "under 0.98 of it (skipped anyway when EASE's system is over 20,000 rows)")
     g.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help=f"metrics reported on the held-out users (default: {' '.join(SPLIT_METRICS)} for a fixed "
                         f"split, {' '.join(DEFAULT_METRICS)} for held-out users); recall@k is normalised by "

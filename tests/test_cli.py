@@ -122,8 +122,9 @@ def test_demo_prints_the_table_and_the_served_user(tmp_path, capsys, monkeypatch
         (["--model", "compressed", "--search-budget", "10", "--search-start-nnz", "-1"],
          "--search-start-nnz must be counts >= 0 (0: the dense start), got -1"),
         (["--search-prune-epochs", "2"], "need --search-budget"),
-        (["--search-input-dropouts", "0", "0.5"], "--no-search-refine need --search-budget"),
+        (["--search-input-dropouts", "0", "0.5"], "--no-search-refine/--no-search-reference need --search-budget"),
         (["--no-search-refine"], "need --search-budget (the time"),
+        (["--no-search-reference"], "--no-search-reference need --search-budget"),
         (["--search-budget", "10", "--search-input-dropouts", "1.5"],
          "--search-input-dropouts must be shares in [0, 1), got 1.5"),
         (["--metrics", "precision@5"], "unknown metric 'precision@5'"),
@@ -317,6 +318,25 @@ def test_recipe_search_from_the_cli(tmp_path, log_csv, capsys):
     assert chosen["score"] == max(t["score"] for t in recipe["trials"])
     assert Checkpoint.load(out).config["model"]["lr"] == chosen["lr"]
     assert "chosen: lr" in printed and recipe["validation"]["protocol"] == "users"
+    ref = recipe["reference"]
+    assert f"reference: EASE l2={ref['l2']:g}, validation recall@20 {ref['score']:.4f}; the chosen model scores " \
+           f"{ref['ratio']:.3f} of it" in printed
+
+
+def test_recipe_search_warns_under_the_reference_and_can_skip_it(tmp_path, log_csv, capsys):
+    # 2 dims are far under EASE on this data: a warning on stderr, the recipe keeps the numbers
+    assert _train(log_csv, tmp_path / "a", "--model", "elsa", "--epochs", "2", "--search-budget", "300",
+                  "--search-lrs", "0.02", "--search-dims", "2", "--validation-users", "40", "--no-search-refine") == 0
+    cap = capsys.readouterr()
+    ref = Checkpoint.load(tmp_path / "a").config["recipe"]["reference"]
+    assert ref["ratio"] < 0.98
+    assert f"warning: the chosen model is {1 - ref['ratio']:.1%} under EASE on the validation data" in cap.err
+    assert _train(log_csv, tmp_path / "b", "--model", "elsa", "--epochs", "2", "--search-budget", "300",
+                  "--search-lrs", "0.02", "--search-dims", "2", "--validation-users", "40", "--no-search-refine",
+                  "--no-search-reference") == 0
+    cap = capsys.readouterr()
+    assert Checkpoint.load(tmp_path / "b").config["recipe"]["reference"] is None
+    assert "reference" not in cap.out and "warning" not in cap.err
 
 
 def test_compressed_recipe_search_tries_pruning_lengths_from_the_cli(tmp_path, log_csv, capsys):

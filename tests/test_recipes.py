@@ -13,7 +13,10 @@ from elsa_index.data import Interactions, Log, column_split, strong_generalizati
 from elsa_index.data.synthetic import make_synthetic
 from elsa_index.errors import DataError, TrainingError
 from elsa_index.models import ELSA
-from elsa_index.recipes import class_defaults, fit_recipe, search_recipe
+from elsa_index import recipes
+from elsa_index.metrics import evaluate
+from elsa_index.models.baselines import EASE
+from elsa_index.recipes import REFERENCE_L2S, class_defaults, fit_recipe, search_recipe
 from elsa_index.workflow import validation_split
 
 
@@ -87,7 +90,8 @@ def test_search_is_seeded_and_deterministic(fixed_split):
     a = search_recipe("elsa", fixed_split, **SEARCH)
     b = search_recipe("elsa", fixed_split, **SEARCH)
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"} | {  # noqa: E731
-        "trials": [{k: v for k, v in t.items() if k != "seconds"} for t in r["trials"]]}
+        "trials": [{k: v for k, v in t.items() if k != "seconds"} for t in r["trials"]],
+        "reference": {k: v for k, v in r["reference"].items() if k != "seconds"}}
     assert strip(a) == strip(b)
     assert len(a["trials"]) == 5 and a["untried"] == []
     main = a["trials"][:4]
@@ -232,3 +236,34 @@ def test_refinement_tries_the_winner_with_dropout_and_a_sparse_start(users_split
                          budget_seconds=600.0, validation_users=30, seed=0)
     assert [(t.get("input_dropout"), t.get("start_nnz")) for t in wide["trials"]] == [(None, None), (0.5, None)]
     assert wide["refined"] == {"input_dropout": 0.5}
+
+
+@pytest.mark.parametrize("which", ["fixed", "users"])
+def test_reference_is_ease_on_the_same_validation_data(fixed_split, users_split, which, caplog):
+    split = fixed_split if which == "fixed" else users_split
+    r = search_recipe("elsa", split, **{**SEARCH, "widths": (4,), "lrs": (0.02,)}, refine=False)
+    ref = r["reference"]
+    # EASE fitted here on the validation draw the search used, never on the test data
+    inner = validation_split(split, SEARCH["validation_users"], seed=SEARCH["seed"])
+    scores = {l2: evaluate(EASE(l2=l2).fit(inner.train.matrix).score, inner.fold_in, inner.targets, ks=(),
+                           metrics=(r["metric"],))[r["metric"]] for l2 in REFERENCE_L2S}
+    assert ref["scores"] == pytest.approx({str(k): v for k, v in scores.items()})
+    best = max(REFERENCE_L2S, key=lambda v: (scores[v], -v))
+    assert (ref["model"], ref["l2"]) == ("ease", best) and ref["score"] == pytest.approx(scores[best])
+    assert ref["ratio"] == pytest.approx(r["score"] / scores[best])
+    # 4 dims on this data are far under EASE: the search says so
+    assert ref["ratio"] < recipes.REFERENCE_RATIO
+    assert "scores %.3f of EASE" % ref["ratio"] in caplog.text
+    # random test data changes nothing
+    other = search_recipe("elsa", _with_other_test_data(split, 4), **{**SEARCH, "widths": (4,), "lrs": (0.02,)},
+                          refine=False)
+    assert other["reference"]["scores"] == ref["scores"]
+
+
+def test_reference_can_be_skipped(fixed_split, monkeypatch):
+    small = {**SEARCH, "widths": (4,), "lrs": (0.02,)}
+    assert search_recipe("elsa", fixed_split, **small, refine=False, reference=False)["reference"] is None
+    monkeypatch.setattr(recipes, "REFERENCE_MAX_SIZE", 10)  # the data's 50 items: over the limit
+    ref = search_recipe("elsa", fixed_split, **small, refine=False)["reference"]
+    assert ref == {"model": "ease", "skipped": "EASE's system of 50 x 50 is larger than 10 (run `elsa-index "
+                                               "baseline ease` for it)"}
