@@ -237,3 +237,34 @@ def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsy
     assert "Recall@5" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         ph.main(["--dataset", "ml-1m", "--data-dir", str(tmp_path), "--models", "svd:4"])
+
+
+def test_heldout_draws_study_scores_ease_and_elsa_per_draw(tmp_path, capsys):
+    from elsa_index.eval.studies import heldout_draws
+    from elsa_index.metrics import evaluate
+    from elsa_index.models.baselines import EASE
+    from elsa_index.workflow import DataSpec, load_split
+
+    rng = np.random.default_rng(4)
+    users = np.repeat(np.arange(120), 8)
+    items = (users % 5) * 30 + rng.integers(0, 60, len(users))  # 5 overlapping tastes over 180 items
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items]}), path)
+    out = tmp_path / "draws.json"
+    assert heldout_draws.main(["--data", str(path), "--heldout-users", "20", "--seeds", "3", "4", "--dims", "8",
+                               "--max-epochs", "3", "--l2", "10", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [d["seed"] for d in res["draws"]] == [3, 4]
+    # EASE's score is the library's on that draw's held-out users; the draws differ
+    split = load_split(DataSpec(source=str(path), n_heldout_users=20, seed=4))
+    e = evaluate(EASE(l2=10).fit(split.train.matrix).score, split.fold_in, split.targets, ks=(),
+                 metrics=("recall@20",))["recall@20"]
+    assert res["draws"][1]["ease"] == pytest.approx(e)
+    assert res["draws"][0]["ease"] != res["draws"][1]["ease"]
+    for d in res["draws"]:
+        assert d["ratio"] == pytest.approx(d["elsa"] / d["ease"])
+    assert res["ratio_of_means"] == pytest.approx(np.mean([d["elsa"] for d in res["draws"]])
+                                                  / np.mean([d["ease"] for d in res["draws"]]))
+    assert "ratio of means" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        heldout_draws.main(["--data", str(tmp_path / "missing.parquet")])
