@@ -221,6 +221,18 @@ def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsy
         assert np.allclose(ph.PureSVD(6).fit(M).score(q), q.toarray() @ V @ V.T, atol=1e-4)
         # full rank (0: every non-zero singular value): x V V^T reconstructs the training rows
         assert np.allclose(ph.PureSVD(0).fit(M).score(q), q.toarray(), atol=1e-3)
+    # ridge: x (MᵀM + l2 I)⁻¹ MᵀM in both systems; off the diagonal it is EASE's B times (1 - its diagonal)
+    from elsa_index.models.baselines import EASE
+
+    for M in (X, sp.csr_matrix(X.T)):
+        D = M.toarray().astype(np.float64)
+        R = np.linalg.solve(D.T @ D + 5 * np.eye(D.shape[1]), D.T @ D)
+        q = sp.csr_matrix(M[:5])
+        assert np.allclose(ph.Ridge(5.0).fit(M).score(q), q.toarray() @ R, atol=1e-4)
+    R = np.linalg.solve(X.T.toarray() @ X.toarray() + 5 * np.eye(40), X.T.toarray() @ X.toarray())
+    off = ~np.eye(40, dtype=bool)
+    B = EASE(l2=5.0, solver="primal", dtype="float64").fit(X).B_
+    assert np.allclose((R / (1 - np.diag(R)))[off], B[off], atol=1e-6)
     monkeypatch.setattr(ph, "EXACT_MAX", 10)  # the randomized SVD at full rank spans the same row space
     assert np.allclose(ph.PureSVD(40).fit(X).score(X[:5].toarray()), X[:5].toarray(), atol=1e-4)
 
@@ -229,10 +241,10 @@ def test_popularity_hits_study_splits_the_hits_by_training_count(tmp_path, capsy
     pq.write_table(pa.table({"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items],
                              "rating": np.full(len(users), 5.0)}), tmp_path / "ml-1m.parquet")
     out = tmp_path / "hits.json"
-    assert ph.main(["--dataset", "ml-1m", "--data-dir", str(tmp_path), "--models", "ease:10", "puresvd:4",
+    assert ph.main(["--dataset", "ml-1m", "--data-dir", str(tmp_path), "--models", "ease:10", "ridge:10", "puresvd:4",
                     "--k", "5", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["models"]) == {"EASE l2=10", "PureSVD rank 4"}
+    assert set(res["models"]) == {"EASE l2=10", "ridge l2=10", "PureSVD rank 4"}
     assert sum(res["targets"]) > 0 and all(0 <= m["recall"] <= 1 for m in res["models"].values())
     assert "Recall@5" in capsys.readouterr().out
     with pytest.raises(SystemExit):

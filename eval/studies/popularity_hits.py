@@ -7,7 +7,8 @@ Usage::
 
 The data and its protocol are the accuracy benchmark's (``--dataset`` ml-1m,
 amazon-book or book-crossing; ``DIR`` defaults to ``$ELSA_INDEX_DATA``).
-Models: ``ease:L2`` (EASE), ``puresvd:RANK`` (scores ``x V Vᵀ`` with ``V``
+Models: ``ease:L2`` (EASE), ``ridge:L2`` (EASE without its zero-diagonal
+constraint: ``x (XᵀX + l2 I)⁻¹ XᵀX``), ``puresvd:RANK`` (scores ``x V Vᵀ`` with ``V``
 the top right singular vectors of the training matrix, exact when users or
 items number at most 25,000, else a randomized SVD: the best low-rank
 reconstruction, as a reference for what a rank limit costs; ``puresvd:0``
@@ -114,8 +115,40 @@ class PureSVD:
         return np.asarray(self.X.T @ (((a @ self.U) * self.inv) @ self.U.T).T).T
 
 
+class Ridge:
+    """Scores ``x (XᵀX + l2 I)⁻¹ XᵀX``: EASE without its zero-diagonal constraint (ridge regression of each item on
+    all items), solved in the smaller of the item x item and the user x user systems
+    (``= (x Xᵀ) (X Xᵀ + l2 I)⁻¹ X``). Off the diagonal EASE's weights are these divided column-wise by
+    ``1 - h_j``, so the two rank the items outside a history alike up to that per-item factor."""
+
+    def __init__(self, l2: float):
+        self.l2 = l2
+
+    def fit(self, X):
+        from scipy.linalg import cho_factor, cho_solve
+
+        self.X = X.tocsr().astype(np.float64)
+        n_users, n_items = X.shape
+        G = (self.X @ self.X.T if n_users <= n_items else self.X.T @ self.X).toarray()
+        G[np.diag_indices_from(G)] += self.l2
+        c = cho_factor(G, overwrite_a=True)
+        if n_users <= n_items:
+            self.K, self.B = c, None
+        else:
+            self.B = cho_solve(c, (self.X.T @ self.X).toarray()).astype(np.float32)
+        return self
+
+    def score(self, X):
+        from scipy.linalg import cho_solve
+
+        if self.B is not None:
+            return np.asarray(X @ self.B)
+        a = np.asarray((X @ self.X.T).todense() if hasattr(X, "tocsr") else X @ self.X.T, dtype=np.float64)
+        return np.asarray(self.X.T @ cho_solve(self.K, a.T)).T.astype(np.float32)
+
+
 def make(spec: str):
-    """A fitted-on-demand model from ``ease:L2``, ``puresvd:RANK`` or ``elsa:DIMS:EPOCHS``."""
+    """A fitted-on-demand model from ``ease:L2``, ``ridge:L2``, ``puresvd:RANK`` or ``elsa:DIMS:EPOCHS``."""
     from elsa_index.models.baselines import EASE
     from elsa_index.workflow import make_model
 
@@ -123,6 +156,8 @@ def make(spec: str):
     try:
         if kind == "ease" and len(args) == 1:
             return f"EASE l2={float(args[0]):g}", EASE(l2=float(args[0]))
+        if kind == "ridge" and len(args) == 1:
+            return f"ridge l2={float(args[0]):g}", Ridge(float(args[0]))
         if kind == "puresvd" and len(args) == 1:
             r = int(args[0])
             if r >= 0:
@@ -133,7 +168,7 @@ def make(spec: str):
                                                          progress=False)
     except ValueError:
         pass
-    raise SystemExit(f"bad model {spec!r}; expected ease:L2, puresvd:RANK or elsa:DIMS:EPOCHS")
+    raise SystemExit(f"bad model {spec!r}; expected ease:L2, ridge:L2, puresvd:RANK or elsa:DIMS:EPOCHS")
 
 
 def main(argv=None) -> int:
@@ -143,7 +178,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", required=True, help="ml-1m, amazon-book or book-crossing (the accuracy protocols)")
     ap.add_argument("--data-dir", default=os.environ.get("ELSA_INDEX_DATA"), help="default: $ELSA_INDEX_DATA")
-    ap.add_argument("--models", nargs="+", required=True, help="ease:L2, puresvd:RANK, elsa:DIMS:EPOCHS")
+    ap.add_argument("--models", nargs="+", required=True, help="ease:L2, ridge:L2, puresvd:RANK, elsa:DIMS:EPOCHS")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args(argv)
