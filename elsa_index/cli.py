@@ -45,7 +45,7 @@ from .search import build_index, open_index
 from .segments import SegmentError, default_segments_dirs, discover_segments, open_source
 from .metrics import check_metrics, evaluate, metric_legend
 from .models import EASE, Popularity
-from .recipes import DEFAULT_LRS, REFERENCE_RATIO, fit_recipe, search_recipe
+from .recipes import DEFAULT_LRS, fit_recipe, search_recipe
 from .workflow import (DEFAULT_METRICS, DataSpec, default_metrics, evaluate_checkpoint, load_split, make_model,
                        train_checkpoint)
 
@@ -171,11 +171,6 @@ def cmd_train(args) -> int:
         elif ref:
             share = "" if ref["ratio"] is None else f"; the chosen model scores {ref['ratio']:.3f} of it"
             _say(f"  reference: EASE l2={ref['l2']:g}, validation {recipe['metric']} {ref['score']:.4f}{share}")
-            if ref["ratio"] is not None and ref["ratio"] < REFERENCE_RATIO:
-                print(f"warning: the chosen model is {1 - ref['ratio']:.1%} under EASE on the validation data: on "
-                      "this catalogue an item embedding of these widths gives up accuracy against a full-rank "
-                      "item-item model (elsa-index baseline ease); wider --search-dims may narrow the gap",
-                      file=sys.stderr, flush=True)
         ckpt = fit_recipe(recipe, split, metrics=args.metrics, evaluate_heldout=not args.no_eval,
                           progress=not args.quiet)
     else:

@@ -264,7 +264,8 @@ def _reference(inner: Split, metric: str, score: float) -> dict:
     ratio = score / scores[l2] if scores[l2] > 0 else None
     if ratio is not None and ratio < REFERENCE_RATIO:
         logger.warning("recipe search: the chosen model scores %.3f of EASE (l2=%g) on the validation data "
-                       "(%s %.4f against %.4f); an item embedding of these widths gives up accuracy here",
+                       "(%s %.4f against %.4f): on this data an item embedding of these widths gives up accuracy "
+                       "against a full-rank item-item model (EASE); wider widths may narrow the gap",
                        ratio, l2, metric, score, scores[l2])
     return {"model": "ease", "l2": l2, "score": scores[l2], "scores": {str(k): v for k, v in scores.items()},
             "ratio": ratio, "seconds": round(time.perf_counter() - t0, 3)}

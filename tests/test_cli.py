@@ -323,20 +323,23 @@ def test_recipe_search_from_the_cli(tmp_path, log_csv, capsys):
            f"{ref['ratio']:.3f} of it" in printed
 
 
-def test_recipe_search_warns_under_the_reference_and_can_skip_it(tmp_path, log_csv, capsys):
-    # 2 dims are far under EASE on this data: a warning on stderr, the recipe keeps the numbers
+def test_recipe_search_warns_under_the_reference_and_can_skip_it(tmp_path, log_csv, capsys, caplog):
+    # 2 dims are far under EASE on this data: a logged warning (stderr in a shell), the recipe keeps the numbers
     assert _train(log_csv, tmp_path / "a", "--model", "elsa", "--epochs", "2", "--search-budget", "300",
                   "--search-lrs", "0.02", "--search-dims", "2", "--validation-users", "40", "--no-search-refine") == 0
     cap = capsys.readouterr()
     ref = Checkpoint.load(tmp_path / "a").config["recipe"]["reference"]
     assert ref["ratio"] < 0.98
-    assert f"warning: the chosen model is {1 - ref['ratio']:.1%} under EASE on the validation data" in cap.err
+    assert f"reference: EASE l2={ref['l2']:g}" in cap.out
+    assert any(r.levelname == "WARNING" and f"the chosen model scores {ref['ratio']:.3f} of EASE (l2={ref['l2']:g}) "
+               "on the validation data" in r.getMessage() for r in caplog.records)
+    caplog.clear()
     assert _train(log_csv, tmp_path / "b", "--model", "elsa", "--epochs", "2", "--search-budget", "300",
                   "--search-lrs", "0.02", "--search-dims", "2", "--validation-users", "40", "--no-search-refine",
                   "--no-search-reference") == 0
     cap = capsys.readouterr()
     assert Checkpoint.load(tmp_path / "b").config["recipe"]["reference"] is None
-    assert "reference" not in cap.out and "warning" not in cap.err
+    assert "reference" not in cap.out and "of EASE" not in caplog.text
 
 
 def test_compressed_recipe_search_tries_pruning_lengths_from_the_cli(tmp_path, log_csv, capsys):
