@@ -265,7 +265,8 @@ def _reference(inner: Split, metric: str, score: float) -> dict:
     if ratio is not None and ratio < REFERENCE_RATIO:
         logger.warning("recipe search: the chosen model scores %.3f of EASE (l2=%g) on the validation data "
                        "(%s %.4f against %.4f): on this data an item embedding of these widths gives up accuracy "
-                       "against a full-rank item-item model (EASE); wider widths may narrow the gap",
+                       "against a full-rank item-item model (EASE); wider widths (or more values per item) may "
+                       "narrow it",
                        ratio, l2, metric, score, scores[l2])
     return {"model": "ease", "l2": l2, "score": scores[l2], "scores": {str(k): v for k, v in scores.items()},
             "ratio": ratio, "seconds": round(time.perf_counter() - t0, 3)}
