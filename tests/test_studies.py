@@ -76,6 +76,11 @@ def test_accuracy_variants_of_a_width_are_chosen_on_validation_users():
     md = accuracy.render({"datasets": {"ml-1m": runs}})
     assert "best dense ELSA (ELSA 64d, Recall@20 0.4000)" in md
     assert "(ELSA 64d: chosen on test Recall@20, no validation score recorded)" in md
+    # a run whose measured mean nnz falls just under its target (a row with fewer live values) joins its target's group
+    runs["CELSA 4096->32 exponential sparse start 64"] = run(0.29, val=0.27, dims=4096, nnz=31.99) | {
+        "params": {"nnz": 32}}
+    md = accuracy.render({"datasets": {"ml-1m": runs}})
+    assert "| 32 nnz | CELSA 4096->32 exponential sparse start 64 | 0.2700 | 0.2900 |" in md and "| 31 nnz" not in md
     # a pruning selection's candidates stand in for the validation score of runs stored before it was recorded
     assert accuracy._validation({"selection": {"candidates": [{"val_recall@20": 0.2}, {"val_recall@20": 0.3}]}}) == 0.3
 
