@@ -33,10 +33,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._checks import check_float, check_int
+from ._memory import available_bytes, format_bytes
 from .checkpoint import Checkpoint
 from .data import Split
 from .errors import TrainingError
-from ._memory import available_bytes, format_bytes
 from .metrics import evaluate
 from .models.baselines import EASE
 from .workflow import default_metrics, make_model, train_checkpoint, validation_split, with_epochs
@@ -266,8 +266,7 @@ def _reference(inner: Split, metric: str, score: float) -> dict:
         logger.warning("recipe search: the chosen model scores %.3f of EASE (l2=%g) on the validation data "
                        "(%s %.4f against %.4f): on this data an item embedding of these widths gives up accuracy "
                        "against a full-rank item-item model (EASE); wider widths (or more values per item) may "
-                       "narrow it",
-                       ratio, l2, metric, score, scores[l2])
+                       "narrow it", ratio, l2, metric, score, scores[l2])
     return {"model": "ease", "l2": l2, "score": scores[l2], "scores": {str(k): v for k, v in scores.items()},
             "ratio": ratio, "seconds": round(time.perf_counter() - t0, 3)}
 
