@@ -51,8 +51,9 @@ DEFAULT_LRS = (0.003, 0.01, 0.03)
 REFINE_DROPOUT = 0.5
 #: EASE's l2 values tried for the search's reference score; the best on the validation data is the reference
 REFERENCE_L2S = (100.0, 300.0, 1000.0)
-#: the largest EASE system (rows of the item x item or user x user matrix) the reference solves: about a
-#: minute per l2 on two cores at this size; beyond it the reference is skipped, with the reason recorded
+#: the largest EASE system (rows of the item x item or user x user matrix) the reference solves: near it each
+#: l2 takes minutes on two cores (Book-Crossing's 19.6k-user dual: 160 s, scoring included); beyond it the
+#: reference is skipped, with the reason recorded
 REFERENCE_MAX_SIZE = 20_000
 #: a chosen model under this share of the reference's validation score is reported with a warning
 REFERENCE_RATIO = 0.98
