@@ -33,10 +33,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._checks import check_float, check_int
-from ._memory import available_bytes, format_bytes
+from ._memory import check_fits
 from .checkpoint import Checkpoint
 from .data import Split
-from .errors import TrainingError
+from .errors import ElsaIndexError, TrainingError
 from .metrics import evaluate
 from .models.baselines import EASE
 from .workflow import default_metrics, make_model, train_checkpoint, validation_split, with_epochs
@@ -252,9 +252,10 @@ def _reference(inner: Split, metric: str, score: float) -> dict:
     if size > REFERENCE_MAX_SIZE:
         return {"model": "ease", "skipped": f"EASE's system of {size:,} x {size:,} is larger than "
                                             f"{REFERENCE_MAX_SIZE:,} (run `elsa-index baseline ease` for it)"}
-    if need > 0.9 * available_bytes():
-        return {"model": "ease", "skipped": f"EASE needs about {format_bytes(need)} of memory, "
-                                            f"{format_bytes(available_bytes())} is available"}
+    try:
+        check_fits(need, f"EASE's system of {size:,} x {size:,}")
+    except ElsaIndexError as exc:
+        return {"model": "ease", "skipped": str(exc)}
     t0 = time.perf_counter()
     scores = {}
     for l2 in REFERENCE_L2S:

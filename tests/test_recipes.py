@@ -267,3 +267,12 @@ def test_reference_can_be_skipped(fixed_split, monkeypatch):
     ref = search_recipe("elsa", fixed_split, **small, refine=False)["reference"]
     assert ref == {"model": "ease", "skipped": "EASE's system of 50 x 50 is larger than 10 (run `elsa-index "
                                                "baseline ease` for it)"}
+    monkeypatch.undo()
+    from elsa_index import _memory
+
+    # enough memory to train 4 dims (about 270 KiB), not for EASE's plan (about 256 MiB)
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 200 * 2**20)
+    ref = search_recipe("elsa", fixed_split, **small, refine=False)["reference"]
+    assert set(ref) == {"model", "skipped"}
+    assert ref["skipped"].startswith("EASE's system of 50 x 50 needs about ")
+    assert ref["skipped"].endswith("but only 200.0 MiB is available")
