@@ -64,6 +64,16 @@ EXACT_MAX = 25_000
 _GRAMS: dict = {}  # one eigendecomposition per training matrix, shared by every rank
 
 
+def _gram(X) -> np.ndarray:
+    """The smaller Gram matrix of ``X``, dense: ``X Xᵀ`` with at most as many users as items, else ``Xᵀ X``."""
+    return (X @ X.T if X.shape[0] <= X.shape[1] else X.T @ X).toarray()
+
+
+def _cross(X, train, dtype) -> np.ndarray:
+    """``X trainᵀ``, dense: the histories' co-occurrences with every training user."""
+    return np.asarray((X @ train.T).todense() if hasattr(X, "tocsr") else X @ train.T, dtype=dtype)
+
+
 class PureSVD:
     """Scores ``x V Vᵀ`` with ``V`` the top ``rank`` right singular vectors of the training matrix.
 
@@ -83,7 +93,7 @@ class PureSVD:
             key = (id(X), X.shape, X.nnz)
             if key not in _GRAMS:
                 _GRAMS.clear()
-                G = (self.X @ self.X.T if n_users <= n_items else self.X.T @ self.X).toarray()
+                G = _gram(self.X)
                 w, U = np.linalg.eigh(G.astype(np.float64))
                 del G
                 keep = w > w[-1] * 1e-10  # numerically non-zero singular values, largest first
@@ -111,7 +121,7 @@ class PureSVD:
     def score(self, X):
         if self.V is not None:
             return (X @ self.V) @ self.V.T
-        a = np.asarray((X @ self.X.T).todense() if hasattr(X, "tocsr") else X @ self.X.T, dtype=np.float32)
+        a = _cross(X, self.X, np.float32)
         return np.asarray(self.X.T @ (((a @ self.U) * self.inv) @ self.U.T).T).T
 
 
@@ -128,14 +138,12 @@ class Ridge:
         from scipy.linalg import cho_factor, cho_solve
 
         self.X = X.tocsr().astype(np.float64)
-        n_users, n_items = X.shape
-        G = (self.X @ self.X.T if n_users <= n_items else self.X.T @ self.X).toarray()
+        G = _gram(self.X)
+        dual = X.shape[0] <= X.shape[1]
+        XtX = None if dual else G.copy()  # the primal's right-hand side is the Gram matrix itself
         G[np.diag_indices_from(G)] += self.l2
         c = cho_factor(G, overwrite_a=True)
-        if n_users <= n_items:
-            self.K, self.B = c, None
-        else:
-            self.B = cho_solve(c, (self.X.T @ self.X).toarray()).astype(np.float32)
+        self.K, self.B = (c, None) if dual else (None, cho_solve(c, XtX).astype(np.float32))
         return self
 
     def score(self, X):
@@ -143,7 +151,7 @@ class Ridge:
 
         if self.B is not None:
             return np.asarray(X @ self.B)
-        a = np.asarray((X @ self.X.T).todense() if hasattr(X, "tocsr") else X @ self.X.T, dtype=np.float64)
+        a = _cross(X, self.X, np.float64)
         return np.asarray(self.X.T @ cho_solve(self.K, a.T)).T.astype(np.float32)
 
 
