@@ -108,8 +108,8 @@ def _check_train_args(args) -> None:
                                        or args.search_input_dropouts or args.search_start_nnz
                                        or args.no_search_refine or args.no_search_reference):
         raise ElsaIndexError("--search-lrs/--search-dims/--search-prune-epochs/--search-input-dropouts/"
-                             "--search-start-nnz/--no-search-refine/--no-search-reference need --search-budget (the time the search may "
-                             "take)")
+                             "--search-start-nnz/--no-search-refine/--no-search-reference need --search-budget "
+                             "(the time the search may take)")
     for share in args.search_input_dropouts or ():
         if not 0.0 <= share < 1.0:
             raise ElsaIndexError(f"--search-input-dropouts must be shares in [0, 1), got {share:g}")
